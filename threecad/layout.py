@@ -1,0 +1,216 @@
+"""Layout scan: a dataset root on disk -> the sample table.
+
+The sample table (a pandas DataFrame) is the single description of a dataset on disk;
+everything downstream (Dataset, stats, verify, splits) reads it and nothing else walks
+the folders. The layout is MVTec-like; 3CAD masks carry the image's file name, MVTec AD
+masks carry `<stem>_mask.png`. The naming is detected per category.
+
+Columns: category (abbreviation), folder, dataset, split, label, defect_type,
+image_path, mask_path (None for good images), height, width (from the file header,
+<NA> when the header is unreadable).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from threecad.catalog import Category, category_for_folder
+from threecad.errors import DatasetError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
+# Files that may sit beside the category folders without being a problem.
+METADATA_SUFFIXES = {".txt", ".md", ".json", ".csv", ".sha256", ".yaml", ".yml", ".lock"}
+COLUMNS = ["category", "folder", "dataset", "split", "label", "defect_type",
+           "image_path", "mask_path", "height", "width"]
+GOOD = "good"
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Something odd found on disk. `severity` is "error" or "warning"."""
+
+    severity: str
+    kind: str
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.severity}: {self.kind}: {self.path}: {self.message}"
+
+
+@dataclass
+class Scan:
+    """The result of scanning a root: the sample table and what did not fit the layout."""
+
+    root: Path
+    table: pd.DataFrame
+    problems: list[Problem] = field(default_factory=list)
+    mask_naming: dict[str, str] = field(default_factory=dict)  # category -> "same" | "_mask"
+    categories: list[Category] = field(default_factory=list)
+
+    @property
+    def dataset(self) -> str:
+        """"3cad", "mvtec", "custom" or "mixed", from the categories found."""
+        kinds = {c.dataset for c in self.categories}
+        return kinds.pop() if len(kinds) == 1 else ("mixed" if kinds else "empty")
+
+
+def image_size(path: str | os.PathLike) -> tuple[int, int] | None:
+    """(height, width) from the file header without decoding pixels; None if unreadable."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(24)
+        if head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR":
+            width, height = struct.unpack(">II", head[16:24])
+            return int(height), int(width)
+        from PIL import Image  # lazy: only for non-PNG files; PIL reads the header only
+
+        with Image.open(path) as im:
+            return im.height, im.width
+    except Exception:  # noqa: BLE001 - any unreadable header is reported, not raised
+        return None
+
+
+def _is_image(name: str) -> bool:
+    return Path(name).suffix.lower() in IMAGE_SUFFIXES
+
+
+def _listdir(path: Path) -> list[os.DirEntry]:
+    try:
+        return sorted((e for e in os.scandir(path) if not e.name.startswith(".")), key=lambda e: e.name)
+    except FileNotFoundError:
+        return []
+
+
+def _detect_mask_naming(gt_dir: Path) -> str:
+    """"_mask" when the ground-truth files end in `_mask` (MVTec AD), else "same" (3CAD)."""
+    names = [e.name for d in _listdir(gt_dir) if d.is_dir() for e in _listdir(Path(d.path)) if _is_image(e.name)]
+    if names and sum(Path(n).stem.endswith("_mask") for n in names) > len(names) / 2:
+        return "_mask"
+    return "same"
+
+
+def _mask_name(image_name: str, naming: str) -> str:
+    stem = Path(image_name).stem
+    return f"{stem}_mask.png" if naming == "_mask" else image_name
+
+
+def is_category_dir(path: Path) -> bool:
+    return (path / "train").is_dir() or (path / "test").is_dir()
+
+
+def scan_root(root: str | os.PathLike) -> Scan:
+    """Scan a dataset root into a sample table; odd files are reported, not raised.
+
+    Raises DatasetError only when the root is missing or holds no category folder.
+    """
+    root = Path(root).expanduser()
+    if not root.exists():
+        raise DatasetError(f"dataset root {root} does not exist; create it with "
+                           "`threecad download` or `threecad synth --out {root}`, or pass --root")
+    if not root.is_dir():
+        raise DatasetError(f"dataset root {root} is not a folder")
+    rows: list[dict] = []
+    problems: list[Problem] = []
+    naming: dict[str, str] = {}
+    categories: list[Category] = []
+    for entry in _listdir(root):
+        path = Path(entry.path)
+        if entry.is_file():
+            if Path(entry.name).suffix.lower() not in METADATA_SUFFIXES:
+                problems.append(Problem("warning", "unexpected_file", str(path),
+                                        "file beside the category folders is ignored"))
+            continue
+        if not is_category_dir(path):
+            problems.append(Problem("warning", "unknown_folder", str(path),
+                                    "no train/ or test/ inside; not a category, ignored"))
+            continue
+        cat = category_for_folder(entry.name)
+        categories.append(cat)
+        naming[cat.abbreviation] = _scan_category(path, cat, rows, problems)
+    if not categories:
+        raise DatasetError(f"no category folders (with train/ or test/ inside) in {root}; "
+                           "is --root pointing at the folder that holds the categories?")
+    table = pd.DataFrame(rows, columns=COLUMNS)
+    table["label"] = table["label"].astype("int64")
+    table["height"] = table["height"].astype("Int64")
+    table["width"] = table["width"].astype("Int64")
+    order = {c.abbreviation: i for i, c in enumerate(categories)}
+    table = table.sort_values(["category", "split", "defect_type", "image_path"],
+                              key=lambda s: s.map(order) if s.name == "category" else s)
+    return Scan(root=root, table=table.reset_index(drop=True), problems=problems,
+                mask_naming=naming, categories=categories)
+
+
+def _scan_category(path: Path, cat: Category, rows: list[dict], problems: list[Problem]) -> str:
+    gt_dir = path / "ground_truth"
+    naming = _detect_mask_naming(gt_dir)
+    used_masks: set[str] = set()
+    for split in ("train", "test"):
+        split_dir = path / split
+        if not split_dir.is_dir():
+            problems.append(Problem("warning", "missing_split", str(split_dir), f"no {split}/ folder"))
+            continue
+        for type_entry in _listdir(split_dir):
+            if not type_entry.is_dir():
+                problems.append(Problem("warning", "unexpected_file", type_entry.path,
+                                        f"files belong in {split}/<defect type>/, ignored"))
+                continue
+            defect_type = type_entry.name
+            if split == "train" and defect_type != GOOD:
+                problems.append(Problem("warning", "unknown_folder", type_entry.path,
+                                        "train/ holds only good/; ignored"))
+                continue
+            for img in _listdir(Path(type_entry.path)):
+                if not img.is_file():
+                    problems.append(Problem("warning", "unknown_folder", img.path, "nested folder ignored"))
+                    continue
+                if not _is_image(img.name):
+                    problems.append(Problem("warning", "non_image", img.path, "not an image file, ignored"))
+                    continue
+                label = int(defect_type != GOOD)
+                mask_path = None
+                if label:
+                    candidate = gt_dir / defect_type / _mask_name(img.name, naming)
+                    if candidate.is_file():
+                        mask_path = str(candidate)
+                        used_masks.add(mask_path)
+                    else:
+                        problems.append(Problem("error", "missing_mask", img.path,
+                                                f"no mask at {candidate}"))
+                size = image_size(img.path)
+                if size is None:
+                    problems.append(Problem("error", "unreadable_image", img.path,
+                                            "header cannot be read; not a valid image"))
+                rows.append(dict(category=cat.abbreviation, folder=path.name, dataset=cat.dataset,
+                                 split=split, label=label, defect_type=defect_type,
+                                 image_path=img.path, mask_path=mask_path,
+                                 height=size[0] if size else None, width=size[1] if size else None))
+    for type_entry in _listdir(gt_dir):
+        if not type_entry.is_dir():
+            continue
+        for m in _listdir(Path(type_entry.path)):
+            if m.is_file() and _is_image(m.name) and m.path not in used_masks:
+                kind = "mask_for_good" if type_entry.name == GOOD else "orphan_mask"
+                problems.append(Problem("error", kind, m.path, "mask without a matching test image"))
+    return naming
+
+
+def fingerprint(table: pd.DataFrame, root: str | os.PathLike | None = None, with_mtime: bool = False) -> str:
+    """A short hash of the files in a table: relative paths and sizes (and mtimes if asked).
+
+    Without mtimes it identifies a dataset across machines (results.json); with them it keys
+    caches that must notice an edited file.
+    """
+    h = hashlib.sha256()
+    for col in ("image_path", "mask_path"):
+        for p in table[col].dropna():
+            st = os.stat(p)
+            rel = os.path.relpath(p, root) if root else p
+            h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns if with_mtime else 0}\n".encode())
+    return h.hexdigest()[:16]

@@ -1,0 +1,132 @@
+"""The method API every anomaly-detection method implements, and typed config building.
+
+A method holds its networks and its fit/predict, nothing else: the harness owns loops
+over categories, devices, timing, metrics and files. A third-party package adds a method
+by registering its class under the entry-point group `threecad.methods`.
+
+Loader batches are dicts: `image` float32 (N,3,S,S) in [0, 1] (not normalised: each
+method normalises for its own backbone), `mask` float32 (N,1,S,S), `label` int64 (N,),
+`defect_type` list[str], `path` list[str].
+"""
+from __future__ import annotations
+
+import abc
+import dataclasses
+import typing
+from dataclasses import dataclass
+from typing import Any, ClassVar, Mapping
+
+import torch
+
+from threecad.errors import ThreecadError
+
+
+@dataclass
+class MethodConfig:
+    """Fields every method config has; methods subclass this with their own fields."""
+
+    image_size: int = 256  # input side; images are resized to a square (as the 3CAD release)
+    batch_size: int = 8
+    seed: int = 42
+
+
+class Method(abc.ABC):
+    name: ClassVar[str]
+    description: ClassVar[str]  # one line, shown by `threecad methods`
+    config_class: ClassVar[type[MethodConfig]] = MethodConfig
+    # preset name -> field overrides of config_class defaults; "paper" and "cpu" at least.
+    presets: ClassVar[dict[str, dict[str, Any]]] = {"paper": {}}
+
+    def __init__(self, config: MethodConfig, device: str | torch.device = "cpu", amp: bool = False):
+        self.config = config
+        self.device = torch.device(device)
+        self.amp = bool(amp) and self.device.type == "cuda"
+
+    @abc.abstractmethod
+    def fit(self, train_loader, val_loader=None) -> None:
+        """Train (or build memory banks) on good images only."""
+
+    @abc.abstractmethod
+    def predict(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """images (N,3,S,S) in [0,1] on self.device -> (scores (N,), anomaly maps (N,h,w)).
+
+        Called under torch.inference_mode() by the harness; higher is more anomalous.
+        """
+
+    @abc.abstractmethod
+    def state_dict(self) -> dict[str, Any]:
+        """Everything predict needs, as tensors and plain containers (torch.save-able, weights_only)."""
+
+    @abc.abstractmethod
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        ...
+
+    def info(self) -> dict[str, Any]:
+        """Facts about the trained model worth recording in results.json (e.g. texture source)."""
+        return {}
+
+    def autocast(self):
+        """Mixed precision on CUDA when enabled, a no-op elsewhere."""
+        return torch.autocast(device_type=self.device.type, enabled=self.amp)
+
+
+def _parse_value(raw: str, kind: Any, key: str) -> Any:
+    origin = typing.get_origin(kind)
+    args = typing.get_args(kind)
+    if origin is typing.Union or (origin is not None and str(origin) == "types.UnionType"):
+        if raw.lower() in ("none", "null") and type(None) in args:
+            return None
+        kinds = [a for a in args if a is not type(None)]
+        return _parse_value(raw, kinds[0], key)
+    if origin in (tuple, list):
+        inner = args[0] if args else str
+        items = tuple(_parse_value(x.strip(), inner, key) for x in raw.split(",") if x.strip())
+        return items if origin is tuple else list(items)
+    try:
+        if kind is bool:
+            low = raw.lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        if kind in (int, float, str):
+            return kind(raw)
+    except ValueError:
+        raise ThreecadError(f"--set {key}={raw}: expected {getattr(kind, '__name__', kind)}") from None
+    return raw
+
+
+def build_config(method: type[Method], preset: str | None = None,
+                 overrides: Mapping[str, str] | None = None) -> MethodConfig:
+    """The method's config: class defaults, then the preset, then `--set key=value` overrides.
+
+    Override values are strings parsed to the field's type; an unknown key or preset is an
+    error that lists the valid ones.
+    """
+    cls = method.config_class
+    values: dict[str, Any] = {}
+    if preset is not None:
+        if preset not in method.presets:
+            raise ThreecadError(f"method '{method.name}' has no preset '{preset}'; "
+                                f"valid: {', '.join(method.presets)}")
+        values.update(method.presets[preset])
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key, raw in (overrides or {}).items():
+        if key not in fields:
+            raise ThreecadError(f"unknown config key '{key}' for method '{method.name}'; "
+                                f"valid: {', '.join(sorted(fields))}")
+        values[key] = _parse_value(str(raw), hints[key], key) if isinstance(raw, str) else raw
+    return cls(**values)
+
+
+def parse_set_options(items: typing.Iterable[str]) -> dict[str, str]:
+    """`key=value` strings from repeated `--set` options into a dict."""
+    out: dict[str, str] = {}
+    for item in items:
+        if "=" not in item:
+            raise ThreecadError(f"--set expects key=value, got '{item}'")
+        key, value = item.split("=", 1)
+        out[key.strip()] = value.strip()
+    return out
