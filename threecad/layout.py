@@ -112,7 +112,7 @@ def scan_root(root: str | os.PathLike) -> Scan:
     root = Path(root).expanduser()
     if not root.exists():
         raise DatasetError(f"dataset root {root} does not exist; create it with "
-                           "`threecad download` or `threecad synth --out {root}`, or pass --root")
+                           f"`threecad download` or `threecad synth --out {root}`, or pass --root")
     if not root.is_dir():
         raise DatasetError(f"dataset root {root} is not a folder")
     rows: list[dict] = []
