@@ -1,0 +1,167 @@
+"""The preprocessing cache: decoded, resized samples as one memory-mapped uint8 file.
+
+Why: decoding a multi-megapixel PNG and resizing it costs far more than a training step of
+a small model, and every epoch would pay it again. The cache stores what the Dataset
+returns before the float conversion, one `.npy` file per (dataset fingerprint, category,
+split, size), so that every epoch after the build reads pages from the OS page cache.
+
+The file is built eagerly and completely, or not at all: a reader never sees half a cache.
+Builds are guarded by a file lock (two processes asking for the same cache build it once;
+the second waits and then reads it) and land by atomic rename. Readers open the file
+read-only, lazily, once per process, so DataLoader workers (fork or spawn) each map it
+themselves instead of inheriting or pickling a mapping.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from filelock import FileLock
+from tqdm.auto import tqdm
+
+from threecad.errors import ThreecadError
+
+log = logging.getLogger(__name__)
+
+CACHE_ENV = "THREECAD_CACHE"
+DEFAULT_CACHE_DIR = Path("~/.cache/threecad")
+# Below this many samples a thread pool costs more than it saves.
+PARALLEL_MIN_ITEMS = 8
+
+
+def default_cache_dir() -> Path:
+    """`$THREECAD_CACHE` when set, else ~/.cache/threecad."""
+    env = os.environ.get(CACHE_ENV)
+    return Path(env).expanduser() if env else DEFAULT_CACHE_DIR.expanduser()
+
+
+def resolve_cache_dir(cache: bool | str | os.PathLike | None) -> Path | None:
+    """`True` -> the default folder, a path -> that folder, `False`/`None` -> no cache."""
+    if cache is None or cache is False:
+        return None
+    if cache is True:
+        return default_cache_dir()
+    return Path(cache).expanduser()
+
+
+def cache_file(cache_dir: Path, fingerprint: str, category: str, split: str, size: int) -> Path:
+    """The file for one (dataset fingerprint, category, split, size)."""
+    safe_cat = re.sub(r"[^A-Za-z0-9_.-]", "_", category)
+    return Path(cache_dir) / f"{safe_cat}-{split}-{size}px-{fingerprint}.npy"
+
+
+def default_workers() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _valid(path: Path, shape: tuple[int, ...]) -> bool:
+    try:
+        arr = np.load(path, mmap_mode="r")
+    except (OSError, ValueError):
+        return False
+    return arr.dtype == np.uint8 and tuple(arr.shape) == tuple(shape)
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    """Temporaries of `path` left by a killed build (only called while holding the lock)."""
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        stale.unlink(missing_ok=True)
+
+
+def ensure_cache(path: Path, n_items: int, item_shape: tuple[int, ...],
+                 load_item: Callable[[int], np.ndarray], workers: int | None = None,
+                 desc: str = "caching") -> Path:
+    """Make sure `path` holds an (n_items, *item_shape) uint8 array; build it if not.
+
+    `load_item(i)` returns item i; it is called from a thread pool (PIL decoding and
+    resizing release the GIL, so threads use every core without pickling anything).
+    """
+    shape = (n_items, *item_shape)
+    path = Path(path)
+    if _valid(path, shape):
+        return path
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ThreecadError(f"cannot create the cache folder {path.parent} ({exc.strerror}); "
+                            f"set ${CACHE_ENV} to a writable folder or pass cache=False") from exc
+    lock = FileLock(str(path) + ".lock")
+    with lock:
+        if _valid(path, shape):  # another process built it while we waited
+            log.info("cache %s built by another process", path.name)
+            return path
+        _remove_stale_temporaries(path)
+        _build(path, shape, load_item, workers, desc)
+    return path
+
+
+def _build(path: Path, shape: tuple[int, ...], load_item: Callable[[int], np.ndarray],
+           workers: int | None, desc: str) -> None:
+    nbytes = int(np.prod(shape, dtype=np.int64))
+    free = shutil.disk_usage(path.parent).free
+    if nbytes > free:
+        raise ThreecadError(f"the cache needs {nbytes / 2**30:.1f} GiB but {path.parent} has "
+                            f"{free / 2**30:.1f} GiB free; set ${CACHE_ENV} elsewhere or pass cache=False")
+    tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
+    n = shape[0]
+    workers = default_workers() if workers is None else max(1, workers)
+    log.info("building cache %s (%d items, %.0f MiB, %d threads)", path, n, nbytes / 2**20, workers)
+    try:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
+
+        def fill(i: int) -> None:
+            out[i] = load_item(i)
+
+        with tqdm(total=n, desc=desc, unit="img", leave=False, disable=None) as bar:
+            if workers == 1 or n < PARALLEL_MIN_ITEMS:
+                for i in range(n):
+                    fill(i)
+                    bar.update()
+            else:
+                with ThreadPoolExecutor(max_workers=workers) as pool:
+                    for _ in pool.map(fill, range(n)):
+                        bar.update()
+        out.flush()
+        del out
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+class CachedArray:
+    """A read-only memory map of a cache file, opened lazily once per process.
+
+    Pickles without the mapping (spawned DataLoader workers reopen it) and notices a
+    fork by the process id, so no mapping crosses a process boundary.
+    """
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._array: np.ndarray | None = None
+        self._pid: int | None = None
+
+    @property
+    def array(self) -> np.ndarray:
+        if self._array is None or self._pid != os.getpid():
+            self._array = np.load(self.path, mmap_mode="r")
+            self._pid = os.getpid()
+        return self._array
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        return np.array(self.array[index])  # a private copy, safe to hand to torch
+
+    def __len__(self) -> int:
+        return len(self.array)
+
+    def __getstate__(self) -> dict:
+        return {"path": self.path, "_array": None, "_pid": None}
