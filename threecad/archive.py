@@ -1,0 +1,294 @@
+"""Safe extraction of dataset archives (zip, tar, tar.gz/bz2/xz) and finding the dataset inside.
+
+Archives come from the internet, so every entry is checked before anything is written:
+absolute paths, `..` components, links that point outside the destination and special
+files (devices, FIFOs) make the whole archive refused, naming the entry. Tar members are
+then extracted through the standard library's "data" filter as a second line of defence.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import posixpath
+import re
+import shutil
+import stat
+import tarfile
+import zipfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from threecad.errors import DatasetError, ThreecadError
+from threecad.layout import is_category_dir
+
+log = logging.getLogger(__name__)
+
+ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
+_IGNORED_DIRS = {"__MACOSX"}
+_CORRUPT = (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error, OSError, ValueError)
+
+
+class ArchiveError(ThreecadError):
+    """The archive is not one we can read, or it is damaged."""
+
+
+class UnsafeArchiveError(ArchiveError):
+    """An entry would land outside the destination folder (zip-slip, escaping link, device)."""
+
+
+@dataclass(frozen=True)
+class Member:
+    name: str
+    kind: str  # "file" | "dir" | "symlink" | "hardlink" | "special"
+    size: int
+    target: str = ""
+
+
+def archive_format(path: str | os.PathLike) -> str | None:
+    """"zip" or "tar" (any tar compression) judged by content, not by name; None otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    if zipfile.is_zipfile(path):
+        return "zip"
+    try:
+        if tarfile.is_tarfile(path):
+            return "tar"
+    except _CORRUPT:
+        return None
+    return None
+
+
+def looks_like_archive(path: str | os.PathLike) -> bool:
+    """By name only: for picking the archives out of a downloaded repository."""
+    name = Path(path).name.lower()
+    return name.endswith(ARCHIVE_SUFFIXES)
+
+
+def _zip_kind(info: zipfile.ZipInfo) -> str:
+    mode = info.external_attr >> 16
+    if info.is_dir():
+        return "dir"
+    if stat.S_ISLNK(mode):
+        return "symlink"
+    return "file"
+
+
+def list_members(path: str | os.PathLike) -> list[Member]:
+    """Every entry of the archive; a damaged archive raises ArchiveError."""
+    path = Path(path)
+    fmt = archive_format(path)
+    try:
+        if fmt == "zip":
+            with zipfile.ZipFile(path) as zf:
+                out = []
+                for info in zf.infolist():
+                    kind = _zip_kind(info)
+                    target = zf.read(info).decode("utf-8", "replace") if kind == "symlink" else ""
+                    out.append(Member(info.filename, kind, info.file_size, target))
+                return out
+        if fmt == "tar":
+            with tarfile.open(path) as tf:
+                out = []
+                for m in tf.getmembers():
+                    kind = ("dir" if m.isdir() else "file" if m.isreg() else "symlink" if m.issym()
+                            else "hardlink" if m.islnk() else "special")
+                    out.append(Member(m.name, kind, m.size if m.isreg() else 0, m.linkname))
+                return out
+    except _CORRUPT as exc:
+        raise ArchiveError(f"archive {path} is damaged or truncated ({exc}); delete it and download "
+                           "it again") from exc
+    kind = _magic(path)
+    if kind in ("zip", "gzip", "bzip2", "xz", "tar"):
+        raise ArchiveError(f"archive {path} is damaged or truncated (starts like {kind} but does not "
+                           "read as one); delete it and download it again")
+    what = f"a {kind} archive, which threecad does not read" if kind else "neither a zip nor a tar archive"
+    raise ArchiveError(f"{path} is {what}; extract it yourself and pass the folder with "
+                       "--source path --path FOLDER")
+
+
+_MAGIC = [(0, b"PK\x03\x04", "zip"), (0, b"PK\x05\x06", "zip"), (0, b"\x1f\x8b", "gzip"), (0, b"BZh", "bzip2"),
+          (0, b"\xfd7zXZ\x00", "xz"), (257, b"ustar", "tar"), (0, b"Rar!", "rar"), (0, b"7z\xbc\xaf", "7z")]
+
+
+def _magic(path: Path) -> str | None:
+    """The container kind by its first bytes, to tell a damaged archive from a foreign one."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(512)
+    except OSError:
+        return None
+    for offset, magic, kind in _MAGIC:
+        if head[offset:offset + len(magic)] == magic:
+            return kind
+    return None
+
+
+_DRIVE = re.compile(r"^[A-Za-z]:")
+
+
+def _parts(name: str) -> list[str]:
+    return [p for p in re.split(r"[\\/]+", name) if p not in ("", ".")]
+
+
+def check_member(member: Member) -> None:
+    """Raise UnsafeArchiveError for an entry that could write outside the destination."""
+    name = member.name
+    if name.startswith(("/", "\\")) or _DRIVE.match(name):
+        raise UnsafeArchiveError(f"archive entry '{name}' has an absolute path; refusing the archive")
+    parts = _parts(name)
+    if ".." in parts:
+        raise UnsafeArchiveError(f"archive entry '{name}' climbs out with '..'; refusing the archive")
+    if member.kind == "special":
+        raise UnsafeArchiveError(f"archive entry '{name}' is a device or FIFO; refusing the archive")
+    if member.kind in ("symlink", "hardlink"):
+        target = member.target
+        if not target or target.startswith(("/", "\\")) or _DRIVE.match(target):
+            raise UnsafeArchiveError(f"archive link '{name}' -> '{target}' points outside; refusing the archive")
+        # A symlink resolves from its own folder, a tar hard link from the archive's top.
+        base = posixpath.dirname("/".join(parts)) if member.kind == "symlink" else ""
+        resolved = posixpath.normpath(posixpath.join(base, *_parts(target))) if _parts(target) else base
+        if resolved == ".." or resolved.startswith("../") or resolved in ("", "."):
+            raise UnsafeArchiveError(f"archive link '{name}' -> '{target}' points outside; refusing the archive")
+
+
+def uncompressed_size(members: list[Member]) -> int:
+    return sum(m.size for m in members if m.kind == "file")
+
+
+def safe_extract(path: str | os.PathLike, dest: str | os.PathLike, members: list[Member] | None = None,
+                 progress: bool | None = None) -> int:
+    """Extract into dest after checking every entry; returns the number of files written.
+
+    Nothing is written unless every entry passes. Callers extract into a temporary folder
+    (so a failure halfway leaves nothing half-made where users look) and remove it on error.
+    """
+    path, dest = Path(path), Path(dest)
+    members = list_members(path) if members is None else members
+    for m in members:
+        check_member(m)
+    dest.mkdir(parents=True, exist_ok=True)
+    total = uncompressed_size(members)
+    written = 0
+    disable = None if progress is None else not progress
+    try:
+        with tqdm(total=total, unit="B", unit_scale=True, desc=f"extract {path.name}", disable=disable) as bar:
+            if archive_format(path) == "zip":
+                written = _extract_zip(path, dest, bar)
+            else:
+                written = _extract_tar(path, dest, bar)
+    except UnsafeArchiveError:
+        raise
+    except OSError as exc:
+        if exc.errno == 28:  # ENOSPC
+            raise ThreecadError(f"disk full while extracting {path.name} into {dest.parent}; free space "
+                                "or choose a --root on a larger disk") from exc
+        raise ArchiveError(f"cannot extract {path}: {exc}; delete it and download it again") from exc
+    except _CORRUPT as exc:
+        raise ArchiveError(f"archive {path} is damaged or truncated ({exc}); delete it and download "
+                           "it again") from exc
+    return written
+
+
+def _ensure_inside(path: Path, root: str, entry: str) -> None:
+    real = os.path.realpath(path)
+    if real != root and not real.startswith(root + os.sep):
+        raise UnsafeArchiveError(f"archive entry '{entry}' would be written outside the destination "
+                                 "through a link; refusing the archive")
+
+
+def _extract_zip(path: Path, dest: Path, bar: tqdm) -> int:
+    written = 0
+    root = os.path.realpath(dest)
+    with zipfile.ZipFile(path) as zf:
+        for info in zf.infolist():
+            kind = _zip_kind(info)
+            parts = _parts(info.filename)
+            if not parts:
+                continue
+            out = dest.joinpath(*parts)
+            # Lexical checks cannot see links extracted earlier; the real path can.
+            _ensure_inside(out.parent if kind != "dir" else out, root, info.filename)
+            if kind == "dir":
+                out.mkdir(parents=True, exist_ok=True)
+                continue
+            out.parent.mkdir(parents=True, exist_ok=True)
+            if kind == "symlink":
+                target = "/".join(_parts(zf.read(info).decode("utf-8")))
+                _ensure_inside(out.parent / target, root, info.filename)
+                os.symlink(target, out)
+                continue
+            with zf.open(info) as src, open(out, "wb") as dst:
+                for chunk in iter(lambda: src.read(1 << 20), b""):
+                    dst.write(chunk)
+                    bar.update(len(chunk))
+            written += 1
+    return written
+
+
+def _extract_tar(path: Path, dest: Path, bar: tqdm) -> int:
+    written = 0
+    with tarfile.open(path) as tf:
+        for m in tf:
+            kind = ("dir" if m.isdir() else "file" if m.isreg() else "symlink" if m.issym()
+                    else "hardlink" if m.islnk() else "special")
+            check_member(Member(m.name, kind, m.size, m.linkname))
+            tf.extract(m, dest, filter="data")
+            if m.isreg():
+                written += 1
+                bar.update(m.size)
+    return written
+
+
+def _subdirs(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir()
+                  if p.is_dir() and not p.is_symlink() and not p.name.startswith(".") and p.name not in _IGNORED_DIRS)
+
+
+def _holds_categories(folder: Path) -> bool:
+    return any(is_category_dir(d) for d in _subdirs(folder))
+
+
+def find_dataset_dir(folder: str | os.PathLike, max_depth: int = 2) -> Path:
+    """The folder that holds the category folders: `folder` itself or one nested below it.
+
+    Archives often wrap the dataset in one or two folders (`3CAD/`, `3CAD/3CAD/`); the
+    shallowest level that holds category folders (ones with train/ or test/) wins.
+    """
+    folder = Path(folder)
+    level = [folder]
+    for _ in range(max_depth + 1):
+        hits = [d for d in level if _holds_categories(d)]
+        if len(hits) == 1:
+            return hits[0]
+        if len(hits) > 1:
+            names = ", ".join(str(h.relative_to(folder)) for h in hits)
+            raise DatasetError(f"the download holds several datasets ({names}); download them separately")
+        level = [sub for d in level for sub in _subdirs(d)]
+        if not level:
+            break
+    raise DatasetError("the download holds no 3CAD/MVTec layout (no folder with category folders that "
+                       "contain train/ or test/, at the top or nested up to "
+                       f"{max_depth} levels down); check that it is the dataset archive")
+
+
+def copy_tree(src: str | os.PathLike, dest: str | os.PathLike, progress: bool | None = None) -> int:
+    """Copy a folder (following links, so cache symlinks become real files); returns files copied."""
+    src, dest = Path(src), Path(dest)
+    files = [Path(dp) / f for dp, dns, fns in os.walk(src, followlinks=True) for f in fns]
+    dest.mkdir(parents=True, exist_ok=True)
+    disable = None if progress is None else not progress
+    try:
+        for f in tqdm(files, desc=f"copy {src.name}", unit="file", disable=disable):
+            out = dest / f.relative_to(src)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(f, out)
+    except OSError as exc:
+        if exc.errno == 28:
+            raise ThreecadError(f"disk full while copying {src} into {dest.parent}; free space or "
+                                "choose a --root on a larger disk") from exc
+        raise
+    return len(files)
