@@ -1,0 +1,346 @@
+"""The leaderboard: seeding from the paper, validation, submit (locked, atomic), views and README."""
+from __future__ import annotations
+
+import copy
+import io
+import json
+import multiprocessing
+import re
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from threecad.cli import main
+from threecad.leaderboard import (
+    COLUMNS, LeaderboardError, default_csv_path, init_table, read_table, rows_from_run, submit_run,
+)
+from threecad.leaderboard.readme import BEGIN, END
+
+REPO = Path(__file__).resolve().parents[1]
+PAPER_CSV = REPO / "threecad" / "data" / "3cad_paper_results.csv"
+METRICS = ("i_auroc", "i_ap", "i_f1max", "p_auroc", "p_ap", "p_f1max", "au_pro")
+
+ACC = {"i_auroc": 0.97, "i_ap": 0.98, "i_f1max": 0.95, "p_auroc": 0.96, "p_ap": 0.41, "p_f1max": 0.45, "au_pro": 0.88}
+IS = {"i_auroc": 0.81, "i_ap": 0.86, "i_f1max": 0.80, "p_auroc": 0.915, "p_ap": 0.1234, "p_f1max": 0.2, "au_pro": 0.7}
+
+
+def run_results(run_id: str = "cfrg-cpu-20261128T231500Z-3f2a9c", **overrides) -> dict:
+    """results.json as schema.md writes it: two ok categories (ACC, IS) and one failed (CS)."""
+    def ok(metrics: dict) -> dict:
+        return {"status": "ok", "metrics": dict(metrics),
+                "breakdowns": {"au_pro_by_size": {"small": 0.5}, "i_auroc_by_type": {"scratch": 0.9}},
+                "timings": {"fit_s": 12.3, "infer_images_per_s": 40.1},
+                "memory": {"peak_host_rss_mb": 900.0, "peak_device_mb": None}, "n_train": 8, "n_test": 15}
+
+    data = {
+        "schema": "threecad.run/1", "run_id": run_id, "method": "cfrg", "preset": "cpu",
+        "config": {"image_size": 128, "epochs": 1}, "protocol": "standard", "eval_size": 256,
+        "dataset": {"name": "3cad", "root": "/abs/path", "fingerprint": "1a2b3c4d5e6f7a8b"},
+        "seed": 42, "device": "cpu",
+        "categories": {
+            "ACC": ok(ACC),
+            "CS": {"status": "failed", "error": "RuntimeError: out of memory\nsecond line",
+                   "traceback": "failures/CS.txt"},
+            "IS": ok(IS),
+        },
+        "mean": {m: (ACC[m] + IS[m]) / 2 for m in METRICS},
+        "versions": {"threecad": "0.1.0", "torch": "2.14.1", "python": "3.11.7"},
+        "code_revision": "61085fd", "hardware": "cpu: 2 cores, AMD EPYC 7B13",
+        "started": "2026-11-28T23:15:00Z", "finished": "2026-11-28T23:25:00Z",
+    }
+    data.update(overrides)
+    return data
+
+
+def write_run(run_dir: Path, data: dict) -> Path:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "results.json").write_text(json.dumps(data, indent=2))
+    (run_dir / "results.csv").write_text("method,category,metric,value\n")
+    return run_dir
+
+
+@pytest.fixture
+def table(tmp_path: Path) -> Path:
+    path = tmp_path / "lb" / "results.csv"
+    init_table(path)
+    return path
+
+
+def cli(*args: str):
+    return CliRunner().invoke(main, ["leaderboard", *args], catch_exceptions=False)
+
+
+def run_rows(csv: Path, run_id: str) -> pd.DataFrame:
+    return read_table(csv).query("reference == @run_id")
+
+
+# --- the seeded table -------------------------------------------------------------------------
+
+def test_seeded_table_is_every_published_number():
+    assert default_csv_path() == REPO / "leaderboard" / "results.csv"
+    seeded = read_table(default_csv_path())
+    paper = pd.read_csv(PAPER_CSV, dtype=str)
+    assert len(seeded) == len(paper)
+    assert set(seeded["source"]) == {"paper"} and set(seeded["protocol"]) == {"3cad-paper"}
+    assert set(seeded["reference"]) == {"arXiv:2502.05761"} and set(seeded["dataset"]) == {"3cad"}
+    merged = paper.merge(seeded, on=["method", "category", "metric"], how="left", validate="one_to_one")
+    assert (merged["value"] == merged["value_percent"]).all()  # same text: the paper's own means too
+
+
+def test_must_show_paper_p_auroc_with_cfrg_on_top():
+    result = cli("show", "--protocol", "3cad-paper", "--metric", "p_auroc")
+    assert result.exit_code == 0, result.output
+    rows = [line for line in result.output.splitlines() if line.startswith("| ") and "Method" not in line]
+    paper = pd.read_csv(PAPER_CSV).query("metric == 'p_auroc'")
+    means = paper.query("category == 'Mean'").set_index("method")["value_percent"]
+    assert len(rows) == len(means) == 11
+    cells = [[c.strip() for c in r.strip("|").split("|")] for r in rows]
+    assert cells[0][0] == "CFRG" and cells[0][-1] == "**93.4**"
+    shown = [float(c[-1].strip("*")) for c in cells]
+    assert shown == sorted(means.values, reverse=True)
+    assert {c[0] for c in cells} == set(means.index)
+    assert "ignores false positives on good images" in result.output
+
+
+# --- submit --------------------------------------------------------------------------------
+
+def test_submit_turns_a_run_into_rows(tmp_path, table):
+    before = len(read_table(table))
+    run = write_run(tmp_path / "run", run_results())
+    result = cli("submit", str(run), "--csv", str(table))
+    assert result.exit_code == 0, result.output
+    assert "skipped CS" in result.output and "out of memory" in result.output
+    rows = run_rows(table, "cfrg-cpu-20261128T231500Z-3f2a9c")
+    assert len(read_table(table)) == before + len(rows) == before + 3 * len(METRICS)
+    assert set(rows["category"]) == {"ACC", "IS", "Mean"}
+    row = rows.iloc[0]
+    assert (row["method"], row["variant"], row["source"], row["protocol"], row["dataset"]) == \
+        ("CFRG", "cpu", "run", "standard", "3cad")  # method spelled as the paper's rows spell it
+    assert (row["seed"], row["eval_size"], row["date"], row["code_revision"]) == ("42", "256", "2026-11-28", "61085fd")
+    assert row["hardware"] == "cpu: 2 cores, AMD EPYC 7B13"
+    values = rows.set_index(["category", "metric"])["value"].astype(float)
+    for m in METRICS:
+        assert values["ACC", m] == pytest.approx(100 * ACC[m])
+        assert values["IS", m] == pytest.approx(100 * IS[m])
+        assert values["Mean", m] == pytest.approx(50 * (ACC[m] + IS[m]), abs=1e-4)
+
+
+def test_submit_again_is_refused_and_replace_overwrites(tmp_path, table):
+    run = write_run(tmp_path / "run", run_results())
+    assert cli("submit", str(run), "--csv", str(table)).exit_code == 0
+    before = table.read_bytes()
+    again = cli("submit", str(run), "--csv", str(table))
+    assert again.exit_code != 0 and "already in" in again.output and "--replace" in again.output
+    assert table.read_bytes() == before
+    # a re-run where IS now fails: --replace removes the stale IS rows too
+    data = run_results()
+    data["categories"]["ACC"]["metrics"]["i_auroc"] = 0.5
+    data["categories"]["IS"] = {"status": "failed", "error": "boom"}
+    write_run(run, data)
+    assert cli("submit", str(run), "--csv", str(table), "--replace").exit_code == 0
+    rows = run_rows(table, data["run_id"]).set_index(["category", "metric"])["value"].astype(float)
+    assert set(rows.index.get_level_values(0)) == {"ACC", "Mean"}
+    assert rows["ACC", "i_auroc"] == 50.0 and rows["Mean", "i_auroc"] == 50.0
+
+
+def _break(data: dict, how: str) -> dict | str:
+    data = copy.deepcopy(data)
+    if how == "value out of range":
+        data["categories"]["ACC"]["metrics"]["p_auroc"] = 96.0  # percent where a fraction belongs
+    elif how == "unknown protocol":
+        data["protocol"] = "mvtec-ish"
+    elif how == "wrong schema":
+        data["schema"] = "threecad.run/9"
+    elif how == "no ok category":
+        for entry in data["categories"].values():
+            entry["status"] = "failed"
+    elif how == "unknown category":
+        data["categories"]["bottle"] = data["categories"].pop("ACC")
+    elif how == "missing run id":
+        del data["run_id"]
+    elif how == "not json":
+        return '{"schema": "threecad.run/1", "categories": {'
+    return data
+
+
+@pytest.mark.parametrize("how", ["value out of range", "unknown protocol", "wrong schema", "no ok category",
+                                 "unknown category", "missing run id", "not json", "no results.json"])
+def test_broken_run_exits_nonzero_and_leaves_csv_identical(tmp_path, table, how):
+    run = tmp_path / "broken"
+    run.mkdir()
+    if how != "no results.json":
+        broken = _break(run_results(), how)
+        (run / "results.json").write_text(broken if isinstance(broken, str) else json.dumps(broken))
+    before = table.read_bytes()
+    result = CliRunner().invoke(main, ["leaderboard", "submit", str(run), "--csv", str(table)])
+    assert result.exit_code != 0
+    assert result.output.startswith("error: ") and len(result.output.strip().splitlines()) == 1
+    assert "Traceback" not in result.output
+    assert table.read_bytes() == before
+
+
+def _submit_many(csv: str, prefix: str, n: int, barrier) -> None:
+    barrier.wait()
+    for i in range(n):
+        submit_run(Path(csv).parent / f"{prefix}{i}", csv)
+
+
+def test_concurrent_submits_all_land(tmp_path, table):
+    n = 4
+    for prefix in ("a", "b"):
+        for i in range(n):
+            write_run(tmp_path / "lb" / f"{prefix}{i}", run_results(run_id=f"run-{prefix}{i}"))
+    ctx = multiprocessing.get_context("fork")
+    barrier = ctx.Barrier(2)
+    procs = [ctx.Process(target=_submit_many, args=(str(table), p, n, barrier)) for p in ("a", "b")]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0, 0]
+    final = read_table(table)
+    landed = set(final.loc[final["source"] == "run", "reference"])
+    assert landed == {f"run-{p}{i}" for p in "ab" for i in range(n)}
+    assert len(final) == 306 + 2 * n * 3 * len(METRICS)
+
+
+def test_paper_protocol_run_rounds_categories_and_mvtec_names(tmp_path):
+    data = run_results(protocol="3cad-paper", dataset={"name": "mvtec", "root": "/x", "fingerprint": "0"})
+    data["categories"] = {"bottle": data["categories"]["ACC"], "Screw": data["categories"]["IS"]}
+    data["categories"]["bottle"]["metrics"]["p_auroc"] = 0.93449
+    data["categories"]["Screw"]["metrics"]["p_auroc"] = 0.91251
+    converted = rows_from_run(write_run(tmp_path / "run", data))
+    values = converted.rows.set_index(["category", "metric"])["value"].astype(float)
+    assert set(converted.rows["category"]) == {"bottle", "screw", "Mean"}
+    assert values["bottle", "p_auroc"] == 93.4 and values["screw", "p_auroc"] == 91.3
+    assert values["Mean", "p_auroc"] == pytest.approx((93.4 + 91.3) / 2)
+
+
+def test_run_mean_disagreement_is_reported(tmp_path):
+    data = run_results()
+    data["mean"]["p_auroc"] = 0.5
+    converted = rows_from_run(write_run(tmp_path / "run", data))
+    assert any("p_auroc" in note and "differs" in note for note in converted.notes)
+
+
+# --- validation ----------------------------------------------------------------------------
+
+def _edit(csv: Path, line: int, column: str, value: str) -> None:
+    frame = pd.read_csv(csv, dtype=str, keep_default_na=False)
+    frame.loc[line - 2, column] = value
+    frame.to_csv(csv, index=False)
+
+
+@pytest.mark.parametrize("column,value,expected", [
+    ("value", "120", "outside [0, 100]"),
+    ("metric", "pauroc", "unknown metric"),
+    ("protocol", "mvtec", "unknown protocol"),
+    ("category", "XYZ", "unknown category"),
+    ("method", "", "required"),
+    ("date", "2025-13-01", "not a valid date"),
+])
+def test_validation_names_line_and_column(table, column, value, expected):
+    _edit(table, 10, column, value)
+    with pytest.raises(LeaderboardError, match=re.escape(f"line 10, column '{column}'")) as err:
+        read_table(table)
+    assert expected in str(err.value)
+    result = CliRunner().invoke(main, ["leaderboard", "show", "--csv", str(table)])
+    assert result.exit_code != 0 and "line 10" in result.output and "Traceback" not in result.output
+
+
+def test_validation_finds_duplicates_and_missing_columns(table):
+    frame = pd.read_csv(table, dtype=str, keep_default_na=False)
+    pd.concat([frame, frame.iloc[[3]]]).to_csv(table, index=False)
+    with pytest.raises(LeaderboardError, match=f"line {len(frame) + 2}: duplicate of line 5"):
+        read_table(table)
+    frame.drop(columns=["seed"]).to_csv(table, index=False)
+    with pytest.raises(LeaderboardError, match="column 'seed': required column is missing"):
+        read_table(table)
+
+
+# --- views -----------------------------------------------------------------------------------
+
+def test_show_plain_csv_and_ties(tmp_path, table):
+    for run_id, value in (("r1", 0.999), ("r2", 0.999)):  # two runs tie on ACC p_auroc
+        data = run_results(run_id=run_id)
+        data["categories"]["ACC"]["metrics"]["p_auroc"] = value
+        submit_run(write_run(tmp_path / run_id, data), table)
+    plain = cli("show", "--csv", str(table), "--protocol", "standard", "--metric", "P-AUROC", "--format", "plain")
+    assert plain.exit_code == 0
+    lines = [line for line in plain.output.splitlines() if line.startswith("CFRG")]
+    assert len(lines) == 2 and all("99.9*" in line for line in lines)
+    assert "ignores false positives" not in plain.output  # the caveat belongs to 3cad-paper only
+    wide = pd.read_csv(io.StringIO(cli("show", "--csv", str(table), "--format", "csv").stdout))
+    cfrg = wide.query("protocol == '3cad-paper' and metric == 'au_pro' and method == 'CFRG'")
+    assert cfrg["Mean"].tolist() == [82.0]
+    assert list(wide.columns[-9:]) == ["ACC", "AI", "AMF", "ANMF", "ANI", "AP", "CS", "IS", "Mean"]
+    assert set(wide.loc[wide["source"] == "run", "reference"]) == {"r1", "r2"}
+
+
+def test_partial_mean_ranks_after_complete_entries(tmp_path, table):
+    data = run_results(protocol="3cad-paper")  # ACC and IS only, but a Mean above the paper's CFRG
+    data["categories"]["ACC"]["metrics"]["p_auroc"] = data["categories"]["IS"]["metrics"]["p_auroc"] = 0.99
+    submit_run(write_run(tmp_path / "run", data), table)
+    md = cli("show", "--csv", str(table), "--protocol", "3cad-paper", "--metric", "p_auroc").output
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in md.splitlines()
+            if line.startswith("| ") and "Method" not in line]
+    assert len(rows) == 12 and rows[0][0] == "CFRG" and rows[0][2].startswith("paper") and rows[0][-1] == "**93.4**"
+    assert rows[-1][2] == f"run {data['run_id']}" and rows[-1][-1] == "99.0\u2020"
+    assert rows[-1][3] == "**99.0**"  # its ACC still counts as the best ACC
+    assert "\u2020 Mean over fewer categories" in md
+
+
+class _Page(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.tags: list[str] = []
+        self.attrs: list[tuple[str, str | None]] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append(tag)
+        self.attrs += attrs
+
+
+def test_html_page_is_self_contained(tmp_path, table):
+    submit_run(write_run(tmp_path / "run", run_results()), table)
+    out = tmp_path / "page.html"
+    assert cli("show", "--csv", str(table), "--format", "html", "--out", str(out)).exit_code == 0
+    page = _Page()
+    page.feed(out.read_text())
+    assert "link" not in page.tags and "img" not in page.tags and "iframe" not in page.tags
+    assert not [a for a in page.attrs if a[0] in ("src", "href") and not (a[1] or "").startswith("#")]
+    assert "http" not in out.read_text()
+    # 4 paper metrics + 7 of the run, each a sortable table with a bar chart
+    assert page.tags.count("table") == page.tags.count("svg") == 11
+    assert page.tags.count("script") == page.tags.count("style") == 1
+    assert "ignores false positives on good images" in out.read_text()
+
+
+# --- README ----------------------------------------------------------------------------------
+
+def test_repository_readme_is_current():
+    result = cli("render-readme", "--check")
+    assert result.exit_code == 0, result.output
+
+
+def test_render_readme_replaces_only_the_block(tmp_path, table):
+    readme = table.parent / "README.md"
+    readme.write_text(f"# Mine\n\nkept text\n\n{BEGIN}\nold tables\n{END}\n\ntail\n")
+    submit_run(write_run(tmp_path / "run", run_results()), table)
+    assert cli("render-readme", "--csv", str(table), "--check").exit_code == 1
+    assert "old tables" in readme.read_text()
+    assert cli("render-readme", "--csv", str(table)).exit_code == 0
+    text = readme.read_text()
+    assert text.startswith("# Mine\n\nkept text\n\n") and text.endswith(f"{END}\n\ntail\n")
+    assert "old tables" not in text and "1 submitted run." in text
+    assert "### 3CAD, protocol `standard`: P-AUROC (%)" in text and "**93.4**" in text
+    assert cli("render-readme", "--csv", str(table), "--check").exit_code == 0
+
+
+def test_csv_columns_are_documented():
+    readme = (REPO / "leaderboard" / "README.md").read_text()
+    for column in COLUMNS:
+        assert f"| `{column}` |" in readme

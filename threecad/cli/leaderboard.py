@@ -1,0 +1,144 @@
+"""`threecad leaderboard`: show the results table, submit a run to it, keep its README current."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from threecad.leaderboard.schema import (
+    DATASET_LABELS, DATASETS, METRICS, PROTOCOL_CAVEATS, PROTOCOLS, normalize_metric,
+)
+from threecad.leaderboard.store import (
+    default_csv_path, init_table, read_table, resolve_csv, submit_run, write_text_keeping_mode,
+)
+
+FORMATS = ("md", "plain", "csv", "html")
+
+
+def csv_option(func):
+    return click.option(
+        "--csv", "csv_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+        help="Leaderboard table to work on. Default: leaderboard/results.csv of the checkout "
+             "threecad is installed from.")(func)
+
+
+def _metric(ctx, param, value):
+    return None if value is None else normalize_metric(value)
+
+
+@click.group(name="leaderboard")
+def command() -> None:
+    """The results table: the paper's numbers and every submitted run (values in percent)."""
+
+
+@command.command()
+@click.option("--protocol", type=click.Choice(PROTOCOLS, case_sensitive=False), default=None,
+              help="Only this evaluation protocol (default: every protocol, one table each).")
+@click.option("--metric", callback=_metric, default=None, metavar="METRIC",
+              help=f"Only this metric: {', '.join(METRICS)} (P-AUROC spelling accepted).")
+@click.option("--dataset", type=click.Choice(DATASETS, case_sensitive=False), default=None,
+              help="Only this dataset (default: every dataset, one table each).")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="md", show_default=True,
+              help="md: Markdown, best in bold; plain: aligned text, best marked *; csv: wide CSV; "
+                   "html: one self-contained page with sortable tables and bar charts.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write to this file (atomically) instead of standard output.")
+@csv_option
+def show(protocol, metric, dataset, fmt, out, csv_file) -> None:
+    """Methods as rows, categories plus Mean as columns, sorted by Mean, best per column marked."""
+    from threecad.leaderboard.html import render_html
+    from threecad.leaderboard.render import render_csv, render_markdown, render_plain
+    from threecad.leaderboard.views import wide_tables
+
+    path = resolve_csv(csv_file)
+    table = read_table(path)
+    tables = wide_tables(table, protocol=protocol and protocol.lower(), metric=metric,
+                         dataset=dataset and dataset.lower())
+    if fmt == "md":
+        text = render_markdown(tables)
+    elif fmt == "plain":
+        text = render_plain(tables)
+    elif fmt == "csv":
+        text = render_csv(tables)
+        # the CSV has no room for prose: the caveat goes to the terminal instead
+        for proto in sorted({t.protocol for t in tables} & set(PROTOCOL_CAVEATS)):
+            click.echo(f"note: {PROTOCOL_CAVEATS[proto]}", err=True)
+    else:
+        text = render_html(tables, origin=path.name, n_rows=len(table))
+    if out is None:
+        click.echo(text, nl=False)
+    else:
+        write_text_keeping_mode(out, text)
+        click.echo(f"wrote {out} ({len(tables)} table{'s' if len(tables) != 1 else ''})", err=True)
+
+
+@command.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--replace", is_flag=True, help="Overwrite this run's rows if it was submitted before.")
+@csv_option
+def submit(run_dir, replace, csv_file) -> None:
+    """Add the rows of a run directory (`threecad bench --out RUN_DIR`) to the table.
+
+    Each category with status ok and the Mean (recomputed over those categories) become
+    rows, per metric, in percent. A run already in the table is refused unless --replace.
+    """
+    path = resolve_csv(csv_file, must_exist=csv_file is None)  # --csv may name a new table
+    result = submit_run(run_dir, path, replace=replace)
+    rows = result.added
+    first = rows.iloc[0]
+    verb = f"replaced {result.replaced} rows and added" if result.replaced else "added"
+    click.echo(f"{verb} {len(rows)} rows to {path}: {first['method']} [{first['variant']}], run "
+               f"{result.run_id}, protocol {first['protocol']}, dataset {first['dataset']}")
+    for category, reason in result.skipped.items():
+        click.echo(f"skipped {category}: {reason}")
+    for note in result.notes:
+        click.echo(f"note: {note}")
+    grid = rows.pivot(index="metric", columns="category", values="value")
+    order = [c for c in dict.fromkeys(rows["category"]) if c != "Mean"] + ["Mean"]
+    grid = grid.reindex(index=[m for m in METRICS if m in grid.index], columns=order)
+    grid = grid.map(lambda v: "" if not isinstance(v, str) else f"{float(v):.1f}")
+    grid.index.name = grid.columns.name = None
+    click.echo(grid.to_string())
+    if first["protocol"] in PROTOCOL_CAVEATS:
+        click.echo(f"note: {PROTOCOL_CAVEATS[first['protocol']]}")
+
+
+@command.command(name="render-readme")
+@click.option("--readme", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="README to update. Default: README.md beside the table.")
+@click.option("--check", is_flag=True, help="Change nothing; exit 1 when the README is out of date.")
+@csv_option
+def render_readme_command(readme, check, csv_file) -> None:
+    """Regenerate the tables between the marker comments of leaderboard/README.md."""
+    from threecad.leaderboard.readme import render_readme
+
+    path = resolve_csv(csv_file)
+    readme = readme if readme is not None else path.parent / "README.md"
+    changed = render_readme(readme, read_table(path), check=check)
+    if check and changed:
+        click.echo(f"{readme} is out of date with {path}; run `threecad leaderboard render-readme`.", err=True)
+        sys.exit(1)
+    click.echo(f"{readme} {'is up to date' if not changed else 'updated'}")
+
+
+@command.command()
+@click.option("--empty", is_flag=True, help="Only the header, without the paper's numbers.")
+@click.option("--force", is_flag=True, help="Overwrite an existing table.")
+@csv_option
+def init(empty, force, csv_file) -> None:
+    """Create a table seeded with the paper's published numbers (protocol 3cad-paper)."""
+    path = Path(csv_file) if csv_file is not None else default_csv_path()
+    n = init_table(path, with_paper=not empty, overwrite=force)
+    click.echo(f"wrote {path} ({n} rows)")
+
+
+@command.command()
+@csv_option
+def validate(csv_file) -> None:
+    """Check the table against the schema; exit non-zero naming the first bad line and column."""
+    path = resolve_csv(csv_file)
+    table = read_table(path)
+    n_runs = table.loc[table["source"] == "run", "reference"].nunique()
+    datasets = ", ".join(DATASET_LABELS[d] for d in DATASETS if d in set(table["dataset"]))
+    click.echo(f"ok: {path} has {len(table)} valid rows ({n_runs} submitted runs; datasets: {datasets or 'none'})")

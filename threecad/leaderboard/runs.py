@@ -1,0 +1,216 @@
+"""Turn a benchmark run directory (`threecad bench --out RUN_DIR`) into leaderboard rows.
+
+The run stores fractions; the leaderboard stores percent, as the paper prints them.
+The Mean row is recomputed here from the category rows being submitted (not copied from
+the run's `mean`), so that the Mean in the table is always the mean of the numbers beside
+it; a disagreement with the run's own `mean` is reported as a note.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from threecad.catalog import MVTEC, THREECAD, resolve_category
+from threecad.errors import ThreecadError
+from threecad.leaderboard.schema import (
+    COLUMNS, DATASETS, MEAN, METRICS, PROTOCOLS, LeaderboardError, dataset_categories,
+)
+
+RUN_SCHEMA = "threecad.run/1"
+RESULTS_FILE = "results.json"
+# Percent digits kept for run values: 1e-6 as a fraction, beyond any metric's precision.
+PERCENT_DIGITS = 4
+# A run mean that differs from the recomputed one by more than this (percent) earns a note.
+MEAN_TOLERANCE = 0.05
+
+
+@dataclass
+class RunRows:
+    """The rows of one run, and what was left out of them and why."""
+
+    rows: pd.DataFrame
+    run_id: str
+    skipped: dict[str, str] = field(default_factory=dict)  # category -> reason
+    notes: list[str] = field(default_factory=list)
+
+
+def _fail(path: Path, where: str, message: str) -> LeaderboardError:
+    return LeaderboardError(f"{path}: {where}: {message}")
+
+
+def load_results(run_dir: str | Path) -> tuple[Path, dict[str, Any]]:
+    """Read RUN_DIR/results.json (a results.json path is accepted too)."""
+    run_dir = Path(run_dir)
+    path = run_dir if run_dir.is_file() else run_dir / RESULTS_FILE
+    if not run_dir.exists():
+        raise LeaderboardError(f"run directory {run_dir} does not exist.")
+    if not path.is_file():
+        raise LeaderboardError(f"{run_dir} has no {RESULTS_FILE}; pass the --out folder of `threecad bench`.")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise LeaderboardError(f"{path} is not valid JSON ({exc}); the run may be unfinished or damaged.") from None
+    if not isinstance(data, dict):
+        raise _fail(path, "top level", "is not a JSON object")
+    return path, data
+
+
+def _text(path: Path, data: dict, key: str, required: bool = True) -> str:
+    value = data.get(key)
+    if value is None and not required:
+        return ""
+    if not isinstance(value, str) or not value.strip():
+        raise _fail(path, key, "missing or not a non-empty string")
+    if "\n" in value or "\r" in value:
+        raise _fail(path, key, "contains a line break")
+    return value.strip()
+
+
+def _canonical_category(path: Path, name: str, dataset: str) -> str:
+    if dataset == "custom":
+        if not name.strip() or name == MEAN:
+            raise _fail(path, f"categories.{name}", "is not a usable category name")
+        return name
+    pool = THREECAD if dataset in ("3cad", "3cad-synthetic") else MVTEC
+    try:
+        return resolve_category(name, pool).abbreviation
+    except ThreecadError as exc:
+        raise _fail(path, f"categories.{name}", f"not a {dataset} category ({exc})") from None
+
+
+def _percent(path: Path, where: str, value: Any) -> float | None:
+    """A fraction in [0, 1] as percent; None passes through (metric not computed)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise _fail(path, where, f"{value!r} is not a number")
+    if not 0.0 <= value <= 1.0:
+        raise _fail(path, where, f"{value!r} is not a fraction in [0, 1]")
+    return 100.0 * float(value)
+
+
+def _run_date(data: dict) -> str:
+    for key in ("finished", "started"):
+        stamp = data.get(key)
+        if isinstance(stamp, str):
+            try:
+                return datetime.fromisoformat(stamp.replace("Z", "+00:00")).date().isoformat()
+            except ValueError:
+                continue
+    return datetime.now(timezone.utc).date().isoformat()
+
+
+def _format(value: float, digits: int) -> str:
+    text = f"{value:.{digits}f}"
+    return text.rstrip("0").rstrip(".") if "." in text else text
+
+
+def rows_from_run(run_dir: str | Path) -> RunRows:
+    """Leaderboard rows of one run: each ok category and the Mean, per known metric.
+
+    Categories whose status is not `ok` are skipped (listed in `skipped`); metrics the
+    leaderboard does not know, or that are null, are left out with a note. Anything
+    malformed raises a LeaderboardError naming the file and the field.
+    """
+    path, data = load_results(run_dir)
+    schema = data.get("schema")
+    if schema != RUN_SCHEMA:
+        raise _fail(path, "schema", f"is {schema!r}, expected {RUN_SCHEMA!r}")
+    run_id = _text(path, data, "run_id")
+    method = _text(path, data, "method")
+    variant = _text(path, data, "preset", required=False) or "default"
+    protocol = _text(path, data, "protocol")
+    if protocol not in PROTOCOLS:
+        raise _fail(path, "protocol", f"unknown protocol '{protocol}'; known: {', '.join(PROTOCOLS)}")
+    ds = data.get("dataset")
+    dataset = ds.get("name") if isinstance(ds, dict) else ds
+    if dataset not in DATASETS:
+        raise _fail(path, "dataset.name", f"{dataset!r} is not one of {', '.join(DATASETS)}")
+
+    eval_size = data.get("eval_size")
+    if eval_size is None:
+        eval_text = ""
+    elif eval_size == "native" or (isinstance(eval_size, int) and not isinstance(eval_size, bool) and eval_size > 0):
+        eval_text = str(eval_size)
+    else:
+        raise _fail(path, "eval_size", f"{eval_size!r} is neither a positive integer nor 'native'")
+    seed = data.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+        raise _fail(path, "seed", f"{seed!r} is not a non-negative integer")
+    common = {
+        "method": method, "variant": variant, "source": "run", "reference": run_id,
+        "protocol": protocol, "dataset": dataset, "eval_size": eval_text,
+        "seed": "" if seed is None else str(seed), "date": _run_date(data),
+        "hardware": _text(path, data, "hardware", required=False),
+        "code_revision": _text(path, data, "code_revision", required=False),
+    }
+
+    categories = data.get("categories")
+    if not isinstance(categories, dict) or not categories:
+        raise _fail(path, "categories", "missing or empty")
+    result = RunRows(rows=pd.DataFrame(columns=list(COLUMNS)), run_id=run_id)
+    values: dict[str, dict[str, float]] = {}  # category -> metric -> percent
+    unknown_metrics: set[str] = set()
+    for name, entry in categories.items():
+        category = _canonical_category(path, str(name), dataset)
+        if not isinstance(entry, dict):
+            raise _fail(path, f"categories.{name}", "is not an object")
+        status = entry.get("status")
+        if status != "ok":
+            error = str(entry.get("error") or "no error message").strip().splitlines()
+            result.skipped[category] = f"status {status!r}: {error[0] if error else ''}".rstrip(": ")
+            continue
+        metrics = entry.get("metrics")
+        if not isinstance(metrics, dict):
+            raise _fail(path, f"categories.{name}.metrics", "missing or not an object")
+        cat_values: dict[str, float] = {}
+        for metric, raw in metrics.items():
+            if metric not in METRICS:
+                unknown_metrics.add(str(metric))
+                continue
+            percent = _percent(path, f"categories.{name}.metrics.{metric}", raw)
+            if percent is None:
+                result.notes.append(f"{category} {metric} is null in the run; left out.")
+                continue
+            # 3cad-paper rounds each category to 3 decimals of a fraction before the mean.
+            cat_values[metric] = round(percent, 1 if protocol == "3cad-paper" else PERCENT_DIGITS)
+        if category in values:
+            raise _fail(path, f"categories.{name}", f"names category {category} a second time")
+        values[category] = cat_values
+    if unknown_metrics:
+        result.notes.append(f"metrics the leaderboard does not track were left out: {', '.join(sorted(unknown_metrics))}.")
+    if not values:
+        raise _fail(path, "categories", "no category has status ok; there is nothing to submit")
+
+    records = []
+    order = dataset_categories(dataset) or sorted(values)
+    for category in sorted(values, key=lambda c: order.index(c) if c in order else len(order)):
+        for metric in METRICS:
+            if metric in values[category]:
+                records.append({**common, "category": category, "metric": metric,
+                                "value": _format(values[category][metric], PERCENT_DIGITS)})
+
+    run_mean = data.get("mean") if isinstance(data.get("mean"), dict) else {}
+    for metric in METRICS:
+        present = [v[metric] for v in values.values() if metric in v]
+        if not present:
+            continue
+        mean = round(sum(present) / len(present), PERCENT_DIGITS)
+        if len(present) < len(values):
+            result.notes.append(f"the {metric} Mean covers {len(present)} of {len(values)} categories.")
+        claimed = run_mean.get(metric)
+        if isinstance(claimed, (int, float)) and not isinstance(claimed, bool) and math.isfinite(claimed):
+            if abs(100.0 * claimed - mean) > MEAN_TOLERANCE:
+                result.notes.append(f"the run's own {metric} mean {100.0 * claimed:.2f} differs from the "
+                                    f"mean of its category rows {mean:.2f}; the leaderboard keeps the latter.")
+        records.append({**common, "category": MEAN, "metric": metric, "value": _format(mean, PERCENT_DIGITS)})
+    if len(values) < len(categories) or (dataset_categories(dataset) and len(values) < len(dataset_categories(dataset))):
+        result.notes.append(f"the Mean is over {len(values)} categories ({', '.join(values)}).")
+    result.rows = pd.DataFrame.from_records(records, columns=list(COLUMNS))
+    return result

@@ -1,0 +1,182 @@
+"""The leaderboard CSV on disk: where it is, reading it validated, and changing it safely.
+
+Every change happens under a file lock and as one atomic rewrite, so that two submits at
+the same time both land and a failed submit leaves the file byte-identical. Cells are
+read and written as text, so rows that a change does not touch keep their exact spelling.
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import pandas as pd
+from filelock import FileLock, Timeout
+
+import threecad
+from threecad.fsutil import atomic_path
+from threecad.leaderboard.paper import paper_rows
+from threecad.leaderboard.runs import rows_from_run
+from threecad.leaderboard.schema import COLUMNS, KEY, SUBMISSION, LeaderboardError, validate_table
+
+LOCK_TIMEOUT_S = 60.0
+
+
+def repository_root() -> Path:
+    """The source checkout that threecad is installed from (editable install)."""
+    return Path(threecad.__file__).resolve().parent.parent
+
+
+def default_csv_path() -> Path:
+    """`leaderboard/results.csv` of the checkout threecad runs from, wherever the command runs."""
+    return repository_root() / "leaderboard" / "results.csv"
+
+
+def resolve_csv(path: str | Path | None, must_exist: bool = True) -> Path:
+    """The CSV a command works on: `--csv FILE` when given, else the repository's table."""
+    csv_path = Path(path).expanduser() if path is not None else default_csv_path()
+    if must_exist and not csv_path.is_file():
+        if path is None:
+            raise LeaderboardError(
+                f"no leaderboard table at {csv_path} (threecad is not running from a source checkout); "
+                "pass --csv FILE, or create one with `threecad leaderboard init --csv FILE`.")
+        raise LeaderboardError(f"leaderboard table {csv_path} does not exist; "
+                               "create one with `threecad leaderboard init --csv FILE`.")
+    return csv_path
+
+
+@contextlib.contextmanager
+def locked(csv_path: Path) -> Iterator[None]:
+    """Hold the lock that serialises writers of one CSV (a hidden file beside it)."""
+    csv_path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(csv_path.parent / f".{csv_path.name}.lock"), timeout=LOCK_TIMEOUT_S)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise LeaderboardError(f"another process has held the lock on {csv_path} for over "
+                               f"{LOCK_TIMEOUT_S:.0f} s; try again.") from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def empty_table() -> pd.DataFrame:
+    return pd.DataFrame({c: pd.Series(dtype=object) for c in COLUMNS})
+
+
+def read_table(csv_path: str | Path) -> pd.DataFrame:
+    """The table as text cells, validated; a problem names the file, line and column."""
+    csv_path = Path(csv_path)
+    try:
+        text = csv_path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise LeaderboardError(f"leaderboard table {csv_path} does not exist.") from None
+    except UnicodeDecodeError as exc:
+        raise LeaderboardError(f"{csv_path} is not UTF-8 text ({exc}).") from None
+    if not text.strip():
+        raise LeaderboardError(f"{csv_path} is empty; its first line must be the header: {','.join(COLUMNS)}")
+    try:
+        # blank lines inside the table stay rows, so that reported line numbers match the file
+        table = pd.read_csv(io.StringIO(text.rstrip("\r\n") + "\n"), dtype=str, keep_default_na=False,
+                            na_filter=False, skip_blank_lines=False)
+    except (pd.errors.ParserError, csv.Error) as exc:
+        raise LeaderboardError(f"{csv_path} is not a well-formed CSV ({exc}).") from None
+    validate_table(table, str(csv_path))
+    return table[list(COLUMNS)].reset_index(drop=True)
+
+
+def table_text(table: pd.DataFrame) -> str:
+    """The CSV text of a table: fixed column order, minimal quoting, '\\n' line ends."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n", quoting=csv.QUOTE_MINIMAL)
+    writer.writerow(COLUMNS)
+    writer.writerows(table[list(COLUMNS)].astype(str).itertuples(index=False, name=None))
+    return out.getvalue()
+
+
+def write_text_keeping_mode(path: str | Path, text: str) -> None:
+    """Atomic write that keeps the file's permissions (a new file gets the umask's default).
+
+    The temporary file of an atomic write is private (0600); renamed as is, it would make a
+    shared table unreadable to the other users of a machine.
+    """
+    path = Path(path)
+    if path.exists():
+        mode = path.stat().st_mode & 0o7777
+    else:
+        umask = os.umask(0)
+        os.umask(umask)
+        mode = 0o666 & ~umask
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+        os.chmod(tmp, mode)
+
+
+def write_table(csv_path: str | Path, table: pd.DataFrame) -> None:
+    """Validate and write atomically (the caller holds the lock when others may write)."""
+    validate_table(table.reset_index(drop=True), f"{csv_path} (after the change)")
+    write_text_keeping_mode(csv_path, table_text(table))
+
+
+def init_table(csv_path: str | Path, with_paper: bool = True, overwrite: bool = False) -> int:
+    """Create a table holding the paper's numbers (or only the header); returns the row count."""
+    csv_path = Path(csv_path)
+    with locked(csv_path):
+        if csv_path.exists() and not overwrite:
+            raise LeaderboardError(f"{csv_path} already exists; pass --force to overwrite it.")
+        table = paper_rows() if with_paper else empty_table()
+        write_table(csv_path, table)
+    return len(table)
+
+
+@dataclass
+class SubmitResult:
+    csv_path: Path
+    added: pd.DataFrame
+    replaced: int
+    run_id: str
+    skipped: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def _canonical_methods(rows: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
+    """A method already in the table under another case (`cfrg` vs `CFRG`) takes that spelling."""
+    known = {m.lower(): m for m in table["method"].unique()}
+    rows = rows.copy()
+    rows["method"] = [known.get(m.lower(), m) for m in rows["method"]]
+    return rows
+
+
+def submit_run(run_dir: str | Path, csv_path: str | Path, replace: bool = False) -> SubmitResult:
+    """Append the rows of one run directory to the table, under the lock, atomically.
+
+    A run that is already in the table (same key) is refused unless `replace`, which
+    first removes every row of that same submission (method, variant, source, reference,
+    protocol, dataset), so a re-run does not leave stale categories behind.
+    """
+    csv_path = Path(csv_path)
+    run = rows_from_run(run_dir)  # a malformed run fails here, before the table is touched
+    with locked(csv_path):
+        table = read_table(csv_path) if csv_path.exists() else empty_table()
+        rows = _canonical_methods(run.rows, table)
+        new_keys = set(rows[list(KEY)].itertuples(index=False, name=None))
+        clash = [k in new_keys for k in table[list(KEY)].itertuples(index=False, name=None)]
+        replaced = 0
+        if any(clash):
+            if not replace:
+                raise LeaderboardError(
+                    f"run {run.run_id} is already in {csv_path} ({sum(clash)} of its rows); "
+                    "pass --replace to overwrite it.")
+            submissions = set(rows[list(SUBMISSION)].itertuples(index=False, name=None))
+            drop = [k in submissions or c for k, c in zip(
+                table[list(SUBMISSION)].itertuples(index=False, name=None), clash)]
+            replaced = sum(drop)
+            table = table[[not d for d in drop]]
+        write_table(csv_path, pd.concat([table, rows], ignore_index=True) if len(table) else rows)
+    return SubmitResult(csv_path=csv_path, added=rows, replaced=replaced, run_id=run.run_id,
+                        skipped=run.skipped, notes=run.notes)
