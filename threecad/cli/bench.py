@@ -1,0 +1,44 @@
+"""`threecad bench`: run one method through the shared benchmark harness."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from threecad.cli.common import category_option, resolve_root, root_option
+
+
+@click.command("bench")
+@click.option("--method", required=True, help="Method name (see `threecad methods`).")
+@root_option()
+@category_option()
+@click.option("--preset", default=None, help="Config preset (paper, cpu, ...). Default: paper on CUDA, cpu on CPU.")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="Override a config field, typed (repeatable): --set epochs=3 --set weights=PATH.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
+@click.option("--protocol", type=click.Choice(["standard", "3cad-paper"]), default="standard", show_default=True,
+              help="Evaluation protocol; 3cad-paper reproduces the official release's metrics.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Run directory. Default: runs/<method>-<preset>-<time>.")
+@click.option("--resume", is_flag=True, help="Finish a run directory: skip categories already done.")
+@click.option("--eval-size", type=int, default=256, show_default=True, help="Side of the evaluation grid.")
+@click.option("--metrics", "metrics_mode", type=click.Choice(["auto", "exact", "streaming"]), default="auto",
+              show_default=True, help="Exact metrics, or streaming in fixed memory (auto: by test-set size).")
+@click.option("--pictures", type=int, default=6, show_default=True,
+              help="Hardest good and defective images pictured per category (0: none).")
+def command(method, root, categories, preset, sets, device, protocol, out, resume, eval_size, metrics_mode, pictures):
+    """Fit and evaluate METHOD on each category; write a run directory and print the table."""
+    from threecad.harness import BenchSpec, run_benchmark
+    from threecad.method import parse_set_options
+
+    spec = BenchSpec(method=method, root=resolve_root(root), categories=tuple(categories), preset=preset,
+                     overrides=parse_set_options(sets), device=device, protocol=protocol, out=out,
+                     resume=resume, eval_size=eval_size, metrics_mode=metrics_mode, pictures=pictures)
+    results, code = run_benchmark(spec, echo=click.echo)
+    run_dir = Path(out) if out else None
+    click.echo("")
+    md = (run_dir / "results.md") if run_dir else None
+    from threecad.harness.rundir import markdown
+
+    click.echo(md.read_text() if md and md.is_file() else markdown(results))
+    raise SystemExit(code)

@@ -1,0 +1,145 @@
+"""The run directory: one JSON per finished category, and the aggregate views built from them.
+
+Layout of RUN_DIR:
+  run.json                 what was run (method, preset, config, protocol, dataset); --resume checks it
+  categories/<ABBR>.json   one record per category, written atomically when it finishes
+  failures/<ABBR>.txt      the traceback of a failed category
+  checkpoints/<ABBR>.pt    the method's state_dict (load with weights_only=True)
+  pictures/<ABBR>.png      highest-scored good and lowest-scored defective test images
+  work/<ABBR>/             the method's scratch (epoch checkpoints), removed on success
+  results.json, results.csv, results.md   aggregates, rewritten after every category
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from threecad.fsutil import atomic_write_json, atomic_write_text
+
+MAIN_METRICS = ("i_auroc", "i_ap", "i_f1max", "p_auroc", "p_ap", "p_f1max", "au_pro")
+SCHEMA = "threecad.run/1"
+PAPER_CAVEAT = ("Protocol 3cad-paper computes PRO per defective image and ignores false positives "
+                "on good images, as the official release does; compare it only with the paper.")
+
+
+class RunDir:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    # paths
+    @property
+    def spec_file(self) -> Path:
+        return self.path / "run.json"
+
+    def category_file(self, abbr: str) -> Path:
+        return self.path / "categories" / f"{abbr}.json"
+
+    def failure_file(self, abbr: str) -> Path:
+        return self.path / "failures" / f"{abbr}.txt"
+
+    def checkpoint_file(self, abbr: str) -> Path:
+        return self.path / "checkpoints" / f"{abbr}.pt"
+
+    def picture_file(self, abbr: str) -> Path:
+        return self.path / "pictures" / f"{abbr}.png"
+
+    def work_dir(self, abbr: str) -> Path:
+        return self.path / "work" / abbr
+
+    # records
+    def read_spec(self) -> dict[str, Any] | None:
+        return json.loads(self.spec_file.read_text()) if self.spec_file.is_file() else None
+
+    def write_spec(self, spec: dict[str, Any]) -> None:
+        atomic_write_json(self.spec_file, spec)
+
+    def read_category(self, abbr: str) -> dict[str, Any] | None:
+        f = self.category_file(abbr)
+        return json.loads(f.read_text()) if f.is_file() else None
+
+    def write_category(self, abbr: str, record: dict[str, Any]) -> None:
+        atomic_write_json(self.category_file(abbr), record)
+
+    def write_failure(self, abbr: str, error: str, traceback_text: str) -> dict[str, Any]:
+        atomic_write_text(self.failure_file(abbr), traceback_text)
+        record = {"status": "failed", "error": error,
+                  "traceback": str(self.failure_file(abbr).relative_to(self.path))}
+        self.write_category(abbr, record)
+        return record
+
+    # aggregates
+    def write_results(self, spec: dict[str, Any], categories: dict[str, dict[str, Any]],
+                      extra: dict[str, Any]) -> dict[str, Any]:
+        results = {"schema": SCHEMA, **spec, "categories": categories,
+                   "mean": mean_metrics(categories, spec["protocol"]), **extra}
+        atomic_write_json(self.path / "results.json", results)
+        atomic_write_text(self.path / "results.csv", long_table(results).to_csv(index=False))
+        atomic_write_text(self.path / "results.md", markdown(results))
+        return results
+
+
+def mean_metrics(categories: dict[str, dict[str, Any]], protocol: str) -> dict[str, float]:
+    """Mean over the finished categories; 3cad-paper rounds each value to 3 decimals first, as the paper."""
+    out: dict[str, float] = {}
+    ok = [c for c in categories.values() if c.get("status") == "ok"]
+    for metric in MAIN_METRICS:
+        values = [c["metrics"][metric] for c in ok if _finite(c["metrics"].get(metric))]
+        if protocol == "3cad-paper":
+            values = [round(v, 3) for v in values]
+        if values:
+            out[metric] = sum(values) / len(values)
+    return out
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and math.isfinite(v)
+
+
+def long_table(results: dict[str, Any]) -> pd.DataFrame:
+    rows = []
+    base = {"run_id": results["run_id"], "method": results["method"], "preset": results["preset"],
+            "protocol": results["protocol"], "dataset": results["dataset"]["name"]}
+    for abbr, rec in results["categories"].items():
+        if rec.get("status") != "ok":
+            continue
+        for metric in MAIN_METRICS:
+            if _finite(rec["metrics"].get(metric)):
+                rows.append({**base, "category": abbr, "metric": metric, "value": rec["metrics"][metric]})
+    for metric, value in results["mean"].items():
+        rows.append({**base, "category": "Mean", "metric": metric, "value": value})
+    return pd.DataFrame(rows, columns=[*base, "category", "metric", "value"])
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """The paper's wide layout: metrics as rows, categories as columns, then Mean (percent)."""
+    cats = [a for a, r in results["categories"].items() if r.get("status") == "ok"]
+    header = ["Metric", *cats, "Mean"]
+    lines = [f"# {results['method']} ({results['preset']}) on {results['dataset']['name']}",
+             "",
+             f"Protocol `{results['protocol']}`, evaluation size {results['eval_size']}, "
+             f"device {results['device']}, run `{results['run_id']}`.", ""]
+    if results["protocol"] == "3cad-paper":
+        lines += [f"> {PAPER_CAVEAT}", ""]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for metric in MAIN_METRICS:
+        vals = [results["categories"][a]["metrics"].get(metric) for a in cats]
+        if not any(_finite(v) for v in vals):
+            continue
+        mean = results["mean"].get(metric)
+        cells = [f"{100 * v:.1f}" if _finite(v) else "-" for v in vals]
+        lines.append("| " + " | ".join([metric, *cells, f"{100 * mean:.1f}" if _finite(mean) else "-"]) + " |")
+    lines += ["", "| Category | fit s | images/s | peak host MB | peak device MB |", "|---|---|---|---|---|"]
+    for a in cats:
+        r = results["categories"][a]
+        dev = r["memory"].get("peak_device_mb")
+        lines.append(f"| {a} | {r['timings']['fit_s']:.1f} | {r['timings']['infer_images_per_s']:.1f} | "
+                     f"{r['memory']['peak_host_rss_mb']:.0f} | {'-' if dev is None else f'{dev:.0f}'} |")
+    failed = {a: r for a, r in results["categories"].items() if r.get("status") != "ok"}
+    if failed:
+        lines += ["", "Failed categories:", ""]
+        lines += [f"- {a}: {r.get('error', 'unknown error')} (see {r.get('traceback')})" for a, r in failed.items()]
+    return "\n".join(lines) + "\n"
