@@ -1,0 +1,123 @@
+"""DRAEM-style anomaly synthesis: shapes, blend formula, determinism, DTD and procedural sources."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from threecad.anomaly_synthesis import AnomalySynthesizer, perlin_noise
+from threecad.errors import ThreecadError
+
+SIZE = 64
+
+
+def _images(n: int = 12, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return 0.4 + 0.2 * torch.rand(n, 3, SIZE, SIZE, generator=g)
+
+
+def test_shapes_range_and_binary_masks():
+    synth = AnomalySynthesizer(SIZE, seed=1)
+    assert synth.texture_source == "procedural"
+    x = _images(16)
+    out, masks = synth(x)
+    assert out.shape == x.shape and masks.shape == (16, 1, SIZE, SIZE)
+    assert out.dtype == x.dtype and masks.dtype == x.dtype
+    assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
+    assert set(torch.unique(masks).tolist()) <= {0.0, 1.0}
+    # every sample is augmented: no empty mask, and pixels inside the masks changed
+    assert bool((masks.flatten(1).amax(1) == 1).all())
+    assert float((out - x).abs().mul(masks).sum()) > 0
+
+
+def test_untouched_outside_mask_and_blend_inside():
+    beta_max = 0.8
+    synth = AnomalySynthesizer(SIZE, beta_max=beta_max, seed=3)
+    tex = torch.zeros(10, 3, SIZE, SIZE)
+    tex[:, 0], tex[:, 1], tex[:, 2] = 0.05, 0.95, 0.1  # far from every image pixel
+    synth._textures = lambda images: tex.to(images.device)
+    synth._augment = lambda t: t
+    x = _images(10, seed=5)
+    out, masks = synth(x)
+    m = masks.bool().expand_as(x)
+    assert torch.equal(out[~m], x[~m])
+    # inside: out = (1-b) tex + b x with one b per sample, b in [0, beta_max)
+    b = 1 - (out - x) / (tex - x)
+    for i in range(10):
+        bi = b[i][m[i]]
+        assert bi.numel() > 0
+        assert float(bi.max() - bi.min()) < 1e-4
+        assert 0.0 <= float(bi.mean()) < beta_max + 1e-5
+
+
+def test_deterministic_by_seed_and_sequence_advances():
+    x = _images(8)
+    a1, m1 = AnomalySynthesizer(SIZE, seed=7)(x)
+    s2 = AnomalySynthesizer(SIZE, seed=7)
+    a2, m2 = s2(x)
+    assert torch.equal(a1, a2) and torch.equal(m1, m2)
+    a3, m3 = s2(x)  # the next batch differs
+    assert not torch.equal(m2, m3)
+    a4, _ = AnomalySynthesizer(SIZE, seed=8)(x)
+    assert not torch.equal(a1, a4)
+
+
+def test_perlin_scale_controls_blob_size():
+    g = torch.Generator().manual_seed(0)
+    n = 64
+    angle = torch.zeros(n)
+    coarse = perlin_noise(torch.full((n,), 2), torch.full((n,), 2), angle, SIZE, g)
+    fine = perlin_noise(torch.full((n,), 16), torch.full((n,), 16), angle, SIZE, g)
+    assert float(coarse.abs().max()) <= 1.5 and float(fine.abs().max()) <= 1.5
+
+    def roughness(z: torch.Tensor) -> float:  # mean neighbour difference: larger for finer noise
+        return float((z[:, :, 1:] - z[:, :, :-1]).abs().mean())
+
+    assert roughness(fine) > 4 * roughness(coarse)
+
+
+def _fake_dtd(root: Path, colours: dict[str, tuple[int, int, int]]) -> Path:
+    """torchvision's DTD layout: <root>/dtd/dtd/images/<class>/<file>.jpg, labels/{split}1.txt."""
+    data = root / "dtd" / "dtd"
+    lines = []
+    for cls, rgb in colours.items():
+        (data / "images" / cls).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((40, 50, 3), rgb, np.uint8)).save(data / "images" / cls / f"{cls}_0001.png")
+        lines.append(f"{cls}/{cls}_0001.png")
+    (data / "labels").mkdir(parents=True)
+    (data / "labels" / "train1.txt").write_text("\n".join(lines[:2]) + "\n")
+    (data / "labels" / "val1.txt").write_text(lines[2] + "\n")
+    (data / "labels" / "test1.txt").write_text(lines[3] + "\n")
+    return root
+
+
+def test_dtd_textures_are_used(tmp_path: Path):
+    colours = {"banded": (255, 0, 0), "dotted": (0, 255, 0), "striped": (0, 0, 255), "woven": (255, 255, 0)}
+    root = _fake_dtd(tmp_path, colours)
+    synth = AnomalySynthesizer(SIZE, dtd_root=str(root), beta_max=0.0, seed=0)
+    assert synth.texture_source == "dtd"
+    synth._augment = lambda t: t  # so that in-mask pixels are exactly the DTD colours
+    x = _images(12)
+    out, masks = synth(x)
+    seen = set()
+    allowed = torch.tensor(list(colours.values()), dtype=torch.float32) / 255
+    for i in range(12):
+        pix = out[i].permute(1, 2, 0)[masks[i, 0].bool()]
+        dist = (pix[:, None, :] - allowed[None]).abs().amax(-1)  # (P, 4)
+        assert float(dist.min(1).values.max()) < 1e-6
+        seen.add(int(dist.argmin(1)[0]))
+    assert len(seen) >= 2  # textures are drawn at random from all splits
+
+
+def test_dtd_augmented_path_runs(tmp_path: Path):
+    root = _fake_dtd(tmp_path, {"a": (10, 20, 30), "b": (200, 100, 0), "c": (0, 0, 0), "d": (255, 255, 255)})
+    out, masks = AnomalySynthesizer(32, dtd_root=str(root), seed=1)(_images(4))  # input 64: textures resized
+    assert out.shape == (4, 3, SIZE, SIZE) and float(out.min()) >= 0 and float(out.max()) <= 1
+
+
+def test_missing_dtd_is_a_clear_error(tmp_path: Path):
+    with pytest.raises(ThreecadError, match="DTD not found"):
+        AnomalySynthesizer(SIZE, dtd_root=str(tmp_path / "nowhere"))
