@@ -1,0 +1,231 @@
+"""Training plumbing shared by the gradient-trained methods (CFRG, Reverse Distillation).
+
+Seeding, the epoch checkpoint that lets an interrupted category resume where it stopped,
+and model selection on the validation split. Nothing here is specific to CFRG; it lives
+in this package because CFRG is its first user (DRAEM and DeSTSeg can import it too).
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from threecad.errors import ThreecadError
+from threecad.fsutil import atomic_path
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_NAME = "epoch.pt"
+SELECTIONS = ("last", "val")
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices) so that a run repeats."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    """The global random states as tensors and plain values (loadable with weights_only=True)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": (kind, torch.from_numpy(np.asarray(keys, dtype=np.int64)), int(pos), int(has_gauss), float(gauss)),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(_as_tuples(state["python"]))
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_tuples(value: Any) -> Any:
+    """random.setstate wants tuples; a round trip through torch.save may give lists."""
+    if isinstance(value, (list, tuple)):
+        return tuple(_as_tuples(v) for v in value)
+    return value
+
+
+class EpochCheckpoint:
+    """`<work_dir>/epoch.pt`, written atomically after every epoch and removed when fit ends.
+
+    Holds everything needed to continue training exactly: model, optimiser, scheduler,
+    AMP scaler, epoch, random states, and the best-so-far state when selecting on val.
+    """
+
+    def __init__(self, work_dir: str | Path | None):
+        self.path = Path(work_dir) / CHECKPOINT_NAME if work_dir is not None else None
+
+    def load(self) -> dict[str, Any] | None:
+        if self.path is None or not self.path.is_file():
+            return None
+        try:
+            state = torch.load(self.path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - a damaged checkpoint must not block training
+            log.warning("ignoring unreadable epoch checkpoint %s (%s); training from the start", self.path, exc)
+            return None
+        log.info("resuming from %s after epoch %d", self.path, state["epoch"] + 1)
+        return state
+
+    def save(self, state: dict[str, Any]) -> None:
+        if self.path is None:
+            return
+        with atomic_path(self.path) as tmp:
+            torch.save(state, tmp)
+
+    def remove(self) -> None:
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
+
+
+def check_selection(select: str) -> None:
+    if select not in SELECTIONS:
+        raise ThreecadError(f"select must be one of {', '.join(SELECTIONS)}, got '{select}'")
+
+
+def cpu_copy(state: dict[str, Any]) -> dict[str, Any]:
+    """A detached CPU copy of a (nested) state dict, to keep the best epoch's weights aside."""
+    return {k: (v.detach().to("cpu", copy=True) if torch.is_tensor(v) else
+                cpu_copy(v) if isinstance(v, dict) else copy.deepcopy(v)) for k, v in state.items()}
+
+
+def batches(loader: Iterable[dict], device: torch.device, channels_last: bool) -> Iterator[dict]:
+    """Loader batches with `image` (and `mask`) moved to `device`, channels-last on CUDA."""
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    for batch in loader:
+        out = dict(batch)
+        out["image"] = batch["image"].to(device, non_blocking=True).contiguous(memory_format=fmt)
+        if "mask" in batch:
+            out["mask"] = batch["mask"].to(device, non_blocking=True)
+        yield out
+
+
+def loader_length(loader: Iterable) -> int | None:
+    try:
+        return len(loader)  # type: ignore[arg-type]
+    except TypeError:
+        return None
+
+
+def multistep_scheduler(optimizer: torch.optim.Optimizer, epochs: int, milestones: Iterable[float],
+                        gamma: float) -> torch.optim.lr_scheduler.MultiStepLR:
+    """Step decay at fractions of the epoch count (the 3CAD release: x0.2 at 80% and 90%)."""
+    steps = sorted({max(1, int(round(f * epochs))) for f in milestones if 0 < f < 1})
+    return torch.optim.lr_scheduler.MultiStepLR(optimizer, steps, gamma=gamma)
+
+
+@dataclass
+class LoopResult:
+    """What the epoch loop did, for `Method.info()`."""
+
+    epochs: int
+    selected_epoch: int  # 1-based
+    resumed_after: int | None  # epochs already done when this fit started, if it resumed
+    last_losses: dict[str, float] = field(default_factory=dict)
+    val_losses: list[float] = field(default_factory=list)
+
+
+def train_epochs(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, scaler: torch.amp.GradScaler,
+                 step: Callable[[dict], dict[str, torch.Tensor]], train_loader: Iterable[dict], *,
+                 epochs: int, device: torch.device, channels_last: bool, work_dir: str | Path | None,
+                 select: str = "last", validate: Callable[[Iterable[dict]], float] | None = None,
+                 val_loader: Iterable[dict] | None = None, generators: dict[str, torch.Generator] | None = None,
+                 desc: str = "train") -> LoopResult:
+    """Run the epochs of one category with AMP, an epoch checkpoint and model selection.
+
+    `model` holds the trainable weights (what the checkpoint stores); `step(batch)` returns
+    the losses of one batch with `loss` their sum; `validate(val_loader)` returns a loss on
+    the validation split (lower is better), used when `select="val"`. `generators` are
+    extra random streams (e.g. the anomaly synthesizer's) saved and restored with the rest.
+    """
+    check_selection(select)
+    if select == "val" and (validate is None or val_loader is None):
+        raise ThreecadError("select=val needs a validation split: run `threecad split` on the dataset "
+                            "first, or use select=last")
+    n_batches = loader_length(train_loader)
+    if n_batches == 0:
+        raise ThreecadError("the training loader is empty: no good training images, or batch_size "
+                            "larger than the training set with drop_last")
+    generators = dict(generators or {})
+    if isinstance(getattr(train_loader, "generator", None), torch.Generator):
+        generators["train_loader"] = train_loader.generator  # its shuffle order, so a resume repeats it
+    checkpoint = EpochCheckpoint(work_dir)
+    start, best, best_loss, resumed = 0, None, float("inf"), None
+    val_losses: list[float] = []
+    state = checkpoint.load()
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"])
+        for name, gen in generators.items():
+            if name in state["generators"]:
+                gen.set_state(state["generators"][name])
+        start = resumed = int(state["epoch"]) + 1
+        best, best_loss = state.get("best"), float(state.get("best_loss", float("inf")))
+        val_losses = list(state.get("val_losses", []))
+    selected = start
+    last: dict[str, float] = {}
+    total = n_batches * (epochs - start) if n_batches else None
+    with tqdm(total=total, desc=desc, unit="step", disable=None, dynamic_ncols=True) as bar:
+        for epoch in range(start, epochs):
+            model.train()
+            sums: dict[str, float] = {}
+            count = 0
+            for batch in batches(train_loader, device, channels_last):
+                losses = step(batch)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(losses["loss"]).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                count += 1
+                for key, value in losses.items():
+                    sums[key] = sums.get(key, 0.0) + float(value.detach())
+                bar.update(1)
+                bar.set_postfix(epoch=f"{epoch + 1}/{epochs}", loss=f"{float(losses['loss'].detach()):.4f}")
+            scheduler.step()
+            last = {k: v / max(count, 1) for k, v in sums.items()}
+            if select == "val":
+                model.eval()
+                with torch.no_grad():
+                    val = float(validate(batches(val_loader, device, channels_last)))
+                val_losses.append(val)
+                if val < best_loss:
+                    best_loss, best, selected = val, cpu_copy(model.state_dict()), epoch + 1
+                log.info("epoch %d/%d: train %s, val loss %.5f", epoch + 1, epochs, _fmt(last), val)
+            else:
+                selected = epoch + 1
+                log.debug("epoch %d/%d: train %s", epoch + 1, epochs, _fmt(last))
+            checkpoint.save({
+                "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "rng": rng_state(),
+                "generators": {name: gen.get_state() for name, gen in generators.items()},
+                "best": best, "best_loss": best_loss, "val_losses": val_losses})
+    if select == "val" and best is not None:
+        model.load_state_dict(best)
+        selected = int(np.argmin(val_losses)) + 1
+    checkpoint.remove()
+    return LoopResult(epochs=epochs, selected_epoch=selected, resumed_after=resumed,
+                      last_losses=last, val_losses=val_losses)
+
+
+def _fmt(losses: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:.4f}" for k, v in losses.items())

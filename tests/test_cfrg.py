@@ -1,0 +1,228 @@
+"""CFRG: the release's parameter counts, the three losses, ablations, persistence and resume."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+import torchvision
+from torch.utils.data import DataLoader
+
+from cfrg.method import CFRG, CFRGConfig
+from cfrg.training import CHECKPOINT_NAME
+from conftest import make_tiny_dataset
+from threecad.dataset import ThreeCAD
+from threecad.errors import ThreecadError
+from threecad.method import build_config
+
+# The official release's per-part parameter counts (counted on its PyTorch model).
+RELEASE_BOTTLENECK = 67_277_824
+RELEASE_DECODER = 24_917_504
+RELEASE_SEGMENTATION = 20_364_417
+RELEASE_ADAPTERS = 294_032
+RELEASE_EFFICIENTNET_B0 = 5_288_548
+# The release's bottleneck also holds a 1x1 conv (4096 -> 2048) and its BatchNorm that its
+# forward pass never calls; threecad leaves that dead layer out.
+RELEASE_UNUSED_CONV = 4096 * 2048 + 2 * 2048
+
+
+def small_config(**overrides) -> CFRGConfig:
+    """A CFRG small enough for tests: random MobileNetV2 teacher, 64 px."""
+    values = dict(teacher="mobilenet_v2", weights="none", image_size=64, batch_size=4, epochs=2,
+                  decoder_blocks=(1, 1, 1), bottleneck_blocks=1, sigma=2.0, seed=3)
+    values.update(overrides)
+    return CFRGConfig(**values)
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    root = make_tiny_dataset(tmp_path_factory.mktemp("cfrg") / "tiny", categories=("Aluminum_Camera_Cover",),
+                             n_train=8, n_good=4, n_defect=3)
+    train = ThreeCAD(root, "ACC", "train", image_size=64, cache=False)
+    test = ThreeCAD(root, "ACC", "test", image_size=64, cache=False)
+    return train, test
+
+
+def loader(dataset, batch_size=4, seed=0):
+    return DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed))
+
+
+def test_paper_preset_has_release_parameter_counts():
+    config = build_config(CFRG, "paper", {"weights": "none"})
+    assert (config.teacher, config.student, config.batch_size, config.epochs, config.lr) == (
+        "wide_resnet50_2", "efficientnet_b0", 32, 50, 5e-4)
+    counts = CFRG(config).net.parameter_counts()
+    assert counts["bottleneck"] + RELEASE_UNUSED_CONV == RELEASE_BOTTLENECK
+    assert counts["decoder"] == RELEASE_DECODER
+    assert counts["segmentation"] == RELEASE_SEGMENTATION
+    assert counts["adapters"] == RELEASE_ADAPTERS
+    # the student is EfficientNet-B0 cut after its last stride-16 block (features[0..5])
+    full = torchvision.models.efficientnet_b0(weights=None)
+    assert sum(p.numel() for p in full.parameters()) == RELEASE_EFFICIENTNET_B0
+    assert counts["student"] == sum(p.numel() for p in full.features[:6].parameters())
+
+
+def fixed_batch(config: CFRGConfig):
+    from threecad.anomaly_synthesis import AnomalySynthesizer
+
+    torch.manual_seed(0)
+    normal = 0.55 + 0.1 * torch.rand(4, 3, config.image_size, config.image_size)
+    anomalous, masks = AnomalySynthesizer(config.image_size, seed=1)(normal)
+    return normal, anomalous, masks
+
+
+def test_one_step_lowers_each_loss():
+    config = small_config()
+    method = CFRG(config)
+    normal, anomalous, masks = fixed_batch(config)
+    params = method.net.trainable
+    params.train()
+    optimizer = torch.optim.Adam(params.parameters(), lr=config.lr, betas=(config.beta1, config.beta2))
+    torch.manual_seed(5)  # the student's stochastic depth draws the same masks in both passes
+    before = method.losses(normal, anomalous, masks)
+    optimizer.zero_grad()
+    before["loss"].backward()
+    optimizer.step()
+    torch.manual_seed(5)
+    with torch.no_grad():
+        after = method.losses(normal, anomalous, masks)
+    assert set(before) == {"dis", "rec", "seg", "loss"}
+    for key in ("dis", "rec", "seg"):
+        assert after[key] < before[key], (key, float(before[key]), float(after[key]))
+
+
+def test_discrimination_loss_rewards_disagreeing_on_anomalies():
+    from cfrg.losses import discrimination_loss
+
+    t = [torch.randn(2, 8, 4, 4)]
+    masks = torch.zeros(2, 1, 16, 16)
+    masks[:, :, :8] = 1  # top half anomalous
+    agree = discrimination_loss(t, [t[0].clone()], masks)  # d = 0 everywhere -> loss = anomalous fraction
+    assert agree == pytest.approx(0.5, abs=1e-5)
+    opposite = discrimination_loss(t, [-t[0]], torch.ones_like(masks))  # d = 2 on anomalies -> 1 - 2 = -1
+    assert opposite == pytest.approx(-1.0, abs=1e-5)
+
+
+@pytest.mark.parametrize("switch,parts,losses", [
+    ({"segmentation": False}, {"student", "adapters", "bottleneck", "decoder"}, {"dis", "rec"}),
+    ({"recovery_guidance": False, "map_source": "student"}, {"student", "adapters", "segmentation"},
+     {"dis", "seg"}),
+    ({"recovery_guidance": False}, {"student", "adapters", "bottleneck", "decoder", "segmentation"},
+     {"dis", "rec", "seg"}),
+    ({"map_source": "student"}, {"student", "adapters", "bottleneck", "decoder", "segmentation"},
+     {"dis", "rec", "seg"}),
+])
+def test_ablation_switches(switch, parts, losses):
+    config = small_config(**switch)
+    method = CFRG(config)
+    assert set(method.net.trainable) == parts
+    normal, anomalous, masks = fixed_batch(config)
+    assert set(method.losses(normal, anomalous, masks)) == losses | {"loss"}
+    with torch.inference_mode():
+        scores, maps = method.predict(normal)
+    assert maps.shape == (4, 64, 64) and torch.equal(scores, maps.flatten(1).amax(1))
+
+
+def test_guidance_changes_the_segmentation_input():
+    """Without guidance the U-Net ignores the recovery branch: perturbing it changes nothing."""
+    normal, anomalous, masks = fixed_batch(small_config())
+    for guidance in (True, False):
+        method = CFRG(small_config(recovery_guidance=guidance))
+        method.net.eval()
+        with torch.no_grad():
+            a = method.net(anomalous).logits
+            for p in method.net.trainable["decoder"].parameters():
+                p.add_(0.5 * torch.randn_like(p))
+            b = method.net(anomalous).logits
+        assert torch.equal(a, b) != guidance
+
+
+def test_bad_config_is_a_clear_error():
+    with pytest.raises(ThreecadError, match="map_source"):
+        CFRG(small_config(map_source="teacher"))
+    with pytest.raises(ThreecadError, match="select"):
+        CFRG(small_config(select="test"))
+
+
+def test_fit_predict_save_load(tiny_data, tmp_path):
+    train, test = tiny_data
+    method = CFRG(small_config(epochs=3))
+    method.fit(loader(train))
+    info = method.info()
+    assert info["texture_source"] == "procedural" and info["selected_epoch"] == 3
+    images = torch.stack([test[i]["image"] for i in range(len(test))])
+    with torch.inference_mode():
+        scores, maps = method.predict(images)
+    assert maps.shape == (len(test), 64, 64) and torch.isfinite(maps).all()
+    assert torch.equal(scores, maps.flatten(1).amax(1))
+    torch.save(method.state_dict(), tmp_path / "cfrg.pt")
+    restored = CFRG(small_config(epochs=3))
+    restored.load_state_dict(torch.load(tmp_path / "cfrg.pt", weights_only=True))
+    with torch.inference_mode():
+        scores2, maps2 = restored.predict(images)
+    assert torch.equal(maps, maps2) and torch.equal(scores, scores2)
+    assert restored.info()["texture_source"] == "procedural"
+
+
+class Interrupt(Exception):
+    pass
+
+
+class InterruptingLoader:
+    """Wraps a loader and raises after `limit` batches in total, like a killed run."""
+
+    def __init__(self, inner, limit: int):
+        self.inner, self.limit, self.seen = inner, limit, 0
+        self.generator = inner.generator
+
+    def __len__(self):
+        return len(self.inner)
+
+    def __iter__(self):
+        for batch in self.inner:
+            if self.seen == self.limit:
+                raise Interrupt
+            self.seen += 1
+            yield batch
+
+
+def test_epoch_checkpoint_resumes_exactly(tiny_data, tmp_path):
+    train, _ = tiny_data
+    config = small_config(epochs=3)
+    reference = CFRG(config)
+    reference.fit(loader(train))
+
+    work = tmp_path / "work"
+    first = CFRG(config)
+    first.work_dir = work
+    with pytest.raises(Interrupt):
+        first.fit(InterruptingLoader(loader(train), limit=3))  # 2 batches an epoch: dies in epoch 2
+    saved = torch.load(work / CHECKPOINT_NAME, weights_only=True)
+    assert saved["epoch"] == 0
+
+    resumed = CFRG(config)
+    resumed.work_dir = work
+    resumed.fit(loader(train))  # a fresh loader, as a new process would build
+    assert resumed.info()["resumed_after_epoch"] == 1
+    assert not (work / CHECKPOINT_NAME).exists()
+    ref_state, res_state = reference.net.trainable.state_dict(), resumed.net.trainable.state_dict()
+    for key, value in ref_state.items():
+        assert torch.allclose(value.float(), res_state[key].float(), atol=1e-6), key
+
+
+def test_select_val_picks_lowest_validation_loss(tiny_data):
+    train, _ = tiny_data
+    method = CFRG(small_config(epochs=3, select="val"))
+    with pytest.raises(ThreecadError, match="validation"):
+        method.fit(loader(train))
+    method.fit(loader(train), val_loader=DataLoader(train, batch_size=4))
+    info = method.info()
+    losses = method._loop.val_losses
+    assert len(losses) == 3 and info["selected_epoch"] == losses.index(min(losses)) + 1
+
+
+def test_cpu_preset_uses_an_offline_teacher():
+    config = build_config(CFRG, "cpu")
+    assert config.teacher in ("efficientnet_lite0", "mobilenet_v2") and config.image_size <= 160
+    assert dataclasses.asdict(build_config(CFRG, "paper")) == dataclasses.asdict(CFRGConfig())
+
