@@ -173,6 +173,26 @@ def test_regions_small_but_visible_at_native_size():
     assert (f < 0.01).mean() > 0.75 and (f < 0.001).mean() > 0.25
 
 
+def test_every_region_is_placed_by_its_kind(monkeypatch):
+    """Warping follows a real outline or rim (the scene shows one when asked); the generic
+    last-resort disk is never needed for these images."""
+    import threecad.synth.render as render
+
+    def no_fallback(self):
+        raise AssertionError("fell back to a plain disk")
+
+    monkeypatch.setattr(render._Placer, "fallback", no_fallback)
+    warping = {"outer_warping", "inner_warping"}
+    checked = 0
+    for abbr in ("ACC", "AP"):
+        cat = next(c for c in THREECAD if c.abbreviation == abbr)
+        jobs = [j for j in plan_category(cat, 0.05, 4, 256) if warping & {t for t, _ in j.regions}]
+        for j in jobs[:12]:
+            out = render_job(j)
+            checked += sum(r.defect_type in warping for r in out.regions)
+    assert checked >= 20
+
+
 def test_size_distribution_over_many_regions(tmp_path):
     """At 256 px the region sizes keep the paper's shape: dominated by small defects."""
     fractions = []

@@ -18,6 +18,10 @@ from threecad.synth.noise import (coverage, fractal_noise, grid_coords, periodic
                                   rounded_rect_sdf, smooth_noise, smoothstep)
 
 
+Edges = frozenset[str]  # which edges a scene must show: "outer" (outline), "inner" (hole rim)
+NO_EDGES: Edges = frozenset()
+
+
 @dataclass
 class Scene:
     """A rendered good part and the geometry defects need."""
@@ -111,7 +115,7 @@ def _hole_disks(yy, xx, centers, radii):
 
 
 # --- aluminium camera cover: a turned, anodised ring around the lens hole -------------------
-def camera_cover(rng: np.random.Generator, h: int, w: int) -> Scene:
+def camera_cover(rng: np.random.Generator, h: int, w: int, edges: Edges = NO_EDGES) -> Scene:
     s = min(h, w)
     yy, xx = grid_coords(h, w)
     cy = h / 2 + rng.uniform(-0.03, 0.03) * s
@@ -132,7 +136,8 @@ def camera_cover(rng: np.random.Generator, h: int, w: int) -> Scene:
     ring = coverage(r - r_out) - coverage(r - r_in)
     cham = max(2.0, s * rng.uniform(0.022, 0.035))
     outer_bevel = _chamfer(r - r_out, cham)
-    inner_bevel = np.clip(smoothstep(r_in - 1, r_in + 1, r) - smoothstep(r_in + cham - 1, r_in + cham + 1, r), 0, 1)
+    inner_bevel = np.clip(smoothstep(r_in - 1, r_in + 1, r)
+                          - smoothstep(r_in + cham - 1, r_in + cham + 1, r), 0, 1)
     spec = 1.25 + 0.35 * np.cos(2 * (theta - phi)) + 0.1 * turning
     img = _rgb(_background(rng, (h, w), s, 0.07), (1.0, 1.0, 1.02))
     lens = 0.035 + 0.05 * np.exp(-((r - r_in * 0.55) / (r_in * 0.08)) ** 2) * (1 + np.cos(theta - phi)) / 2
@@ -162,9 +167,13 @@ def _shell_outline(rng, yy, xx, h: int, w: int, s: float, n_edges: int):
                             (edges["right"] - edges["left"]) / 2, s * rng.uniform(0.08, 0.22))
 
 
-def _openings(rng, scene_sdf, yy, xx, h, w, s):
-    """Camera hole or microphone holes on a shell: disks well inside the part."""
-    n = int(rng.choice([0, 1, 1, 2, 3]))
+def _openings(rng, scene_sdf, yy, xx, h, w, s, need: bool):
+    """Camera hole or microphone holes on a shell: disks well inside the part.
+
+    With `need`, there is always at least one (at the deepest point of the part if no
+    random spot fits), so that rim defects have a rim to follow.
+    """
+    n = max(int(rng.choice([0, 1, 1, 2, 3])), int(need))
     centers, radii = [], []
     for _ in range(n):
         rad = s * (rng.uniform(0.05, 0.1) if not centers else rng.uniform(0.015, 0.03))
@@ -176,11 +185,16 @@ def _openings(rng, scene_sdf, yy, xx, h, w, s):
                 centers.append((cy, cx))
                 radii.append(rad)
                 break
+    if need and not centers:
+        iy, ix = np.unravel_index(int(np.argmin(scene_sdf)), scene_sdf.shape)
+        centers.append((float(iy), float(ix)))
+        radii.append(max(2.0, min(0.06 * s, -float(scene_sdf[iy, ix]) * 0.5)))
     return _hole_disks(yy, xx, centers, radii) if centers else None
 
 
 def _shell(rng: np.random.Generator, h: int, w: int, palette, brushed: bool,
-           slots: bool) -> Scene:
+           slots: bool, edges: Edges) -> Scene:
+    """A shell surface; `edges` asks for an outline in view ("outer") or an opening ("inner")."""
     s = min(h, w)
     yy, xx = grid_coords(h, w)
     color = _pick(rng, palette)
@@ -188,10 +202,13 @@ def _shell(rng: np.random.Generator, h: int, w: int, palette, brushed: bool,
     tex = _brushed(rng, (h, w), axis, s) if brushed else _grain(rng, (h, w), s)
     lum = _lighting(rng, yy, xx, h, w, rng.uniform(0.12, 0.25)) + (0.045 if brushed else 0.03) * tex
     lum += 0.03 * fractal_noise(rng, (h, w), s / 3, octaves=2)
-    outline = _shell_outline(rng, yy, xx, h, w, s, int(rng.choice([0, 1, 1, 2])))
-    holes = _slots(rng, yy, xx, h, w, s, outline) if slots and rng.random() < 0.7 else None
+    n_edges = int(rng.choice([0, 1, 1, 2]))
+    outline = _shell_outline(rng, yy, xx, h, w, s, max(n_edges, int("outer" in edges)))
+    # vent slots have long rims; a scene that must show a rim tries them first
+    use_slots = slots and (rng.random() < 0.7 or "inner" in edges)
+    holes = _slots(rng, yy, xx, h, w, s, outline) if use_slots else None
     if holes is None:
-        holes = _openings(rng, outline, yy, xx, h, w, s)
+        holes = _openings(rng, outline, yy, xx, h, w, s, need="inner" in edges)
     img = _rgb(_background(rng, (h, w), s, 0.06), (1.0, 1.0, 1.0))
     body = coverage(outline)
     if holes is not None:
@@ -230,28 +247,29 @@ def _slots(rng, yy, xx, h, w, s, outline):
     idx = np.clip(np.floor(a / pitch), 0, n - 1)
     local = a - (idx + 0.5) * pitch
     sdf = rounded_rect_sdf(b, local, 0.0, 0.0, slot_l / 2, slot_w / 2, slot_w / 2)
-    cy, cx = (mid, start + span / 2) if horizontal else (start + span / 2, mid)
-    iy, ix = int(np.clip(cy, 0, h - 1)), int(np.clip(cx, 0, w - 1))
-    if outline[iy, ix] > -(slot_l / 2 + 0.05 * s):
-        return None  # the row would cut the outline: leave it out
+    for pos in (start, start + span / 2, start + span):
+        cy, cx = (mid, pos) if horizontal else (pos, mid)
+        iy, ix = int(np.clip(cy, 0, h - 1)), int(np.clip(cx, 0, w - 1))
+        if outline[iy, ix] > -(slot_l / 2 + 0.04 * s):
+            return None  # the row would cut the outline: leave it out
     return sdf
 
 
-def aluminum_ipad(rng: np.random.Generator, h: int, w: int) -> Scene:
+def aluminum_ipad(rng: np.random.Generator, h: int, w: int, edges: Edges = NO_EDGES) -> Scene:
     return _shell(rng, h, w, [(0.6, (0.74, 0.75, 0.77)), (0.4, (0.42, 0.43, 0.45))],
-                  brushed=False, slots=False)
+                  brushed=False, slots=False, edges=edges)
 
 
-def aluminum_new_ipad(rng: np.random.Generator, h: int, w: int) -> Scene:
+def aluminum_new_ipad(rng: np.random.Generator, h: int, w: int, edges: Edges = NO_EDGES) -> Scene:
     palette = [(0.3, (0.80, 0.68, 0.63)), (0.25, (0.58, 0.67, 0.78)),
                (0.25, (0.45, 0.46, 0.48)), (0.2, (0.78, 0.79, 0.80))]
-    scene = _shell(rng, h, w, palette, brushed=False, slots=False)
+    scene = _shell(rng, h, w, palette, brushed=False, slots=False, edges=edges)
     return _camera_bump(rng, scene)
 
 
-def aluminum_pc(rng: np.random.Generator, h: int, w: int) -> Scene:
+def aluminum_pc(rng: np.random.Generator, h: int, w: int, edges: Edges = NO_EDGES) -> Scene:
     return _shell(rng, h, w, [(0.7, (0.76, 0.77, 0.78)), (0.3, (0.50, 0.51, 0.53))],
-                  brushed=True, slots=True)
+                  brushed=True, slots=True, edges=edges)
 
 
 def _camera_bump(rng: np.random.Generator, scene: Scene) -> Scene:
@@ -351,11 +369,13 @@ def _middle_frame(rng: np.random.Generator, h: int, w: int, palette, corner: boo
                  None if holes is None else holes, streak_axis=1)
 
 
-def aluminum_middle_frame(rng: np.random.Generator, h: int, w: int) -> Scene:
+def aluminum_middle_frame(rng: np.random.Generator, h: int, w: int,
+                          edges: Edges = NO_EDGES) -> Scene:
     return _middle_frame(rng, h, w, [(1.0, (0.76, 0.77, 0.79))], corner=False, antenna=False)
 
 
-def aluminum_new_middle_frame(rng: np.random.Generator, h: int, w: int) -> Scene:
+def aluminum_new_middle_frame(rng: np.random.Generator, h: int, w: int,
+                              edges: Edges = NO_EDGES) -> Scene:
     palette = [(0.4, (0.40, 0.41, 0.44)), (0.35, (0.42, 0.50, 0.62)), (0.25, (0.72, 0.70, 0.66))]
     return _middle_frame(rng, h, w, palette, corner=True, antenna=True)
 
@@ -371,7 +391,7 @@ def _polar(rng, h, w):
     return s, yy, xx, cy, cx, r, theta
 
 
-def copper_stator(rng: np.random.Generator, h: int, w: int) -> Scene:
+def copper_stator(rng: np.random.Generator, h: int, w: int, edges: Edges = NO_EDGES) -> Scene:
     s, yy, xx, cy, cx, r, theta = _polar(rng, h, w)
     r_out, r_yoke, r_bore = s * 0.48, s * rng.uniform(0.39, 0.42), s * rng.uniform(0.19, 0.23)
     n = 18
@@ -404,14 +424,15 @@ def copper_stator(rng: np.random.Generator, h: int, w: int) -> Scene:
     return Scene(img.astype(np.float32), part, None, None, streak_axis=1, center=(cy, cx))
 
 
-def iron_stator(rng: np.random.Generator, h: int, w: int) -> Scene:
+def iron_stator(rng: np.random.Generator, h: int, w: int, edges: Edges = NO_EDGES) -> Scene:
     s, yy, xx, cy, cx, r, theta = _polar(rng, h, w)
     r_out, r_yoke, r_bore = s * 0.48, s * rng.uniform(0.37, 0.40), s * rng.uniform(0.23, 0.26)
     n = 36
     phase = theta * (n / (2 * math.pi)) + rng.uniform(0, 1)
     frac = phase - np.floor(phase) - 0.5
     arc = 2 * math.pi * r / n  # pixels per tooth pitch at this radius
-    tooth_half = np.where(r < r_bore + 0.03 * s, np.float32(0.40), np.float32(0.22))  # tooth with a wider shoe at the bore
+    # a tooth is narrow along its length and wider at the shoe by the bore
+    tooth_half = np.where(r < r_bore + 0.03 * s, np.float32(0.40), np.float32(0.22))
     tooth_sdf = (np.abs(frac) - tooth_half) * arc
     annulus = np.maximum(r - r_out, r_bore - r)
     slot_sdf = np.maximum(np.maximum(-tooth_sdf, r - r_yoke), r_bore + 0.012 * s - r)
@@ -427,7 +448,8 @@ def iron_stator(rng: np.random.Generator, h: int, w: int) -> Scene:
     img = _mix(img, _rgb(lum, (0.56, 0.57, 0.6)), iron)
     # weld seams across the outer rim
     weld_phase = theta * (6 / (2 * math.pi)) + rng.uniform(0, 1)
-    weld = np.clip(1 - np.abs(weld_phase - np.round(weld_phase)) * 2 * math.pi * r / 6 / max(1.5, s * 0.006), 0, 1)
+    seam_px = np.abs(weld_phase - np.round(weld_phase)) * 2 * math.pi * r / 6  # pixels from a seam
+    weld = np.clip(1 - seam_px / max(1.5, s * 0.006), 0, 1)
     weld *= smoothstep(r_out - 0.035 * s, r_out - 0.01 * s, r) * iron
     img = _mix(img, _rgb(0.3 + 0.1 * _grain(rng, (h, w), s), (0.9, 0.85, 0.8)), weld)
     img = _mix(img, 0.85, _chamfer(iron_sdf, max(1.2, s * 0.004)) * 0.5)
@@ -436,7 +458,7 @@ def iron_stator(rng: np.random.Generator, h: int, w: int) -> Scene:
                  streak_axis=1, center=(cy, cx))
 
 
-RENDERERS: dict[str, Callable[[np.random.Generator, int, int], Scene]] = {
+RENDERERS: dict[str, Callable[..., Scene]] = {
     "ACC": camera_cover,
     "AI": aluminum_ipad,
     "AMF": aluminum_middle_frame,
@@ -448,9 +470,14 @@ RENDERERS: dict[str, Callable[[np.random.Generator, int, int], Scene]] = {
 }
 
 
-def render_scene(category: str, rng: np.random.Generator, h: int, w: int) -> Scene:
-    """A defect-free image of `category` (abbreviation) at h x w pixels."""
-    scene = RENDERERS[category](rng, h, w)
+def render_scene(category: str, rng: np.random.Generator, h: int, w: int,
+                 edges: Edges = NO_EDGES) -> Scene:
+    """A defect-free image of `category` (abbreviation) at h x w pixels.
+
+    `edges` ("outer", "inner") asks for a part outline or a hole rim in view, for images
+    that will carry warping defects; parts that always show them ignore it.
+    """
+    scene = RENDERERS[category](rng, h, w, edges)
     scene.image = np.clip(scene.image, 0.0, 1.0).astype(np.float32, copy=False)
     if not scene.part.any():  # a degenerate tiny layout: let defects go anywhere
         scene.part = np.ones((h, w), bool)

@@ -42,6 +42,8 @@ class Canvas:
         self.min_width = min_width
         self._part_idx: np.ndarray | None = None
         self._edge_idx: dict[str, np.ndarray] = {}
+        # how many regions will share each edge, so that one strip leaves room for the rest
+        self.edge_regions: dict[str, int] = {}
 
     def random_point(self, rng: np.random.Generator) -> tuple[int, int]:
         """A random pixel of the part."""
@@ -50,17 +52,23 @@ class Canvas:
         i = int(self._part_idx[rng.integers(len(self._part_idx))])
         return divmod(i, self.w)
 
+    def _edge(self, which: str) -> np.ndarray:
+        if which not in self._edge_idx:
+            dist = self.outer if which == "outer" else self.inner
+            self._edge_idx[which] = (np.empty(0, np.intp) if dist is None
+                                     else np.flatnonzero((dist > 0) & (dist <= 1.5) & self.part))
+        return self._edge_idx[which]
+
     def edge_point(self, rng: np.random.Generator, which: str) -> tuple[int, int] | None:
         """A random pixel on the part just inside its outline ("outer") or a hole's rim ("inner")."""
-        dist = self.outer if which == "outer" else self.inner
-        if dist is None:
-            return None
-        if which not in self._edge_idx:
-            self._edge_idx[which] = np.flatnonzero((dist > 0) & (dist <= 1.5) & self.part)
-        idx = self._edge_idx[which]
+        idx = self._edge(which)
         if len(idx) == 0:
             return None
         return divmod(int(idx[rng.integers(len(idx))]), self.w)
+
+    def edge_length(self, which: str) -> float:
+        """Approximate length in pixels of the outline or of all rims (the edge band is ~1.5 px)."""
+        return len(self._edge(which)) / 1.5
 
     def grain_angle(self, rng: np.random.Generator, spread: float) -> float:
         base = 0.0 if self.streak_axis == 1 else math.pi / 2
@@ -170,7 +178,8 @@ def _warping(which: str):
             return None
         cy, cx = point
         depth = max(canvas.min_width * 1.5, math.sqrt(area) * rng.uniform(0.12, 0.3))
-        half_len = area / depth / 2
+        share = max(1, canvas.edge_regions.get(which, 1))
+        half_len = min(area / depth / 2, 0.35 * canvas.edge_length(which) / share)
         half = int(math.ceil(half_len + depth * 2 + 2))
         y0, x0 = max(0, cy - half), max(0, cx - half)
         y1, x1 = min(canvas.h, cy + half + 1), min(canvas.w, cx + half + 1)

@@ -116,7 +116,7 @@ class _Placer:
         free = self.canvas.part & ~self.taken
         if not free.any():
             free = ~self.taken
-        dist = ndimage.distance_transform_edt(free)
+        dist = ndimage.distance_transform_edt(np.pad(free, 1))[1:-1, 1:-1]  # the border blocks too
         cy, cx = np.unravel_index(int(np.argmax(dist)), dist.shape)
         need = math.sqrt(self.min_area / math.pi) + 1
         radius = max(0.0, min(need, float(dist[cy, cx]) - 1.5))
@@ -146,7 +146,9 @@ def render_job(job: ImageJob) -> Rendered:
     """Draw the image (and, for a defective one, its regions and mask) for one planned job."""
     rng = image_rng(job)
     h, w = job.height, job.width
-    scene = render_scene(job.category, rng, h, w)
+    kinds = {t for t, _ in job.regions}
+    edges = frozenset(e for e in ("outer", "inner") if f"{e}_warping" in kinds)
+    scene = render_scene(job.category, rng, h, w, edges)
     img = scene.image
     regions: list[Region] = []
     mask = None
@@ -154,6 +156,7 @@ def render_job(job: ImageJob) -> Rendered:
         block = (max(1, math.ceil(h / VISIBLE_AT)), max(1, math.ceil(w / VISIBLE_AT)))
         min_width = max(block) + (1 if max(block) > 1 else 0)
         canvas = Canvas(scene.part, scene.outer, scene.inner, scene.streak_axis, scene.center, min_width)
+        canvas.edge_regions = {e: sum(c for t, c in job.regions if t == f"{e}_warping") for e in edges}
         min_area = max(MIN_REGION_PIXELS, math.ceil(MIN_REGION_FRACTION * h * w), block[0] * block[1])
         placer = _Placer(canvas, min_area, block)
         specs = [(t, _target_area(rng, t, h * w)) for t, count in job.regions for _ in range(count)]

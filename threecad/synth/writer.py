@@ -47,7 +47,8 @@ def write_job(job: ImageJob, root: str) -> list[dict]:
     Image.fromarray(out.image).save(cat_dir / job.relpath, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
     if out.mask is None:
         return []
-    Image.fromarray(out.mask).save(cat_dir / job.mask_relpath, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+    Image.fromarray(out.mask).save(cat_dir / job.mask_relpath, format="PNG",
+                                   compress_level=PNG_COMPRESS_LEVEL)
     return [dict(category=job.category, image=job.relpath, region=i, defect_type=r.defect_type,
                  y=r.y, x=r.x, area=r.area) for i, r in enumerate(out.regions, start=1)]
 
@@ -74,8 +75,9 @@ def _prepare_out(out: Path, force: bool) -> None:
         raise ThreecadError(f"--out {out} is a file; give a folder to write the dataset into")
     resolved, cwd = out.resolve(), Path.cwd().resolve()
     if resolved in {Path(resolved.anchor), Path.home().resolve(), cwd} or resolved in cwd.parents:
+        suggestion = out / "3cad-synthetic"
         raise ThreecadError(f"refusing to write the dataset into {out}: it is the root, home or "
-                            f"current folder (or holds it); give a new folder such as {out / '3cad-synthetic'}")
+                            f"current folder (or holds it); give a new folder such as {suggestion}")
     if any(out.iterdir()) and not force:
         raise ThreecadError(f"--out {out} is not empty; choose another folder or pass --force to replace it")
 
