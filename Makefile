@@ -24,7 +24,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q -n 2 --dist loadfile
 
 demo: $(STAMP)
-	$(VENV)/bin/threecad synth --out $(DEMO_DATA) --scale 0.01 --max-size 256 --seed 0
+	$(VENV)/bin/threecad synth --out $(DEMO_DATA) --scale 0.01 --max-size 256 --seed 0 --force
 	$(VENV)/bin/threecad bench --method cfrg --root $(DEMO_DATA) --preset cpu --device cpu --out $(DEMO_RUN)
 
 clean:
