@@ -277,10 +277,9 @@ class ReverseDistillation(Method):
     def fit(self, train_loader, val_loader=None) -> None:
         cfg = self.config
         seed_everything(cfg.seed)
-        epochs = cfg.epochs
         params = self.net.trainable
         optimizer = torch.optim.Adam(params.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
-        scheduler = multistep_scheduler(optimizer, epochs, (), 1.0)  # RD: constant learning rate
+        scheduler = multistep_scheduler(optimizer, cfg.epochs, (), 1.0)  # RD: constant learning rate
         scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp)
 
         def step(batch: dict) -> dict[str, torch.Tensor]:
@@ -298,7 +297,7 @@ class ReverseDistillation(Method):
             return total / max(n, 1)
 
         self._loop = train_epochs(params, optimizer, scheduler, scaler, step, train_loader,
-                                  epochs=epochs, device=self.device, channels_last=self.channels_last,
+                                  epochs=cfg.epochs, device=self.device, channels_last=self.channels_last,
                                   work_dir=self.work_dir, select=cfg.select, validate=validate,
                                   val_loader=val_loader, desc="rd")
         self.net.eval()

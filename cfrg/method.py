@@ -124,13 +124,12 @@ class CFRG(Method):
     def fit(self, train_loader, val_loader=None) -> None:
         cfg = self.config
         seed_everything(cfg.seed)
-        epochs = cfg.epochs
         synth = self._synthesizer(cfg.seed)
         self.texture_source = synth.texture_source
         log.info("cfrg: teacher %s, anomaly textures: %s", cfg.teacher, self.texture_source)
         params = self.net.trainable
         optimizer = torch.optim.Adam(params.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
-        scheduler = multistep_scheduler(optimizer, epochs, cfg.lr_milestones, cfg.lr_gamma)
+        scheduler = multistep_scheduler(optimizer, cfg.epochs, cfg.lr_milestones, cfg.lr_gamma)
         scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp)
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
 
@@ -152,7 +151,7 @@ class CFRG(Method):
             return total / max(n, 1)
 
         self._loop = train_epochs(params, optimizer, scheduler, scaler, step, train_loader,
-                                  epochs=epochs, device=self.device, channels_last=self.channels_last,
+                                  epochs=cfg.epochs, device=self.device, channels_last=self.channels_last,
                                   work_dir=self.work_dir, select=cfg.select, validate=validate,
                                   val_loader=val_loader, generators={"synthesizer": synth.generator},
                                   desc="cfrg")
