@@ -22,10 +22,11 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from baselines.patchcore import gaussian_smooth, single_thread_on_cpu  # shared with PatchCore
 from threecad.backbones import FeatureExtractor
 from threecad.errors import ThreecadError
+from threecad.harness.devices import single_thread_on_cpu
 from threecad.method import Method, MethodConfig
+from threecad.smoothing import gaussian_smooth
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +131,7 @@ class PaDiM(Method):
         m2 = (delta * torch.bmm(self.precision, delta)).sum(1).clamp_min_(0)  # (P, n)
         dist = m2.sqrt().T.reshape(n, 1, h, w)
         maps = F.interpolate(dist, size=(height, width), mode="bilinear", align_corners=False)
-        maps = gaussian_smooth(maps, self.config.sigma)[:, 0]
+        maps = gaussian_smooth(maps[:, 0], self.config.sigma)
         return maps.flatten(1).amax(1), maps
 
     def state_dict(self) -> dict[str, Any]:

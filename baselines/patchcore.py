@@ -17,7 +17,6 @@ method's device, chunked so that no distance block exceeds `chunk_elements` floa
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 from dataclasses import dataclass
@@ -29,7 +28,9 @@ from tqdm.auto import tqdm
 
 from threecad.backbones import FeatureExtractor
 from threecad.errors import ThreecadError
+from threecad.harness.devices import single_thread_on_cpu
 from threecad.method import Method, MethodConfig
+from threecad.smoothing import gaussian_smooth
 
 log = logging.getLogger(__name__)
 
@@ -46,20 +47,6 @@ class PatchCoreConfig(MethodConfig):
     num_neighbors: int = 9  # b of the image-score reweighting; 1 = plain max patch score
     sigma: float = 4.0  # Gaussian smoothing of the map, in input pixels; 0 = none
     chunk_elements: int = 2 ** 25  # largest distance block held at once (floats)
-
-
-def gaussian_smooth(maps: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Gaussian blur of (N,1,H,W) maps, separable, reflected borders, truncated at 4 sigma (as scipy)."""
-    if sigma <= 0:
-        return maps
-    height, width = maps.shape[-2:]
-    radius = min(int(4 * sigma + 0.5), height - 1, width - 1)
-    t = torch.arange(-radius, radius + 1, device=maps.device, dtype=maps.dtype)
-    k = torch.exp(-0.5 * (t / sigma) ** 2)
-    k = k / k.sum()
-    out = F.pad(maps, (radius, radius, radius, radius), mode="reflect")
-    out = F.conv2d(out, k.view(1, 1, 1, -1))
-    return F.conv2d(out, k.view(1, 1, -1, 1))
 
 
 def greedy_coreset(features: torch.Tensor, n_select: int, generator: torch.Generator,
@@ -95,21 +82,6 @@ def greedy_coreset(features: torch.Tensor, n_select: int, generator: torch.Gener
             selected[i] = idx
             torch.minimum(min_d2, points @ centres.index_select(0, idx.view(1))[0], out=min_d2)
     return selected
-
-
-@contextlib.contextmanager
-def single_thread_on_cpu(device: torch.device):
-    """One CPU thread for the loop of small memory-bound steps: with several, each step pays a
-    thread hand-off, which is 4x slower on an idle machine and far worse on a busy one."""
-    if device.type != "cpu":
-        yield
-        return
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _chunked_rows(x: torch.Tensor, fn, rows_per_chunk: int) -> torch.Tensor:
@@ -233,7 +205,7 @@ class PatchCore(Method):
         scores = self._image_scores(patches.view(n, h * w, d), patch_scores, idx[:, 0].view(n, h * w))
         maps = F.interpolate(patch_scores.view(n, 1, h, w), size=(height, width), mode="bilinear",
                              align_corners=False)
-        return scores, gaussian_smooth(maps, self.config.sigma)[:, 0]
+        return scores, gaussian_smooth(maps[:, 0], self.config.sigma)
 
     def _image_scores(self, patches: torch.Tensor, patch_scores: torch.Tensor,
                       nn_index: torch.Tensor) -> torch.Tensor:

@@ -15,18 +15,17 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.transforms.functional import gaussian_blur as tv_gaussian_blur
 
 from cfrg.training import LoopResult, check_selection, multistep_scheduler, seed_everything, train_epochs
 from threecad.backbones import FeatureExtractor
 from threecad.method import Method, MethodConfig
+from threecad.smoothing import gaussian_smooth
 
 log = logging.getLogger(__name__)
 
@@ -188,21 +187,6 @@ def upsampled_sum(distances: Sequence[torch.Tensor], size: int) -> torch.Tensor:
     return total[:, 0]
 
 
-def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Gaussian smoothing of (N,H,W) maps on their device, kernel +-4 sigma (scipy's truncate).
-
-    Borders are reflected (torch's 'reflect', i.e. scipy's 'mirror'; the releases use scipy's
-    'reflect', which repeats the edge pixel: the two differ only within 4 sigma of the edge).
-    """
-    if sigma <= 0:
-        return maps
-    h, w = maps.shape[-2:]
-    radius = min(int(math.ceil(4.0 * sigma)), min(h, w) - 1)
-    if radius < 1:
-        return maps
-    return tv_gaussian_blur(maps.unsqueeze(1), [2 * radius + 1, 2 * radius + 1], [sigma, sigma])[:, 0]
-
-
 def scores_from_maps(maps: torch.Tensor) -> torch.Tensor:
     return maps.flatten(1).amax(dim=1)
 
@@ -309,7 +293,7 @@ class ReverseDistillation(Method):
         with self.autocast():
             teacher, rebuilt = self.net(images)
         maps = upsampled_sum([cosine_distance(t, r) for t, r in zip(teacher, rebuilt)], images.shape[-1])
-        maps = gaussian_blur(maps, self.config.sigma)
+        maps = gaussian_smooth(maps, self.config.sigma)
         return scores_from_maps(maps), maps
 
     def state_dict(self) -> dict[str, Any]:

@@ -22,12 +22,12 @@ from typing import Any, Iterable, Mapping
 import torch
 import torch.nn.functional as F
 
-from baselines.reverse_distillation import (cosine_distance, gaussian_blur, random_teacher, scores_from_maps,
-                                           upsampled_sum)
+from baselines.reverse_distillation import cosine_distance, random_teacher, scores_from_maps, upsampled_sum
 from cfrg.losses import discrimination_loss, recovery_loss, segmentation_loss
 from cfrg.network import CFRGNet
 from cfrg.training import LoopResult, check_selection, multistep_scheduler, seed_everything, train_epochs
 from threecad.errors import ThreecadError
+from threecad.smoothing import gaussian_smooth
 from threecad.method import Method, MethodConfig
 
 log = logging.getLogger(__name__)
@@ -173,7 +173,7 @@ class CFRG(Method):
             if seg.shape[-1] != size:
                 seg = F.interpolate(seg, size=(size, size), mode="bilinear", align_corners=True)
             maps = maps + seg[:, 0]
-        maps = gaussian_blur(maps, self.config.sigma)
+        maps = gaussian_smooth(maps, self.config.sigma)
         return scores_from_maps(maps), maps
 
     # ------------------------------------------------------------------ persistence
