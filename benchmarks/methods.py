@@ -12,8 +12,15 @@ full pairwise distance matrices (N x N for the coreset, test x bank for scoring)
 see the same randomly projected features and the same first point, so their selections
 must agree; the ratio is naive time / threecad time.
 
+Part 3 (with --anomalib-python PY, the python of a separate venv holding anomalib 2.x,
+which is never a threecad dependency): PatchCore in the `paper` architecture (WideResNet-50
+layer2+layer3, 10 % coreset) with random weights (no download on either side), on the same
+category's images at the same size, batch size and thread count, through threecad's
+PatchCore and through anomalib's PatchcoreModel (benchmarks/anomalib_worker.py, in its own
+process). Prints fit seconds and steady-state inference images/s side by side.
+
     .venv/bin/python benchmarks/methods.py --root SYNTH [--methods patchcore,padim] [--category ACC,CS]
-        [--device cpu] [--naive-max-patches 12000]
+        [--device cpu] [--naive-max-patches 12000] [--anomalib-python /path/to/venv/bin/python]
 
 Without --root, a small synthetic set is written to a temporary folder by
 `threecad.synth.generate` (or the test suite's noise generator when that is unavailable).
@@ -22,12 +29,15 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import logging
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -139,14 +149,71 @@ def coreset_comparison(root: Path, category: str, device: torch.device, max_patc
     ])
 
 
+IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+
+
+def anomalib_comparison(root: Path, category: str, python: str, image_size: int, n_images: int,
+                        work: Path) -> pd.DataFrame:
+    """threecad vs anomalib PatchCore (paper architecture, random weights) on the same images, CPU."""
+    batch = 8
+    config = build_config(PatchCore, "paper", {"weights": "none", "image_size": str(image_size),
+                                               "batch_size": str(batch)})
+    stack = lambda ds: torch.stack([ds[i]["image"] for i in range(min(len(ds), n_images))])  # noqa: E731
+    train = stack(ThreeCAD(root, category, "train", image_size=image_size))
+    test = stack(ThreeCAD(root, category, "test", image_size=image_size))
+    data = work / "anomalib_images.npz"
+    np.savez(data, train=((train - IMAGENET_MEAN) / IMAGENET_STD).numpy(),
+             test=((test - IMAGENET_MEAN) / IMAGENET_STD).numpy())
+    threads = torch.get_num_threads()
+
+    method = PatchCore(config, device="cpu")
+    t0 = time.perf_counter()
+    method.fit([{"image": train[i:i + batch]} for i in range(0, len(train), batch)])
+    fit_s = time.perf_counter() - t0
+    timed = n_timed = 0
+    with torch.inference_mode():
+        for k, i in enumerate(range(0, len(test), batch)):
+            t = time.perf_counter()
+            method.predict(test[i:i + batch])
+            if k > 0:  # the first batch warms up, as in the harness
+                timed += time.perf_counter() - t
+                n_timed += len(test[i:i + batch])
+    ours = {"implementation": "threecad PatchCore", "fit_s": fit_s, "infer_img_per_s": n_timed / timed,
+            "bank": "x".join(map(str, method.memory_bank.shape))}
+
+    out = work / "anomalib_result.json"
+    cmd = [python, str(Path(__file__).with_name("anomalib_worker.py")), "--data", str(data), "--out", str(out),
+           "--ratio", str(config.coreset_ratio), "--batch-size", str(batch), "--threads", str(threads)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        tail = "\n".join(proc.stderr.strip().splitlines()[-5:])
+        raise SystemExit(f"anomalib worker failed ({' '.join(cmd)}):\n{tail}")
+    theirs = json.loads(out.read_text())
+    rows = [ours, {"implementation": f"anomalib {theirs['anomalib']} PatchcoreModel", "fit_s": theirs["fit_s"],
+                   "infer_img_per_s": theirs["infer_images_per_s"], "bank": "x".join(map(str, theirs["bank"]))}]
+    table = pd.DataFrame(rows)
+    table["infer_speed_vs_anomalib"] = table["infer_img_per_s"] / theirs["infer_images_per_s"]
+    table["fit_speed_vs_anomalib"] = theirs["fit_s"] / table["fit_s"]
+    print(f"\nPatchCore, WideResNet-50 layer2+layer3 (random weights), {len(train)} train / {len(test)} test "
+          f"images of {category} at {image_size} px, batch {batch}, {threads} threads, CPU")
+    return table
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--root", type=Path, help="synthetic dataset (threecad synth --out ...)")
-    parser.add_argument("--methods", default="", help="comma list; default every registered method")
+    parser.add_argument("--methods", default="",
+                        help="comma list; default every registered method; none: only the anomalib comparison")
     parser.add_argument("--category", default="all", help="comma list of categories, or all")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--naive-max-patches", type=int, default=12000,
                         help="subsample train patches so the naive N x N matrix fits in memory")
+    parser.add_argument("--anomalib-python", default=None,
+                        help="python of a separate venv with anomalib 2.x: add its PatchCore side by side")
+    parser.add_argument("--anomalib-size", type=int, default=224, help="image size of that comparison")
+    parser.add_argument("--anomalib-images", type=int, default=48,
+                        help="at most this many train and test images in that comparison")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     log.setLevel(logging.INFO)
@@ -161,15 +228,23 @@ def main(argv: list[str] | None = None) -> int:
         names = [m for m in args.methods.split(",") if m] or [
             n for n, cls in registered.items() if isinstance(cls, type) and "cpu" in cls.presets]
         cats = [c for c in args.category.split(",") if c]
-        table = method_table(root, names, cats, str(device), Path(tmp) / "runs")
+        if args.methods == "none":  # only part 3
+            names = []
         pd.set_option("display.width", 200)
-        print(f"\nmethods, cpu preset, on {root} [{devices.hardware(device)}]")
-        print(table.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
+        if names:
+            table = method_table(root, names, cats, str(device), Path(tmp) / "runs")
+            print(f"\nmethods, cpu preset, on {root} [{devices.hardware(device)}]")
+            print(table.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
         if "patchcore" in names:
             done = table[(table["method"] == "patchcore") & (table["status"] == "ok")]
             first_cat = done.sort_values("n_train", ascending=False)["category"].iloc[0]  # the most patches
             print(f"\nPatchCore coreset + scoring vs naive full pairwise distances ({first_cat}, {device})")
             comp = coreset_comparison(root, first_cat, device, args.naive_max_patches)
+            print(comp.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
+        if args.anomalib_python:
+            cat = cats[0] if cats and cats[0] != "all" else "ACC"
+            comp = anomalib_comparison(root, cat, args.anomalib_python, args.anomalib_size,
+                                       args.anomalib_images, Path(tmp))
             print(comp.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
     return 0
 
