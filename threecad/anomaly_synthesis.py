@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from threecad.errors import ThreecadError
 
 log = logging.getLogger(__name__)
+_hinted_dtd: list[bool] = []  # the DTD hint has been logged in this process
 
 MAX_REDRAWS = 16
 PROCEDURAL_FAMILIES = ("noise", "stripes", "blobs", "checker", "color_shift")
@@ -109,8 +110,11 @@ class AnomalySynthesizer:
         self._dtd_index: list[tuple[int, int]] = []
         if dtd_root is None:
             self.texture_source = "procedural"
-            log.info("anomaly textures: procedural (%s); pass dtd_root to use DTD as the paper does",
-                     ", ".join(PROCEDURAL_FAMILIES))
+            # once per process: a run builds one synthesizer per category
+            level = logging.DEBUG if _hinted_dtd else logging.INFO
+            log.log(level, "anomaly textures: procedural (%s); pass dtd_root to use DTD as the paper does",
+                    ", ".join(PROCEDURAL_FAMILIES))
+            _hinted_dtd.append(True)
         else:
             self._open_dtd(dtd_root)
             self.texture_source = "dtd"

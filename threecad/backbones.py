@@ -31,6 +31,7 @@ from torch import nn
 from threecad.errors import WeightsUnavailable
 
 log = logging.getLogger(__name__)
+_announced: set[Path] = set()  # weight files already named in the log
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -161,7 +162,9 @@ def resolve_weights(name: str, weights: str | os.PathLike | None) -> dict | None
         candidates.append(Path(offline))
     for path in candidates:
         if path.is_file():
-            log.info("weights for %s from %s", name, path)
+            # once per process and file: a run builds the backbone again for every category
+            log.log(logging.DEBUG if path in _announced else logging.INFO, "weights for %s from %s", name, path)
+            _announced.add(path)
             return _clean_state(torch.load(path, map_location="cpu", weights_only=True))
     if spec.weights_url is None:
         raise _missing_weights(name, "the offline package is not installed")
