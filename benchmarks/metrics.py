@@ -9,15 +9,22 @@ Time is that of the metric calls only (data generation is excluded), wall-clock 
 time of this process (every row computes on one core; CPU time is what other work on a
 shared machine cannot inflate); memory is the tracemalloc peak beyond the data already in
 memory (numpy reports its buffers to it).
+Before any timing, both modes run once on a few maps so that the compiled kernels are
+built (first run: numba compiles them, some seconds) or loaded from numba's on-disk cache;
+that warm-up is printed on its own line, with the path the streaming rows take (numba,
+or numpy when numba is not importable).
 Rows:
 - threecad exact: Evaluator(mode="exact"), all pixel metrics (P-AUROC, P-AP, P-F1max,
   AU-PRO and the breakdowns) and the image metrics, from one ordering of the pixels;
 - threecad streaming: Evaluator(mode="streaming"), the same metrics in fixed memory;
+- streaming, numpy path: the same with threecad.metrics.kernels switched off (what runs
+  without numba; same bins, same results), at the --sizes only;
 - scikit-learn: roc_auc_score + average_precision_score on the flattened pixels only;
 - numpy AU-PRO: the MVTec recipe (argsort all pixels, cumulate, collapse ties), alone;
 - anomalib: its pixel AUROC and AUPRO, only when anomalib is importable (never a dependency).
 At 3CAD size (16,546 maps) the maps are generated chunk by chunk and dropped after use;
-exact mode runs there only when the machine has the memory for it.
+exact mode runs there only when the machine has the memory for it.  Both modes use the
+compiled region labelling and min/max passes when numba is there.
 """
 from __future__ import annotations
 
@@ -31,7 +38,7 @@ import numpy as np
 import psutil
 from scipy import ndimage
 
-from threecad.metrics import Evaluator
+from threecad.metrics import Evaluator, kernels
 
 SIZE = 256
 KEYS = ("p_auroc", "p_ap", "au_pro")
@@ -82,11 +89,28 @@ def measure(fn):
     return out, clock, peak
 
 
-def run_evaluator(mode: str, chunks) -> dict:
-    ev = Evaluator(mode=mode)
-    for maps, masks in chunks:
-        ev.update(maps, masks)
-    return ev.compute()
+def run_evaluator(mode: str, chunks, compiled: bool = True) -> dict:
+    kernels.ENABLED = compiled and kernels.AVAILABLE
+    try:
+        ev = Evaluator(mode=mode)
+        for maps, masks in chunks:
+            ev.update(maps, masks)
+        return ev.compute()
+    finally:
+        kernels.ENABLED = kernels.AVAILABLE
+
+
+def warm_up() -> str:
+    """Build (or load from numba's cache) every kernel both modes use; say which path runs."""
+    start = time.perf_counter()
+    for mode in ("exact", "streaming"):
+        run_evaluator(mode, list(synthetic_chunks(6, 3, seed=1)))
+    seconds = time.perf_counter() - start
+    if not kernels.AVAILABLE:
+        return "streaming path: numpy (numba is not importable)"
+    import numba
+    return (f"streaming path: numba {numba.__version__} kernels (compiled or loaded from its cache "
+            f"in {seconds:.1f} s wall before timing)")
 
 
 def streamed_evaluator(mode: str, n_maps: int, chunk: int):
@@ -182,17 +206,17 @@ def row(table, n, name, scope, res, clock, peak, ref=None, note=""):
 
 
 def print_table(table) -> None:
-    head = f"{'maps':>6} {'implementation':<20} {'metrics':<24} {'wall s':>7} {'cpu s':>7} {'peak MB':>8} " \
+    head = f"{'maps':>6} {'implementation':<21} {'metrics':<24} {'wall s':>7} {'cpu s':>7} {'peak MB':>8} " \
            f"{'P-AUROC':>9} {'P-AP':>9} {'AU-PRO':>9} {'|err| vs exact':>14}"
     print(head)
     print("-" * len(head))
     for n, name, scope, clock, peak, vals, err, note in table:
         if clock is None:
-            print(f"{n:>6} {name:<20} {scope:<24} {'skipped: ' + note}")
+            print(f"{n:>6} {name:<21} {scope:<24} {'skipped: ' + note}")
             continue
         fmt = {k: (f"{vals[k]:.6f}" if vals.get(k) is not None else "-") for k in KEYS}
         e = f"{err:.1e}" if err is not None else "-"
-        print(f"{n:>6} {name:<20} {scope:<24} {clock.wall:7.2f} {clock.cpu:7.2f} {peak:8.0f} "
+        print(f"{n:>6} {name:<21} {scope:<24} {clock.wall:7.2f} {clock.cpu:7.2f} {peak:8.0f} "
               f"{fmt['p_auroc']:>9} {fmt['p_ap']:>9} "
               f"{fmt['au_pro']:>9} {e:>14}")
 
@@ -211,6 +235,7 @@ def main() -> None:
         has_anomalib = True
     except ImportError:
         has_anomalib = False
+    summary.append(warm_up())
     for n in args.sizes:
         chunks = list(synthetic_chunks(n, args.chunk))
         px = n * SIZE * SIZE
@@ -218,6 +243,10 @@ def main() -> None:
         row(table, n, "threecad exact", "every metric", exact, t_exact, m_exact, exact)
         stream, t_stream, m_stream = measure(lambda: run_evaluator("streaming", chunks))
         row(table, n, "threecad streaming", "every metric", stream, t_stream, m_stream, exact)
+        if kernels.AVAILABLE:
+            slow, t_slow, m_slow = measure(lambda: run_evaluator("streaming", chunks, compiled=False))
+            row(table, n, "streaming, numpy path", "every metric", slow, t_slow, m_slow, exact)
+            summary.append(f"{n} maps: streaming with kernels is {ratio(t_slow, t_stream)} than its numpy path")
         bounds = {k: stream[f"{k}_err_bound"] for k in KEYS}
         errs = {k: abs(stream[k] - exact[k]) for k in KEYS}
         summary.append(f"{n} maps: streaming - exact: " + ", ".join(

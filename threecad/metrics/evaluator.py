@@ -132,7 +132,9 @@ class Evaluator:
         n = len(m)
         if n == 0:
             return
-        lo, hi = map_extremes(m)
+        scanning = getattr(self._pixels, "add_scanning", None)  # streaming: min/max found while counting
+        if scanning is None:
+            lo, hi = map_extremes(m)
         regions = label_regions(k, self.config.size_edges)
         has_defect = np.bincount(regions.image, minlength=n) > 0
         if labels is None:
@@ -149,11 +151,13 @@ class Evaluator:
             if bad:
                 raise ThreecadError(f"metrics: image {bad[0]} of this batch has type 'good' but is "
                                     "defective (label or mask); fix its type or its mask")
-        if scores is not None:
-            s = as_scores(scores, n)
+        s = as_scores(scores, n) if scores is not None else None
+        if scanning is None:
+            self._pixels.add(m, k, regions, lo=lo.min(), hi=hi.max())
         else:
+            lo, hi = scanning(m, k, regions)                    # refuses NaN/inf before counting
+        if s is None:
             s = hi if self.config.protocol == STANDARD else default_image_scores(m, self.config.protocol)
-        self._pixels.add(m, k, regions, lo=lo.min(), hi=hi.max())
         if self.config.protocol == PAPER:
             for i in np.flatnonzero(y):
                 v = paper_image_pro(m[i], k[i])

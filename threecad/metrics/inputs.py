@@ -10,6 +10,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from threecad.errors import ThreecadError
+from threecad.metrics import kernels
 
 
 def to_numpy(x, name: str) -> np.ndarray:
@@ -55,9 +56,15 @@ def as_maps(maps, name: str = "maps", check: bool = True) -> np.ndarray:
 
 
 def map_extremes(maps: np.ndarray, name: str = "maps") -> tuple[np.ndarray, np.ndarray]:
-    """Per-image min and max of (N, H, W) maps, refusing NaN/inf: one pass each, reused
-    as the default image score and as the streaming histogram's range."""
+    """Per-image min and max of (N, H, W) maps, refusing NaN/inf, reused as the default
+    image score and as the streaming histogram's range.  Contiguous float32 maps take one
+    compiled pass (kernels.row_extremes) when numba is there; others a numpy pass each."""
     flat = maps.reshape(len(maps), -1)
+    if kernels.ENABLED and kernels.AVAILABLE and flat.dtype == np.float32 and flat.flags.c_contiguous:
+        lo, hi, bad = kernels.row_extremes(flat)
+        if bad >= 0:
+            check_finite(maps, name)
+        return lo, hi
     lo, hi = flat.min(axis=1), flat.max(axis=1)
     if maps.dtype.kind == "f" and not (np.isfinite(lo).all() and np.isfinite(hi).all()):
         check_finite(maps, name)

@@ -1,8 +1,11 @@
 """Ground-truth defect regions: 8-connected components of each mask, with sizes and size bins.
 
 Why a module: AU-PRO, its size breakdown and region recall all weigh a defect pixel by
-the region it belongs to.  Labelling is done once per batch, on each mask's bounding box
-only (3CAD defects are small, so this skips almost every pixel).
+the region it belongs to.  Labelling is done once per batch and touches little beyond the
+defect rows (3CAD defects are small): with numba, one compiled pass over the batch finds
+runs of defect pixels and joins them (threecad.metrics.kernels.label_runs); without it,
+scipy.ndimage.label runs on each band of defect rows, cropped to its defect columns.  Both
+give the same regions, numbered the same way.
 """
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ import numpy as np
 from scipy import ndimage
 
 from threecad.errors import ThreecadError
+from threecad.metrics import kernels
 
 #: 3x3 structuring element: diagonal neighbours join a region (8-connectivity), as in MVTec AD.
 EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
@@ -98,6 +102,12 @@ def _row_runs(flags: np.ndarray) -> list[tuple[int, int]]:
 def label_regions(masks: np.ndarray, size_edges: Sequence[float] = DEFAULT_SIZE_EDGES) -> BatchRegions:
     """8-connected regions of each boolean mask in an (N, H, W) batch."""
     n, h, w = masks.shape
+    edges = np.asarray(size_edges, dtype=np.float64)
+    if kernels.ENABLED and kernels.AVAILABLE:
+        pixel_index, pixel_region, area, image = kernels.label_runs(masks)
+        return BatchRegions(pixel_index=pixel_index, pixel_region=pixel_region, area=area, image=image,
+                            size_bin=np.searchsorted(edges, area / float(h * w), side="right").astype(np.int64),
+                            image_pixels=h * w)
     rows_any = rows_with_defect(masks)
     parts_pix, parts_area, parts_img = [], [], []
     total = 0
@@ -114,7 +124,6 @@ def label_regions(masks: np.ndarray, size_edges: Sequence[float] = DEFAULT_SIZE_
             total += k
     empty = np.zeros(0, dtype=np.int64)
     area = np.concatenate(parts_area).astype(np.int64) if parts_area else empty
-    edges = np.asarray(size_edges, dtype=np.float64)
     return BatchRegions(
         pixel_index=np.flatnonzero(masks),
         pixel_region=np.concatenate(parts_pix) if parts_pix else empty,
