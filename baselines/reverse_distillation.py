@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cfrg.training import LoopResult, check_selection, multistep_scheduler, seed_everything, train_epochs
+from threecad.training import LoopResult, check_selection, multistep_scheduler, seed_everything, train_epochs
 from threecad.backbones import FeatureExtractor
 from threecad.method import Method, MethodConfig
 from threecad.smoothing import gaussian_smooth

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from baselines.reverse_distillation import cosine_distance, random_teacher, scores_from_maps, upsampled_sum
 from cfrg.losses import discrimination_loss, recovery_loss, segmentation_loss
 from cfrg.network import CFRGNet
-from cfrg.training import LoopResult, check_selection, multistep_scheduler, seed_everything, train_epochs
+from threecad.training import LoopResult, check_selection, multistep_scheduler, seed_everything, train_epochs
 from threecad.errors import ThreecadError
 from threecad.smoothing import gaussian_smooth
 from threecad.method import Method, MethodConfig

@@ -10,7 +10,7 @@ from sklearn.metrics import roc_auc_score
 from torch.utils.data import DataLoader
 
 from cfrg.method import CFRG, CFRGConfig
-from cfrg.training import CHECKPOINT_NAME
+from threecad.training import CHECKPOINT_NAME
 from conftest import make_tiny_dataset
 from threecad.dataset import ThreeCAD
 from threecad.errors import ThreecadError

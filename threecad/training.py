@@ -1,8 +1,8 @@
 """Training plumbing shared by the gradient-trained methods (CFRG, Reverse Distillation).
 
 Seeding, the epoch checkpoint that lets an interrupted category resume where it stopped,
-and model selection on the validation split. Nothing here is specific to CFRG; it lives
-in this package because CFRG is its first user (DRAEM and DeSTSeg can import it too).
+and model selection on the validation split: the same for every method that trains
+with gradients (DRAEM and DeSTSeg can use it too), so it lives beside the harness.
 """
 from __future__ import annotations
 
