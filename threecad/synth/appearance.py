@@ -114,14 +114,21 @@ def _hole_disks(yy, xx, centers, radii):
     return sdf
 
 
-# --- aluminium camera cover: a turned, anodised ring around the lens hole -------------------
-def camera_cover(rng: np.random.Generator, h: int, w: int, edges: Edges = NO_EDGES) -> Scene:
+def _polar(rng: np.random.Generator, h: int, w: int, jitter: float = 0.02):
+    """Polar coordinates about the image centre moved by up to `jitter` of the short side:
+    turned and wound parts (camera covers, stators) are round about a slightly off centre."""
     s = min(h, w)
     yy, xx = grid_coords(h, w)
-    cy = h / 2 + rng.uniform(-0.03, 0.03) * s
-    cx = w / 2 + rng.uniform(-0.03, 0.03) * s
+    cy = h / 2 + rng.uniform(-jitter, jitter) * s
+    cx = w / 2 + rng.uniform(-jitter, jitter) * s
     r = np.sqrt((yy - cy) ** 2 + (xx - cx) ** 2)
     theta = np.arctan2(yy - cy, xx - cx)
+    return s, yy, xx, cy, cx, r, theta
+
+
+# --- aluminium camera cover: a turned, anodised ring around the lens hole -------------------
+def camera_cover(rng: np.random.Generator, h: int, w: int, edges: Edges = NO_EDGES) -> Scene:
+    s, yy, xx, cy, cx, r, theta = _polar(rng, h, w, jitter=0.03)
     r_out = s * rng.uniform(0.41, 0.46)
     r_in = r_out * rng.uniform(0.42, 0.56)
     r_mid = r_in + (r_out - r_in) * rng.uniform(0.35, 0.65)
@@ -381,16 +388,6 @@ def aluminum_new_middle_frame(rng: np.random.Generator, h: int, w: int,
 
 
 # --- stators: radial teeth; copper windings or bare iron laminations ------------------------
-def _polar(rng, h, w):
-    s = min(h, w)
-    yy, xx = grid_coords(h, w)
-    cy = h / 2 + rng.uniform(-0.02, 0.02) * s
-    cx = w / 2 + rng.uniform(-0.02, 0.02) * s
-    r = np.sqrt((yy - cy) ** 2 + (xx - cx) ** 2)
-    theta = np.arctan2(yy - cy, xx - cx)
-    return s, yy, xx, cy, cx, r, theta
-
-
 def copper_stator(rng: np.random.Generator, h: int, w: int, edges: Edges = NO_EDGES) -> Scene:
     s, yy, xx, cy, cx, r, theta = _polar(rng, h, w)
     r_out, r_yoke, r_bore = s * 0.48, s * rng.uniform(0.39, 0.42), s * rng.uniform(0.19, 0.23)
