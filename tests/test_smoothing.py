@@ -1,4 +1,4 @@
-"""The shared Gaussian map smoothing against scipy.ndimage.gaussian_filter."""
+"""The shared Gaussian map smoothing against scipy.ndimage.gaussian_filter, borders included."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,17 +6,27 @@ import pytest
 import torch
 from scipy.ndimage import gaussian_filter
 
-from threecad.smoothing import gaussian_smooth
+from threecad.smoothing import gaussian_smooth, release_blur
 
 
+@pytest.mark.parametrize("mode", ["reflect", "mirror"])
 @pytest.mark.parametrize("sigma", [1.0, 1.3, 2.0, 4.0])
-def test_matches_scipy_with_mirrored_borders(sigma):
+def test_matches_scipy_on_every_pixel_including_borders(sigma, mode):
     rng = np.random.default_rng(0)
     x = rng.random((3, 48, 40)).astype(np.float64)
-    ours = gaussian_smooth(torch.from_numpy(x), sigma).numpy()
-    for i in range(3):  # torch 'reflect' is scipy 'mirror'; the radius rule is scipy's
-        ref = gaussian_filter(x[i], sigma=sigma, truncate=4.0, mode="mirror")
-        assert np.allclose(ours[i], ref, atol=1e-12)
+    ours = gaussian_smooth(torch.from_numpy(x), sigma, mode=mode).numpy()
+    for i in range(3):
+        ref = gaussian_filter(x[i], sigma=sigma, truncate=4.0, mode=mode)
+        assert np.abs(ours[i] - ref).max() < 1e-12
+
+
+@pytest.mark.parametrize("mode", ["reflect", "mirror"])
+@pytest.mark.parametrize("shape", [(5, 5), (3, 7), (1, 6), (2, 2)])
+def test_maps_smaller_than_the_kernel_reflect_as_scipy_does(shape, mode):
+    rng = np.random.default_rng(1)
+    x = rng.random(shape)
+    out = gaussian_smooth(torch.from_numpy(x)[None], 4.0, mode=mode)[0].numpy()
+    assert np.abs(out - gaussian_filter(x, sigma=4.0, mode=mode)).max() < 1e-12
 
 
 def test_keeps_any_leading_shape_and_noop_for_zero_sigma():
@@ -26,9 +36,13 @@ def test_keeps_any_leading_shape_and_noop_for_zero_sigma():
     assert gaussian_smooth(x, 0) is x
 
 
-def test_radius_is_capped_by_small_maps():
-    x = torch.zeros(1, 5, 5, dtype=torch.float64)
-    x[0, 2, 2] = 1.0
-    out = gaussian_smooth(x, 4.0)  # radius 16 capped at 4, so the padding stays inside the map
-    ref = gaussian_filter(x[0].numpy(), sigma=4.0, radius=4, mode="mirror")
-    assert np.allclose(out[0].numpy(), ref, atol=1e-12)
+def test_release_blur_is_scipy_default_per_map_in_the_input_dtype():
+    x = np.random.default_rng(2).random((2, 32, 32)).astype(np.float32)
+    out = release_blur(x)
+    assert out.dtype == np.float32
+    assert np.array_equal(out[1], gaussian_filter(x[1], sigma=4))
+
+
+def test_unknown_border_mode_is_refused():
+    with pytest.raises(ValueError, match="border mode"):
+        gaussian_smooth(torch.rand(1, 8, 8), 1.0, mode="wrap")

@@ -1,8 +1,13 @@
 """The method API every anomaly-detection method implements, and typed config building.
 
 A method holds its networks and its fit/predict, nothing else: the harness owns loops
-over categories, devices, timing, metrics and files. A third-party package adds a method
-by registering its class under the entry-point group `threecad.methods`.
+over categories, devices, timing, metrics, smoothing and files. A third-party package adds
+a method by registering its class under the entry-point group `threecad.methods`.
+
+What a method implements: `fit`, `predict` (raw maps: never smoothed), `state_dict`,
+`load_state_dict`; what it declares: `postprocess()` (its paper's smoothing and
+image-score rule, applied by the harness under the `standard` protocol) and `parts()`
+(its named networks, counted by the model card, `threecad methods NAME`).
 
 Loader batches are dicts: `image` float32 (N,3,S,S) in [0, 1] (not normalised: each
 method normalises for its own backbone), `mask` float32 (N,1,S,S), `label` int64 (N,),
@@ -12,13 +17,17 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import json
+import math
 import typing
 from dataclasses import dataclass
 from typing import Any, ClassVar, Mapping
 
 import torch
+from torch import nn
 
 from threecad.errors import ThreecadError
+from threecad.postprocess import PostProcess
 
 
 @dataclass
@@ -28,6 +37,33 @@ class MethodConfig:
     image_size: int = 256  # input side; images are resized to a square (as the 3CAD release)
     batch_size: int = 8
     seed: int = 42
+
+    def __post_init__(self) -> None:
+        """Checks every config shares; a method adds its own in `validate` (called from here)."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            values = value if isinstance(value, (tuple, list)) else (value,)
+            if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+                raise ThreecadError(f"config {f.name}={value}: must be a finite number")
+        if not isinstance(self.image_size, int) or self.image_size < 16:
+            raise ThreecadError(f"config image_size={self.image_size}: must be an integer of at least 16")
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ThreecadError(f"config batch_size={self.batch_size}: must be a positive integer")
+        if not isinstance(self.seed, int) or self.seed < 0:
+            raise ThreecadError(f"config seed={self.seed}: must be an integer >= 0")
+        self.validate()
+
+    def validate(self) -> None:
+        """Method-specific checks; raise ThreecadError naming the field."""
+
+
+def config_dict(config: MethodConfig) -> dict[str, Any]:
+    """The config in its one canonical form (JSON types: tuples become lists).
+
+    run.json stores this form and `--resume` compares it, so a config read back from disk
+    and one built fresh compare equal.
+    """
+    return json.loads(json.dumps(dataclasses.asdict(config)))
 
 
 class Method(abc.ABC):
@@ -47,11 +83,30 @@ class Method(abc.ABC):
         """Train (or build memory banks) on good images only."""
 
     @abc.abstractmethod
-    def predict(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """images (N,3,S,S) in [0,1] on self.device -> (scores (N,), anomaly maps (N,h,w)).
+    def predict(self, images: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """images (N,3,S,S) in [0,1] on self.device -> (scores (N,) or None, raw maps (N,h,w)).
 
+        Maps are raw: not smoothed (the harness applies `postprocess()`). Scores are given
+        only where the method's image score is not a rule on its map (PatchCore's
+        reweighted nearest-neighbour distance); None lets the harness apply the rule.
         Called under torch.inference_mode() by the harness; higher is more anomalous.
         """
+
+    def postprocess(self) -> PostProcess:
+        """How the harness smooths this method's maps and scores images under `standard`."""
+        return PostProcess()
+
+    def parts(self) -> dict[str, nn.Module]:
+        """The named networks, as the method's reference lists them, for the model card.
+
+        Parameters count as trainable when `requires_grad`; a part may be a slice of a
+        larger network (e.g. the tapped layers of a backbone).
+        """
+        return {}
+
+    def card_details(self) -> dict[str, Any]:
+        """Facts for the model card beyond parts and post-processing (feature taps, shapes)."""
+        return {}
 
     @abc.abstractmethod
     def state_dict(self) -> dict[str, Any]:

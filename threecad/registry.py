@@ -31,7 +31,11 @@ def load_method(name: str) -> type[Method]:
         hint = f" Did you mean '{close[0]}'?" if close else ""
         raise ThreecadError(f"unknown method '{name}'.{hint} Known: {', '.join(sorted(eps)) or 'none'}"
                             " (is the package installed? `pip install -e .`)")
-    cls = matches[key].load()
+    try:
+        cls = matches[key].load()
+    except Exception as exc:  # noqa: BLE001 - a broken plug-in is the user's to fix, in one line
+        raise ThreecadError(f"method '{name}' ({matches[key].value}) failed to load: "
+                            f"{type(exc).__name__}: {exc}") from exc
     if not (isinstance(cls, type) and issubclass(cls, Method)):
         raise ThreecadError(f"entry point '{name}' ({matches[key].value}) is not a threecad Method")
     return cls
@@ -42,7 +46,10 @@ def available_methods() -> dict[str, type[Method] | Exception]:
     out: dict[str, type[Method] | Exception] = {}
     for name, ep in sorted(method_entry_points().items()):
         try:
-            out[name] = ep.load()
+            cls = ep.load()
+            if not (isinstance(cls, type) and issubclass(cls, Method)):
+                raise ThreecadError(f"{ep.value} is not a threecad Method")
+            out[name] = cls
         except Exception as exc:  # noqa: BLE001 - one broken plug-in must not hide the others
             log.warning("method '%s' failed to load: %s", name, exc)
             out[name] = exc

@@ -1,18 +1,11 @@
 """Options shared by the subcommands, so that they mean the same everywhere."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import click
 
-DEFAULT_ROOT = Path("~/threecad-data/3CAD")
-
-
-def default_root() -> Path:
-    """`$THREECAD_ROOT` when set, else ~/threecad-data/3CAD."""
-    env = os.environ.get("THREECAD_ROOT")
-    return Path(env).expanduser() if env else DEFAULT_ROOT.expanduser()
+from threecad.datahome import default_root  # noqa: F401 - re-exported for the subcommands
 
 
 def root_option(**kwargs):

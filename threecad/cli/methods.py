@@ -1,22 +1,59 @@
-"""`threecad methods`: the registered methods, one line each, with their presets."""
+"""`threecad methods [NAME]`: the registered methods, or one method's model card."""
 from __future__ import annotations
+
+import json
 
 import click
 
 
-@click.command("methods")
-def command():
-    """List the methods registered under the `threecad.methods` entry-point group."""
-    from threecad.registry import available_methods
+def _fmt(n: int) -> str:
+    return f"{n:,}"
 
-    found = available_methods()
-    if not found:
-        click.echo("no methods registered (is threecad installed? `pip install -e .`)")
+
+@click.command("methods")
+@click.argument("name", required=False)
+@click.option("--preset", default=None, help="Preset whose model card to show (default: paper).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Config override, as in bench.")
+@click.option("--json", "as_json", is_flag=True, help="Print the model card as JSON.")
+def command(name: str | None, preset: str | None, overrides: tuple[str, ...], as_json: bool):
+    """List the registered methods, or show NAME's model card: presets, config, parameter
+    counts per part (trainable and frozen), input size, feature taps, post-processing.
+
+    The card is built without downloading weights.
+    """
+    from threecad.errors import ThreecadError
+    from threecad.method import parse_set_options
+    from threecad.registry import available_methods, load_method
+
+    if name is None:
+        if preset or overrides or as_json:
+            raise ThreecadError("--preset, --set and --json need a method NAME (`threecad methods cfrg --json`)")
+        found = available_methods()
+        if not found:
+            click.echo("no methods registered (is threecad installed? `pip install -e .`)")
+            return
+        width = max(len(n) for n in found)
+        for key, cls in found.items():
+            if isinstance(cls, Exception):
+                click.echo(f"{key:<{width}}  (failed to load: {type(cls).__name__}: {cls})")
+            else:
+                click.echo(f"{key:<{width}}  {cls.description}  [presets: {', '.join(cls.presets)}]")
         return
-    width = max(len(n) for n in found)
-    for name, cls in found.items():
-        if isinstance(cls, Exception):
-            click.echo(f"{name:<{width}}  (failed to load: {type(cls).__name__}: {cls})")
-        else:
-            presets = ", ".join(cls.presets)
-            click.echo(f"{name:<{width}}  {cls.description}  [presets: {presets}]")
+
+    from threecad.model_card import model_card
+
+    card = model_card(load_method(name), preset, parse_set_options(overrides))
+    if as_json:
+        click.echo(json.dumps(card, indent=2))
+        return
+    click.echo(f"{card['name']}: {card['description']}")
+    click.echo(f"presets: {', '.join(card['presets'])}; shown: {card['preset']}, input {card['input_size']} px")
+    width = max(len(p) for p in card["parts"])
+    click.echo(f"{'part':<{width}}  {'trainable':>13}  {'frozen':>13}")
+    for part, counts in card["parts"].items():
+        click.echo(f"{part:<{width}}  {_fmt(counts['trainable']):>13}  {_fmt(counts['frozen']):>13}")
+    click.echo(f"{'total':<{width}}  {_fmt(card['total']['trainable']):>13}  {_fmt(card['total']['frozen']):>13}")
+    skip = {"name", "description", "presets", "preset", "parts", "total", "input_size"}
+    for key, value in card.items():
+        if key not in skip:
+            click.echo(f"{key}: {json.dumps(value)}")
