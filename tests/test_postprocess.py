@@ -27,10 +27,17 @@ def test_given_scores_pass_through_and_zero_sigma_keeps_the_map():
 
 def test_mean_pool_max_counts_zero_padding_like_draem():
     maps = torch.rand(2, 30, 30, dtype=torch.float64)
-    scores = PostProcess(score="mean_pool_max", pool=21).image_scores(maps)
+    scores = PostProcess(score="mean_pool_max", pool=21, pool_pad=10).image_scores(maps)
     for i in range(2):  # avg_pool2d(k=21, stride 1, pad 10) == mean over the window with zeros outside
         ref = uniform_filter(maps[i].numpy(), size=21, mode="constant", cval=0.0)
         assert scores[i].item() == pytest.approx(ref.max(), abs=1e-12)
+
+
+def test_mean_pool_max_without_padding_like_uniad():
+    maps = torch.rand(1, 40, 40, dtype=torch.float64)
+    score = PostProcess(score="mean_pool_max", pool=16).image_scores(maps)
+    windows = maps[0].unfold(0, 16, 1).unfold(1, 16, 1).mean(dim=(-1, -2))
+    assert score.item() == pytest.approx(windows.max().item(), abs=1e-12)
 
 
 def test_top_k_mean_is_the_mean_of_the_largest_pixels():
@@ -42,7 +49,7 @@ def test_top_k_mean_is_the_mean_of_the_largest_pixels():
 @pytest.mark.parametrize("kwargs, word", [
     ({"sigma": -1.0}, "sigma"), ({"sigma": float("nan")}, "sigma"), ({"mode": "wrap"}, "border"),
     ({"score": "median"}, "image-score"), ({"score": "mean_pool_max", "pool": 20}, "pool"),
-    ({"score": "top_k_mean"}, "top_k")])
+    ({"score": "top_k_mean"}, "top_k"), ({"score": "mean_pool_max", "pool": 5, "pool_pad": 3}, "pool")])
 def test_bad_declarations_are_refused(kwargs, word):
     with pytest.raises(ThreecadError, match=word):
         PostProcess(**kwargs)

@@ -9,7 +9,8 @@ under `3cad-paper` (in the Evaluator). Nothing is smoothed twice.
 Image-score rules, applied to the smoothed map when `predict` gives no scores:
 - "max": the largest pixel (most methods);
 - "mean_pool_max": the largest value of the map averaged over a `pool` x `pool` window
-  (stride 1, zero padding counted, as torch's avg_pool2d does; DRAEM: 21);
+  (stride 1, `pool_pad` zeros around the map, counted in the mean, as torch's avg_pool2d
+  does; DRAEM: 21 with padding 10; UniAD and RealNet: 16 without; CRAD: 32 without);
 - "top_k_mean": the mean of the `top_k` largest pixels (DeSTSeg: 100).
 """
 from __future__ import annotations
@@ -32,6 +33,7 @@ class PostProcess:
     mode: str = "reflect"  # border mode, scipy's names ("reflect": scipy's default)
     score: str = "max"  # image-score rule (see the module docstring)
     pool: int = 0  # window of "mean_pool_max"
+    pool_pad: int = 0  # zero padding of that window (counted in the mean)
     top_k: int = 0  # pixels of "top_k_mean"
 
     def __post_init__(self) -> None:
@@ -42,8 +44,9 @@ class PostProcess:
                                 f"got {self.mode!r}")
         if self.score not in SCORE_RULES:
             raise ThreecadError(f"image-score rule must be one of {', '.join(SCORE_RULES)}, got {self.score!r}")
-        if self.score == "mean_pool_max" and (self.pool < 1 or self.pool % 2 == 0):
-            raise ThreecadError(f"mean_pool_max needs an odd pool >= 1, got {self.pool}")
+        if self.score == "mean_pool_max" and (self.pool < 1 or not 0 <= self.pool_pad <= self.pool // 2):
+            raise ThreecadError(f"mean_pool_max needs a pool >= 1 and 0 <= pool_pad <= pool // 2, "
+                                f"got pool {self.pool}, pool_pad {self.pool_pad}")
         if self.score == "top_k_mean" and self.top_k < 1:
             raise ThreecadError(f"top_k_mean needs top_k >= 1, got {self.top_k}")
 
@@ -54,7 +57,9 @@ class PostProcess:
     def image_scores(self, maps: torch.Tensor) -> torch.Tensor:
         """(N, H, W) smoothed maps -> (N,) image scores under this rule."""
         if self.score == "mean_pool_max":
-            pooled = F.avg_pool2d(maps[:, None], self.pool, stride=1, padding=self.pool // 2)
+            if self.pool > min(maps.shape[-2:]) + 2 * self.pool_pad:
+                raise ThreecadError(f"mean_pool_max window {self.pool} is larger than the {tuple(maps.shape[-2:])} map")
+            pooled = F.avg_pool2d(maps[:, None], self.pool, stride=1, padding=self.pool_pad)
             return pooled.flatten(1).amax(dim=1)
         flat = maps.flatten(1)
         if self.score == "top_k_mean":
@@ -69,7 +74,7 @@ class PostProcess:
     def as_dict(self) -> dict:
         out = {"sigma": self.sigma, "mode": self.mode, "score": self.score}
         if self.score == "mean_pool_max":
-            out["pool"] = self.pool
+            out.update(pool=self.pool, pool_pad=self.pool_pad)
         if self.score == "top_k_mean":
             out["top_k"] = self.top_k
         return out
