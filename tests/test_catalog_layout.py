@@ -74,3 +74,51 @@ def test_scan_missing_and_empty_root(tmp_path: Path):
 def test_image_size_from_header(tiny_root):
     p = next((tiny_root / "Copper_Stator" / "train" / "good").glob("*.png"))
     assert image_size(p) == (64, 64)
+
+
+def test_every_command_lists_categories_in_catalog_order(tmp_path: Path):
+    """On disk Aluminum_New_Ipad (ANI) sorts before Aluminum_New_Middle_Frame (ANMF); the
+    catalog (and the paper) put ANMF first. Every command follows the catalog."""
+    import json
+
+    from click.testing import CliRunner
+
+    from conftest import make_tiny_dataset
+    from threecad.cli import main
+    from threecad.stats import compute_stats
+    from threecad.verify import verify
+
+    folders = ("Iron_Stator", "Aluminum_New_Ipad", "Aluminum_New_Middle_Frame", "Aluminum_Camera_Cover")
+    root = make_tiny_dataset(tmp_path / "r", categories=folders, n_train=2, n_good=1, n_defect=1,
+                             defect_types=("bump",), size=24)
+    expected = ["ACC", "ANMF", "ANI", "IS"]
+    assert [c.abbreviation for c in scan_root(root).categories] == expected
+    assert list(dict.fromkeys(scan_root(root).table["category"])) == expected
+    assert verify(root, progress=False).counts["category"].tolist() == expected
+    assert verify(root, categories="IS,ANI,ACC", progress=False).counts["category"].tolist() == ["ACC", "ANI", "IS"]
+    stats = compute_stats(scan_root(root), workers=1, cache=False, progress=False)
+    assert list(stats.summary.index) == [*expected, "all"]
+    out = tmp_path / "split.csv"
+    r = CliRunner().invoke(main, ["split", "--root", str(root), "--out", str(out), "--category", "IS,ANMF"])
+    assert r.exit_code == 0, r.output
+    assert [line.split()[0] for line in r.output.splitlines()[1:3]] == ["ANMF", "IS"]
+    js = tmp_path / "v.json"
+    CliRunner().invoke(main, ["verify", "--root", str(root), "--json", str(js), "--no-progress"])
+    assert [c["category"] for c in json.loads(js.read_text())["counts"]] == expected
+
+
+def test_layout_errors_are_what_changes_results(tiny_root):
+    from PIL import Image
+
+    from threecad.layout import layout_errors
+
+    cat = tiny_root / "Copper_Stator"
+    half = cat / "ground_truth" / "bump" / "000.png"
+    Image.new("L", (32, 32), 255).save(half)
+    (cat / "ground_truth" / "scratch" / "001.png").unlink()
+    (cat / "ground_truth" / "bump" / "999.png").write_bytes(half.read_bytes())  # orphan: untidy only
+    scan = scan_root(tiny_root)
+    got = sorted((p.kind, Path(p.path).relative_to(tiny_root).as_posix()) for p in layout_errors(scan))
+    assert got == [("mask_size", "Copper_Stator/ground_truth/bump/000.png"),
+                   ("missing_mask", "Copper_Stator/test/scratch/001.png")]
+    assert {p.kind for p in layout_errors(scan, kinds=None)} == {"mask_size", "missing_mask", "orphan_mask"}

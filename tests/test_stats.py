@@ -369,6 +369,21 @@ def test_cli_writes_figures_tables_and_json_with_region_counts(tmp_path):
     assert "Table 1 of the paper" in res.output and "ACC" in res.output
 
 
+def test_cli_prints_the_whole_commands_time(tiny_root, tmp_path, monkeypatch):
+    """The time printed last covers everything the command did, figures included."""
+    import time
+
+    import threecad.plots
+
+    monkeypatch.setattr(threecad.plots, "plot_all", lambda stats, out: time.sleep(1.5) or [])
+    res = CliRunner().invoke(main, ["stats", "--root", str(tiny_root), "--plot", "--out", str(tmp_path / "o"),
+                                    "--workers", "1", "--category", "CS"])
+    assert res.exit_code == 0, res.output
+    seconds = float(res.output.strip().splitlines()[-1].strip("() s"))
+    assert seconds >= 1.5
+    assert "wrote 5 files to" in res.output  # summary, defect_types, images, regions, table1_comparison
+
+
 def test_cli_unknown_category_is_one_line(tiny_root):
     res = CliRunner().invoke(main, ["stats", "--root", str(tiny_root), "--category", "ACX"])
     assert res.exit_code == 2

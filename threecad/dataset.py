@@ -29,15 +29,16 @@ from torch.utils.data import Dataset
 from threecad.cache import CachedArray, cache_file, ensure_cache, resolve_cache_dir
 from threecad.catalog import Category, resolve_category
 from threecad.errors import DatasetError, ThreecadError
-from threecad.layout import fingerprint, scan_root
+from threecad.layout import fingerprint, require_readable, scan_root
+from threecad.masks import MaskError, read_mask
 from threecad.splits import read_manifest, select_rows, table_categories, validate_manifest
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
-MASK_THRESHOLD = 127  # mask pixels above this are defect
 # Part of every cache key: bump it when load_sample changes, so old caches are not reused.
-PREPROCESS_VERSION = 1
+# 2: masks read by threecad.masks (colour masks by their largest channel, size checked).
+PREPROCESS_VERSION = 2
 
 
 def _to_rgb(im: Image.Image) -> Image.Image:
@@ -48,31 +49,43 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
-def load_image(path: str | os.PathLike, size: int) -> np.ndarray:
-    """Decode an image -> (3, size, size) uint8 RGB, bilinear with antialiasing."""
+def _load_image(path: str | os.PathLike, size: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """(3, size, size) uint8 RGB and the image's own (height, width)."""
     try:
         with Image.open(path) as im:
+            hw = (im.height, im.width)
             rgb = _to_rgb(im).resize((size, size), Image.Resampling.BILINEAR)
     except (OSError, ValueError, SyntaxError) as exc:
         raise DatasetError(f"cannot decode image {path} ({exc}); run `threecad verify`") from exc
-    return np.asarray(rgb).transpose(2, 0, 1)
+    return np.asarray(rgb).transpose(2, 0, 1), hw
 
 
-def load_mask(path: str | os.PathLike | None, size: int) -> np.ndarray:
-    """Decode a mask -> (1, size, size) uint8 0/1, nearest; all zeros when there is none."""
+def load_image(path: str | os.PathLike, size: int) -> np.ndarray:
+    """Decode an image -> (3, size, size) uint8 RGB, bilinear with antialiasing."""
+    return _load_image(path, size)[0]
+
+
+def load_mask(path: str | os.PathLike | None, size: int,
+              image_size: tuple[int, int] | None = None) -> np.ndarray:
+    """Decode a mask -> (1, size, size) uint8 0/1, nearest; all zeros when there is none.
+
+    Read by threecad.masks (the rule verify and stats use); `image_size` (height, width) of
+    its image, when given, must be the mask's size, else a MaskError (a ThreecadError).
+    """
     if path is None or (isinstance(path, float) and np.isnan(path)):
         return np.zeros((1, size, size), np.uint8)
     try:
-        with Image.open(path) as im:
-            grey = np.asarray(im.convert("L").resize((size, size), Image.Resampling.NEAREST))
-    except (OSError, ValueError, SyntaxError) as exc:
-        raise DatasetError(f"cannot decode mask {path} ({exc}); run `threecad verify`") from exc
-    return (grey > MASK_THRESHOLD).astype(np.uint8)[None]
+        mask = read_mask(path, expected_size=image_size)
+    except MaskError as exc:
+        raise MaskError(f"{exc}; run `threecad verify`", kind=exc.kind) from None
+    resized = Image.fromarray(mask.astype(np.uint8)).resize((size, size), Image.Resampling.NEAREST)
+    return np.asarray(resized)[None]
 
 
 def load_sample(image_path: str, mask_path: str | None, size: int) -> np.ndarray:
     """Image and mask stacked as (4, size, size) uint8: what the cache stores per sample."""
-    return np.concatenate([load_image(image_path, size), load_mask(mask_path, size)])
+    image, hw = _load_image(image_path, size)
+    return np.concatenate([image, load_mask(mask_path, size, image_size=hw)])
 
 
 class ThreeCAD(Dataset):
@@ -96,10 +109,14 @@ class ThreeCAD(Dataset):
         self.split = split
         self.image_size = int(image_size)
         self.transform = transform
+        scan = None
         if table is None:
-            table = scan_root(self.root).table
+            scan = scan_root(self.root)
+            table = scan.table
         name = category.abbreviation if isinstance(category, Category) else str(category)
         self.category = resolve_category(name, table_categories(table))
+        if scan is not None:
+            require_readable(scan, [self.category])  # a skipped folder would shrink the split
         self.samples = self._select(table, manifest).reset_index(drop=True)
         self._check_masks()
         self._paths = self.samples["image_path"].astype(str).tolist()

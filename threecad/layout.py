@@ -8,6 +8,12 @@ masks carry `<stem>_mask.png`. The naming is detected per category.
 Columns: category (abbreviation), folder, dataset, split, label, defect_type,
 image_path, mask_path (None for good images), height, width (from the file header,
 <NA> when the header is unreadable).
+
+Categories come in the catalog's order (3CAD: ACC, AI, AMF, ANMF, ANI, AP, CS, IS; then
+MVTec AD's; then custom folders by name), whatever the folders' alphabetical order, so
+every command lists them the same way. Mask headers are read too (a few bytes each): a
+mask whose size is not its image's is an error here already, so that `layout_errors`
+(what bench refuses to run on) holds every problem that would change results.
 """
 from __future__ import annotations
 
@@ -19,7 +25,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from threecad.catalog import Category, category_for_folder
+from threecad.catalog import KNOWN, Category, category_for_folder
 from threecad.errors import DatasetError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
@@ -28,6 +34,11 @@ METADATA_SUFFIXES = {".txt", ".md", ".json", ".csv", ".sha256", ".yaml", ".yml",
 COLUMNS = ["category", "folder", "dataset", "split", "label", "defect_type",
            "image_path", "mask_path", "height", "width"]
 GOOD = "good"
+# Problems that change what a benchmark or a statistic would compute: a root with any of
+# them is refused by bench (see layout_errors). The other errors (orphan masks, a mask
+# beside a good image) are untidy but change no number.
+RESULT_CHANGING = frozenset({"missing_mask", "unreadable_image", "unreadable_mask", "mask_size",
+                             "unreadable_folder"})
 
 
 @dataclass(frozen=True)
@@ -60,36 +71,71 @@ class Scan:
         return kinds.pop() if len(kinds) == 1 else ("mixed" if kinds else "empty")
 
 
-def image_size(path: str | os.PathLike) -> tuple[int, int] | None:
-    """(height, width) from the file header without decoding pixels; None if unreadable."""
+def read_header(path: str | os.PathLike) -> tuple[tuple[int, int] | None, str]:
+    """((height, width), "") from the file header without decoding pixels, or (None, why)."""
     try:
         with open(path, "rb") as fh:
             head = fh.read(24)
         if head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR":
             width, height = struct.unpack(">II", head[16:24])
-            return int(height), int(width)
+            return (int(height), int(width)), ""
         from PIL import Image  # lazy: only for non-PNG files; PIL reads the header only
 
         with Image.open(path) as im:
-            return im.height, im.width
+            return (im.height, im.width), ""
+    except OSError as exc:
+        if exc.errno is not None and exc.strerror:
+            return None, f"cannot read it: {exc.strerror.lower()}"
+        return None, "header cannot be read; not a valid image"
     except Exception:  # noqa: BLE001 - any unreadable header is reported, not raised
-        return None
+        return None, "header cannot be read; not a valid image"
+
+
+def image_size(path: str | os.PathLike) -> tuple[int, int] | None:
+    """(height, width) from the file header without decoding pixels; None if unreadable."""
+    return read_header(path)[0]
 
 
 def _is_image(name: str) -> bool:
     return Path(name).suffix.lower() in IMAGE_SUFFIXES
 
 
-def _listdir(path: Path) -> list[os.DirEntry]:
+def _listdir(path: Path, problems: list[Problem] | None = None) -> list[os.DirEntry]:
+    """Visible entries of a folder, by name; a folder that cannot be read is an error
+    problem (when `problems` is given) and lists as empty."""
     try:
-        return sorted((e for e in os.scandir(path) if not e.name.startswith(".")), key=lambda e: e.name)
+        with os.scandir(path) as it:
+            return sorted((e for e in it if not e.name.startswith(".")), key=lambda e: e.name)
     except FileNotFoundError:
         return []
+    except OSError as exc:
+        if problems is not None:
+            problems.append(Problem("error", "unreadable_folder", str(path),
+                                    f"cannot read this folder: {_reason(exc)}; its files are left out"))
+        return []
+
+
+def _reason(exc: OSError) -> str:
+    return exc.strerror.lower() if isinstance(exc.strerror, str) else str(exc)
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except OSError:  # a folder on the way cannot be searched: reported by _listdir
+        return False
+
+
+def _is_dir(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
 
 
 def _detect_mask_naming(gt_dir: Path) -> str:
     """"_mask" when the ground-truth files end in `_mask` (MVTec AD), else "same" (3CAD)."""
-    names = [e.name for d in _listdir(gt_dir) if d.is_dir() for e in _listdir(Path(d.path)) if _is_image(e.name)]
+    names = [e.name for d in _listdir(gt_dir) if _is_dir(d) for e in _listdir(Path(d.path)) if _is_image(e.name)]
     if names and sum(Path(n).stem.endswith("_mask") for n in names) > len(names) / 2:
         return "_mask"
     return "same"
@@ -101,7 +147,40 @@ def _mask_name(image_name: str, naming: str) -> str:
 
 
 def is_category_dir(path: Path) -> bool:
-    return (path / "train").is_dir() or (path / "test").is_dir()
+    """A folder with train/ or test/ inside; one that cannot be looked into counts as a
+    category, so that it is reported as unreadable rather than ignored."""
+    try:
+        return (path / "train").is_dir() or (path / "test").is_dir()
+    except OSError:
+        return True
+
+
+def catalog_order(categories: list[Category]) -> list[Category]:
+    """Categories in the catalog's order (3CAD's, then MVTec AD's), custom ones last by name."""
+    return sorted(categories, key=lambda c: (KNOWN.index(c), "") if c in KNOWN else (len(KNOWN), c.folder))
+
+
+def layout_errors(scan: "Scan", kinds: frozenset[str] | None = RESULT_CHANGING) -> list[Problem]:
+    """The scan's error problems that change results (missing, unreadable or wrongly sized
+    masks, unreadable images or folders); `kinds=None` gives every error.
+
+    This is what a benchmark must refuse to run on: each would silently change a metric.
+    """
+    return [p for p in scan.problems if p.severity == "error" and (kinds is None or p.kind in kinds)]
+
+
+def require_readable(scan: "Scan", categories: list[Category] | None = None) -> None:
+    """Raise DatasetError when a folder of the root (of `categories`, when given) could not
+    be read: a command that would otherwise work on part of the data says so instead."""
+    folders = None if categories is None else {c.folder.lower() for c in categories} | {
+        c.abbreviation.lower() for c in categories}
+    for p in scan.problems:
+        if p.kind != "unreadable_folder":
+            continue
+        rel = Path(p.path).relative_to(scan.root).parts if Path(p.path) != scan.root else ()
+        if folders is None or not rel or rel[0].lower() in folders:
+            raise DatasetError(f"cannot read {p.path}: {p.message.split(': ', 1)[-1].split(';')[0]}; "
+                               "fix its permissions (or leave its category out with --category)")
 
 
 def scan_root(root: str | os.PathLike) -> Scan:
@@ -115,13 +194,18 @@ def scan_root(root: str | os.PathLike) -> Scan:
                            f"`threecad download` or `threecad synth --out {root}`, or pass --root")
     if not root.is_dir():
         raise DatasetError(f"dataset root {root} is not a folder")
+    try:
+        with os.scandir(root):
+            pass
+    except OSError as exc:
+        raise DatasetError(f"cannot read dataset root {root}: {_reason(exc)}") from None
     rows: list[dict] = []
     problems: list[Problem] = []
     naming: dict[str, str] = {}
     categories: list[Category] = []
-    for entry in _listdir(root):
+    for entry in _listdir(root, problems):
         path = Path(entry.path)
-        if entry.is_file():
+        if not _is_dir(entry):
             if Path(entry.name).suffix.lower() not in METADATA_SUFFIXES:
                 problems.append(Problem("warning", "unexpected_file", str(path),
                                         "file beside the category folders is ignored"))
@@ -136,6 +220,7 @@ def scan_root(root: str | os.PathLike) -> Scan:
     if not categories:
         raise DatasetError(f"no category folders (with train/ or test/ inside) in {root}; "
                            "is --root pointing at the folder that holds the categories?")
+    categories = catalog_order(categories)
     table = pd.DataFrame(rows, columns=COLUMNS)
     table["label"] = table["label"].astype("int64")
     table["height"] = table["height"].astype("Int64")
@@ -148,7 +233,14 @@ def scan_root(root: str | os.PathLike) -> Scan:
 
 
 def _scan_category(path: Path, cat: Category, rows: list[dict], problems: list[Problem]) -> str:
+    try:
+        os.scandir(path).close()
+    except OSError as exc:
+        problems.append(Problem("error", "unreadable_folder", str(path),
+                                f"cannot read this folder: {_reason(exc)}; its files are left out"))
+        return "same"
     gt_dir = path / "ground_truth"
+    _listdir(gt_dir, problems)  # an unreadable ground_truth/ is reported once, here
     naming = _detect_mask_naming(gt_dir)
     used_masks: set[str] = set()
     for split in ("train", "test"):
@@ -156,8 +248,8 @@ def _scan_category(path: Path, cat: Category, rows: list[dict], problems: list[P
         if not split_dir.is_dir():
             problems.append(Problem("warning", "missing_split", str(split_dir), f"no {split}/ folder"))
             continue
-        for type_entry in _listdir(split_dir):
-            if not type_entry.is_dir():
+        for type_entry in _listdir(split_dir, problems):
+            if not _is_dir(type_entry):
                 problems.append(Problem("warning", "unexpected_file", type_entry.path,
                                         f"files belong in {split}/<defect type>/, ignored"))
                 continue
@@ -166,8 +258,8 @@ def _scan_category(path: Path, cat: Category, rows: list[dict], problems: list[P
                 problems.append(Problem("warning", "unknown_folder", type_entry.path,
                                         "train/ holds only good/; ignored"))
                 continue
-            for img in _listdir(Path(type_entry.path)):
-                if not img.is_file():
+            for img in _listdir(Path(type_entry.path), problems):
+                if _is_dir(img):
                     problems.append(Problem("warning", "unknown_folder", img.path, "nested folder ignored"))
                     continue
                 if not _is_image(img.name):
@@ -175,30 +267,41 @@ def _scan_category(path: Path, cat: Category, rows: list[dict], problems: list[P
                     continue
                 label = int(defect_type != GOOD)
                 mask_path = None
+                size, why = read_header(img.path)
+                if size is None:
+                    problems.append(Problem("error", "unreadable_image", img.path, why))
                 if label:
                     candidate = gt_dir / defect_type / _mask_name(img.name, naming)
-                    if candidate.is_file():
+                    if _is_file(candidate):
                         mask_path = str(candidate)
                         used_masks.add(mask_path)
+                        _check_mask_header(mask_path, size, problems)
                     else:
                         problems.append(Problem("error", "missing_mask", img.path,
                                                 f"no mask at {candidate}"))
-                size = image_size(img.path)
-                if size is None:
-                    problems.append(Problem("error", "unreadable_image", img.path,
-                                            "header cannot be read; not a valid image"))
                 rows.append(dict(category=cat.abbreviation, folder=path.name, dataset=cat.dataset,
                                  split=split, label=label, defect_type=defect_type,
                                  image_path=img.path, mask_path=mask_path,
                                  height=size[0] if size else None, width=size[1] if size else None))
     for type_entry in _listdir(gt_dir):
-        if not type_entry.is_dir():
+        if not _is_dir(type_entry):
             continue
-        for m in _listdir(Path(type_entry.path)):
-            if m.is_file() and _is_image(m.name) and m.path not in used_masks:
+        for m in _listdir(Path(type_entry.path), problems):
+            if not _is_dir(m) and _is_image(m.name) and m.path not in used_masks:
                 kind = "mask_for_good" if type_entry.name == GOOD else "orphan_mask"
                 problems.append(Problem("error", kind, m.path, "mask without a matching test image"))
     return naming
+
+
+def _check_mask_header(mask_path: str, image_hw: tuple[int, int] | None, problems: list[Problem]) -> None:
+    """A mask whose header cannot be read, or whose size is not its image's, is an error."""
+    size, why = read_header(mask_path)
+    if size is None:
+        problems.append(Problem("error", "unreadable_mask", mask_path, why))
+    elif image_hw is not None and size != image_hw:
+        problems.append(Problem("error", "mask_size", mask_path,
+                                f"mask is {size[1]}x{size[0]} but its image is {image_hw[1]}x{image_hw[0]} "
+                                "(WxH); masks must have their image's size"))
 
 
 def fingerprint(table: pd.DataFrame, root: str | os.PathLike | None = None, with_mtime: bool = False) -> str:

@@ -72,6 +72,8 @@ def make_split(table: pd.DataFrame, val_fraction: float = DEFAULT_VAL_FRACTION,
         raise ThreecadError(f"--val-fraction must be in [0, 1), got {val_fraction}")
     if shots is not None and shots < 1:
         raise ThreecadError(f"--shots must be at least 1, got {shots}")
+    if int(seed) < 0:  # numpy's seed sequences take non-negative integers only
+        raise ThreecadError(f"--seed must be 0 or more, got {seed}")
     cats = categories if categories is not None else table_categories(table)
     rels = relative_images(table)
     frames = []

@@ -10,7 +10,9 @@ per-file result is cached in one sqlite file keyed by path, size and mtime (a ch
 is recomputed); uncached files are spread over a process pool.
 
 Conventions, stated once:
-- A mask pixel is a defect when its value is > 127 (mode "1": when set).
+- A mask pixel is a defect under threecad.masks' rule (> 127 on the 8-bit scale; colour
+  masks by their largest channel; see that module), the same in verify and the Dataset.
+  A mask whose size is not its image's is not measured (status "mask_size").
 - Regions are 8-connected components (NE = number of components of the mask).
 - Area ratio = region pixels / mask pixels (height x width of the mask).
 - The rotated bounding rectangle is the minimum-area rectangle around the region's pixel
@@ -41,9 +43,10 @@ import pandas as pd
 from scipy import ndimage
 from scipy.spatial import ConvexHull, QhullError
 
-from threecad.catalog import KNOWN, resolve_categories, table1
+from threecad.catalog import resolve_categories, table1
 from threecad.errors import DatasetError, ThreecadError
-from threecad.layout import Scan
+from threecad.layout import Scan, catalog_order, require_readable
+from threecad.masks import MaskError, read_mask, read_mask_box  # noqa: F401 - read_mask re-exported
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +54,7 @@ SIDECAR_NAME = "defect_regions.csv"
 SYNTHETIC_MARKER = "synthetic.json"
 SIDECAR_COLUMNS = ("image", "region", "defect_type", "y", "x", "area")
 # Bump when the per-file analysis changes, so that old cache rows are recomputed.
-ANALYSIS_VERSION = 3
+ANALYSIS_VERSION = 4  # 4: masks read by threecad.masks (colour masks by their largest channel)
 # One row per region in MaskResult.regions; bbox is [y0, y1) x [x0, x1); (py, px) is the
 # region's first pixel in raster order; angle is the long side's direction in degrees [0, 180).
 REGION_FIELDS = ("area", "y0", "x0", "y1", "x1", "rect_long", "rect_short", "angle", "py", "px")
@@ -170,41 +173,6 @@ def _empty_regions() -> np.ndarray:
     return np.zeros((0, len(REGION_FIELDS)), dtype=np.float64)
 
 
-_DIRECT_MODES = {"1", "L", "I", "I;16", "F"}
-
-
-def _load_binary(path: str | os.PathLike) -> tuple[int, int, int, int, np.ndarray | None]:
-    """(height, width, y0, x0, crop): the mask's size and its non-zero box as a bool array
-    at (y0, x0), or crop None for an empty mask.
-
-    Why the box: PIL decodes fast, but its copy into numpy costs as much again for a full
-    1024 x 1024 mask; `getbbox` is nearly free and masks are mostly empty, so only the part
-    with defects is copied and looked at.
-    """
-    from PIL import Image
-
-    with Image.open(path) as im:
-        if im.mode not in _DIRECT_MODES:
-            im = im.convert("L")
-        im.load()
-        height, width = im.height, im.width
-        box = im.getbbox()
-        if box is None:
-            return height, width, 0, 0, None
-        crop = im.crop(box)
-        pixels = np.asarray(crop, dtype=bool) if crop.mode == "1" else np.asarray(crop) > 127
-        return height, width, box[1], box[0], pixels
-
-
-def read_mask(path: str | os.PathLike) -> np.ndarray:
-    """Binary mask as a bool array (pixel > 127, or set in a 1-bit image)."""
-    height, width, y0, x0, crop = _load_binary(path)
-    mask = np.zeros((height, width), dtype=bool)
-    if crop is not None:
-        mask[y0:y0 + crop.shape[0], x0:x0 + crop.shape[1]] = crop
-    return mask
-
-
 def _runs(flags: np.ndarray) -> list[tuple[int, int]]:
     """[start, stop) of each run of True in a 1-D bool array."""
     edges = np.flatnonzero(np.diff(np.concatenate(([False], flags, [False])).astype(np.int8)))
@@ -311,7 +279,9 @@ def _row_runs(region: np.ndarray, index: int, y0: int, x0: int) -> np.ndarray:
 def analyze_mask(path: str | os.PathLike) -> MaskResult:
     """analyze_mask_array on a file; an unreadable file gives a result carrying the error."""
     try:
-        height, width, y0, x0, crop = _load_binary(path)
+        height, width, y0, x0, crop = read_mask_box(path)  # the reader verify and the Dataset use
+    except MaskError as exc:  # reported per file, the run goes on
+        return MaskResult(0, 0, _empty_regions(), error=str(exc))
     except Exception as exc:  # noqa: BLE001 - reported per file, the run goes on
         return MaskResult(0, 0, _empty_regions(), error=f"{type(exc).__name__}: {exc}")
     if crop is None:
@@ -556,10 +526,8 @@ def compute_stats(scan: Scan, categories: Sequence[str] | str | None = None, *,
                   cache_dir: str | os.PathLike | None = None, progress: bool = True) -> DatasetStats:
     """Measure a scanned root: counts, sizes, NE/TE, regions; Table 1 next to it on 3CAD."""
     start = time.perf_counter()
-    cats = resolve_categories(categories, available=scan.categories)
-    tokens = [categories] if isinstance(categories, str) else list(categories or [])
-    if not tokens or any(str(t).strip().lower() == "all" for t in tokens):
-        cats.sort(key=lambda c: KNOWN.index(c) if c in KNOWN else len(KNOWN))  # the paper's order
+    cats = catalog_order(resolve_categories(categories, available=scan.categories))  # the paper's order
+    require_readable(scan, cats)
     names = [c.abbreviation for c in cats]
     table = scan.table[scan.table["category"].isin(names)].reset_index(drop=True)
     problems: list[str] = []
@@ -621,11 +589,14 @@ def _image_and_region_tables(defective: pd.DataFrame, with_mask: pd.Series,
             status[i] = "unreadable_mask"
             problems.append(f"unreadable mask {mask_paths[i]}: {res.error}")
             continue
+        if not np.isnan(heights[i]) and (heights[i], widths[i]) != (res.height, res.width):
+            # threecad.masks refuses such a mask (the Dataset raises, verify reports an error)
+            status[i] = "mask_size"
+            problems.append(f"mask {mask_paths[i]} is {res.width}x{res.height} but its image is "
+                            f"{int(widths[i])}x{int(heights[i])} (WxH); not measured")
+            continue
         mask_h[i], mask_w[i], ne[i] = res.height, res.width, res.n_regions
         status[i] = "ok" if res.n_regions else "empty_mask"
-        if not np.isnan(heights[i]) and (heights[i], widths[i]) != (res.height, res.width):
-            problems.append(f"mask {mask_paths[i]} is {res.height}x{res.width} but its "
-                            f"image is {int(heights[i])}x{int(widths[i])}")
         blocks.append(res.regions)
         owners.append(np.full(res.n_regions, i))
         if len(res.runs):
@@ -817,6 +788,7 @@ def _figures(c: _Columns, t: np.ndarray, i: np.ndarray, r: np.ndarray, n_types: 
         "empty_masks": int((status == "empty_mask").sum()),
         "missing_masks": int((status == "missing_mask").sum()),
         "unreadable_masks": int((status == "unreadable_mask").sum()),
+        "mask_size_mismatches": int((status == "mask_size").sum()),
     })
     return row
 
@@ -961,10 +933,9 @@ def format_comparison(stats: DatasetStats) -> str:
 
 def write_tables(stats: DatasetStats, out_dir: str | os.PathLike) -> list[Path]:
     """CSV tables into out_dir: summary, defect_types, images, regions, table1_comparison."""
-    from threecad.fsutil import atomic_write_text
+    from threecad.fsutil import atomic_write_text, ensure_dir
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = ensure_dir(out_dir)
     tables = {
         "summary.csv": stats.summary.reset_index(),
         "defect_types.csv": stats.defect_types,

@@ -1,13 +1,15 @@
 """`verify`: is a dataset root complete and sound? Reads everything, changes nothing.
 
 The layout scan already lists what does not fit the folder layout (missing and orphan
-masks, unknown folders, non-image files, unreadable headers). Verify goes further:
-it decodes every image and mask (in parallel threads; Pillow and hashlib release the
-GIL), checks that each mask is binary (0/255), has the image's size and at least one
-defect pixel, compares the counts per category with the paper's Table 1 when the root
-is 3CAD, and, when the root carries a file manifest, reports files changed, missing or
-added since it was written. Each file is read once: the bytes that are decoded are
-also hashed, so a manifest check costs no second pass over the images.
+masks, unknown or unreadable folders, non-image files, unreadable headers, masks whose
+size is not their image's). Verify goes further: it decodes every image and mask (in
+parallel threads; Pillow and hashlib release the GIL), reads each mask with
+`threecad.masks` (the reader stats and the Dataset use), checks that it is binary
+(0/255) with at least one defect pixel, compares the counts per category with the
+paper's Table 1 when the root is 3CAD, and, when the root carries a file manifest,
+reports files changed, missing or added since it was written. Each file is read once:
+the bytes that are decoded are also hashed, so a manifest check costs no second pass
+over the images.
 """
 from __future__ import annotations
 
@@ -21,7 +23,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
-import numpy as np
 import pandas as pd
 from PIL import Image
 from tqdm.auto import tqdm
@@ -29,7 +30,9 @@ from tqdm.auto import tqdm
 from threecad import catalog
 from threecad.catalog import Category
 from threecad.errors import DatasetError, ThreecadError
-from threecad.layout import METADATA_SUFFIXES, Problem, Scan, is_category_dir, scan_root
+from threecad.layout import (METADATA_SUFFIXES, Problem, Scan, catalog_order, is_category_dir,
+                             scan_root)
+from threecad.masks import MaskError, inspect_mask
 from threecad.manifest import (FileEntry, ManifestDiff, build_manifest, compare, hash_files,
                                list_files, read_manifest, write_manifest)
 
@@ -53,6 +56,8 @@ class VerifyReport:
     manifest_status: str = "absent"  # "absent" | "match" | "differs"
     manifest_diff: ManifestDiff | None = None
     files_checked: int = 0
+    # mask path -> defect pixels (> 127 under threecad.masks' rule), for every mask that was read.
+    mask_pixels: dict[str, int] = field(default_factory=dict, repr=False)
     # relative path -> FileEntry for every file read; lets a manifest be written without re-reading.
     file_hashes: dict[str, FileEntry] = field(default_factory=dict, repr=False)
 
@@ -94,11 +99,16 @@ class VerifyReport:
 # ---------------------------------------------------------------------------- helpers
 
 
+def plural(n: int, noun: str) -> str:
+    """"1 error", "3 errors"."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def _select_categories(scan: Scan, values: Iterable[str] | str | None) -> list[Category]:
     """Resolve --category against the folders on disk; a known category absent from disk
     gets its own message instead of a misleading "unknown"."""
     try:
-        return catalog.resolve_categories(values, available=scan.categories)
+        return catalog_order(catalog.resolve_categories(values, available=scan.categories))
     except ThreecadError as original:
         tokens = [values] if isinstance(values, str) else list(values or [])
         for token in (t.strip() for v in tokens for t in str(v).split(",") if t.strip()):
@@ -160,50 +170,34 @@ def _read(path: str, want_hash: bool) -> tuple[bytes, FileEntry | None]:
     return data, FileEntry(hashlib.sha256(data).hexdigest(), len(data))
 
 
-def _decode(data: bytes) -> Image.Image:
-    im = Image.open(io.BytesIO(data))
-    im.load()
-    return im
-
-
-def _mask_problems(mask_path: str, mask: Image.Image, image_hw: tuple[int, int] | None) -> list[Problem]:
+def _mask_problems(mask_path: str, data: bytes, image_hw: tuple[int, int] | None) -> tuple[list[Problem], int | None]:
+    """Problems of one mask, read with the one mask reader, and its defect-pixel count."""
+    try:
+        info = inspect_mask(data, image_hw, name=mask_path)
+    except MaskError as exc:
+        return [Problem("error", exc.kind, mask_path, str(exc))], None
     out: list[Problem] = []
-    hw = (mask.height, mask.width)
-    if image_hw is not None and hw != image_hw:
-        out.append(Problem("error", "mask_size", mask_path,
-                           f"mask is {hw[1]}x{hw[0]} but its image is {image_hw[1]}x{image_hw[0]} (WxH)"))
-    if mask.mode == "1":
-        a = np.asarray(mask, dtype=np.uint8) * 255
-    else:
-        if mask.mode == "P":
-            mask = mask.convert("L")
-        a = np.asarray(mask)
-        if a.ndim == 3:
-            channels = a[..., :3] if a.shape[-1] >= 3 else a[..., :1]
-            if not (channels == channels[..., :1]).all():
-                out.append(Problem("error", "mask_not_binary", mask_path,
-                                   "mask has differing colour channels; save it as one-channel 0/255"))
-                return out
-            a = channels[..., 0]
-    if a.dtype == np.uint8:
-        gray = int(np.count_nonzero((a != 0) & (a != 255)))
-        defect = int(np.count_nonzero(a > 127))
-    else:  # 16-bit or float masks: binary means 0 and one other value
-        values = np.unique(a)
-        gray = 0 if len(values) <= 2 and values[0] == 0 else int(np.count_nonzero(a != 0))
-        defect = int(np.count_nonzero(a != 0))
-    if gray:
+    if info.n_colour:
         out.append(Problem("error", "mask_not_binary", mask_path,
-                           f"{gray} pixels are neither 0 nor 255; masks must be binary 0/255"))
-    if defect == 0:
+                           f"{info.n_colour} pixels have differing colour channels (read by their largest "
+                           "channel); save masks as one-channel 0/255"))
+    elif info.n_between:
+        out.append(Problem("error", "mask_not_binary", mask_path,
+                           f"{info.n_between} pixels are neither 0 nor {info.full_scale}; masks must be binary "
+                           f"0/{info.full_scale}"))
+    if info.n_defect == 0:
         out.append(Problem("error", "empty_mask", mask_path,
                            "no defect pixel (> 127) in the mask of a defective image"))
-    return out
+    return out, info.n_defect
 
 
-def _check_sample(root: Path, image_path: str, mask_path: str | None, header_ok: bool,
-                  want_hash: bool) -> tuple[list[Problem], dict[str, FileEntry]]:
-    """Decode one image (and its mask); hash the same bytes when a manifest needs them."""
+def _check_sample(root: Path, image_path: str, mask_path: str | None, header_ok: bool, mask_ok: bool,
+                  want_hash: bool) -> tuple[list[Problem], dict[str, FileEntry], int | None]:
+    """Decode one image (and its mask); hash the same bytes when a manifest needs them.
+
+    header_ok / mask_ok: False when the layout scan already reported the file (unreadable
+    header, mask of the wrong size); it is then hashed if it can be, not reported twice.
+    """
     problems: list[Problem] = []
     hashes: dict[str, FileEntry] = {}
     image_hw = None
@@ -212,24 +206,30 @@ def _check_sample(root: Path, image_path: str, mask_path: str | None, header_ok:
         if entry:
             hashes[Path(image_path).relative_to(root).as_posix()] = entry
         if header_ok:
-            im = _decode(data)
-            image_hw = (im.height, im.width)
+            with Image.open(io.BytesIO(data)) as im:
+                im.load()
+                image_hw = (im.height, im.width)
     except OSError as exc:
-        problems.append(Problem("error", "corrupt_image", image_path, f"does not decode: {exc}"))
+        if header_ok:
+            problems.append(Problem("error", "corrupt_image", image_path, f"does not decode: {exc}"))
     except Exception as exc:  # noqa: BLE001 - any decoder failure is a finding, not a crash
         problems.append(Problem("error", "corrupt_image", image_path, f"does not decode: {exc!r}"))
     if mask_path is None:
-        return problems, hashes
+        return problems, hashes, None
     try:
         data, entry = _read(mask_path, want_hash)
-        if entry:
-            hashes[Path(mask_path).relative_to(root).as_posix()] = entry
-        mask = _decode(data)
-    except Exception as exc:  # noqa: BLE001
-        problems.append(Problem("error", "corrupt_mask", mask_path, f"does not decode: {exc}"))
-        return problems, hashes
-    problems.extend(_mask_problems(mask_path, mask, image_hw))
-    return problems, hashes
+    except OSError as exc:
+        if mask_ok:
+            problems.append(Problem("error", "unreadable_mask", mask_path,
+                                    f"cannot read it: {(exc.strerror or str(exc)).lower()}"))
+        return problems, hashes, None
+    if entry:
+        hashes[Path(mask_path).relative_to(root).as_posix()] = entry
+    if not mask_ok:
+        return problems, hashes, None
+    found, pixels = _mask_problems(mask_path, data, image_hw)
+    problems.extend(found)
+    return problems, hashes, pixels
 
 
 def _counts(table: pd.DataFrame, cats: Sequence[Category]) -> pd.DataFrame:
@@ -332,15 +332,19 @@ def verify(root: str | os.PathLike, strict: bool = False, workers: int | None = 
     want_hash = manifest is not None or hash_all
     workers = max(1, workers or os.cpu_count() or 1)
     hashes: dict[str, FileEntry] = {}
+    mask_pixels: dict[str, int] = {}
+    flagged = {p.path for p in scan.problems if p.kind in ("mask_size", "unreadable_mask")}
     rows = list(zip(table.image_path, table.mask_path, table.height.notna()))
     with ThreadPoolExecutor(max_workers=workers) as pool:
         jobs = pool.map(lambda r: _check_sample(root, r[0], r[1] if isinstance(r[1], str) else None,
-                                                bool(r[2]), want_hash), rows)
+                                                bool(r[2]), r[1] not in flagged, want_hash), rows)
         bar = tqdm(jobs, total=len(rows), disable=None if progress is None else not progress,
                    desc="verify", unit="img")
-        for found, h in bar:
+        for (found, h, pixels), (_, mask_path, _) in zip(bar, rows):
             problems.extend(found)
             hashes.update(h)
+            if pixels is not None:
+                mask_pixels[mask_path] = pixels
 
     manifest_status, diff = "absent", None
     if want_hash:
@@ -381,7 +385,7 @@ def verify(root: str | os.PathLike, strict: bool = False, workers: int | None = 
     return VerifyReport(root=root, dataset=scan.dataset, strict=strict, problems=problems, counts=counts,
                         compared_to_table1=compared, synthetic=synthetic, manifest_status=manifest_status,
                         manifest_diff=diff, files_checked=int(len(rows) + table.mask_path.notna().sum()),
-                        file_hashes=hashes)
+                        file_hashes=hashes, mask_pixels=mask_pixels)
 
 
 def write_manifest_for(report: VerifyReport, source: dict | None = None, workers: int | None = None) -> Path:
@@ -393,7 +397,7 @@ def write_manifest_for(report: VerifyReport, source: dict | None = None, workers
     """
     blocking = [p for p in report.errors if p.kind not in {"changed_file", "missing_file", "extra_file"}]
     if blocking:
-        raise DatasetError(f"not writing a manifest for {report.root}: {len(blocking)} problem(s), "
+        raise DatasetError(f"not writing a manifest for {report.root}: {plural(len(blocking), 'problem')}, "
                            f"first: {blocking[0]}; fix them and run verify again")
     if source is None:
         previous = read_manifest(report.root) if report.manifest_status != "absent" else None
@@ -435,6 +439,6 @@ def format_report(report: VerifyReport, max_problems: int = 40) -> str:
     if len(report.problems) > max_problems:
         lines.append(f"... and {len(report.problems) - max_problems} more (write them all with --json FILE)")
     verdict = "OK" if report.ok else "PROBLEMS"
-    lines.append(f"{verdict}: {report.files_checked} files decoded, {len(report.errors)} error(s), "
-                 f"{len(report.warnings)} warning(s)")
+    lines.append(f"{verdict}: {plural(report.files_checked, 'file')} decoded, "
+                 f"{plural(len(report.errors), 'error')}, {plural(len(report.warnings), 'warning')}")
     return "\n".join(lines)

@@ -32,10 +32,17 @@ def command(root: Path | None, categories: tuple[str, ...], strict: bool, worker
     When <root>/MANIFEST.sha256.json exists, files changed, missing or added since are listed.
     Exit status: 0 healthy, 1 problems found, 2 bad input.
     """
-    from threecad.fsutil import atomic_write_text
-    from threecad.verify import format_report, verify, write_manifest_for
+    from threecad.fsutil import atomic_write_text, check_writable
+    from threecad.manifest import MANIFEST_NAME
+    from threecad.verify import format_report, plural, verify, write_manifest_for
 
-    report = verify(resolve_root(root), strict=strict, workers=workers, categories=categories,
+    root = resolve_root(root)
+    # refuse an output that cannot be written before decoding anything
+    if json_path is not None and str(json_path) != "-":
+        check_writable(json_path)
+    if write_manifest and root.is_dir():
+        check_writable(root / MANIFEST_NAME)
+    report = verify(root, strict=strict, workers=workers, categories=categories,
                     progress=progress, hash_all=write_manifest)
     if json_path is not None and str(json_path) == "-":
         click.echo(report.to_json(), nl=False)
@@ -45,7 +52,7 @@ def command(root: Path | None, categories: tuple[str, ...], strict: bool, worker
             atomic_write_text(json_path, report.to_json())
     if write_manifest:
         path = write_manifest_for(report, workers=workers)
-        click.echo(f"manifest written: {path} ({len(report.file_hashes)} files)", err=json_path is not None
+        click.echo(f"manifest written: {path} ({plural(len(report.file_hashes), 'file')})", err=json_path is not None
                    and str(json_path) == "-")
         if report.manifest_status == "differs" and not [p for p in report.errors if p.kind not in
                                                         {"changed_file", "missing_file", "extra_file"}]:
