@@ -7,11 +7,12 @@ import tarfile
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from threecad.archive import (ArchiveError, UnsafeArchiveError, find_dataset_dir, list_members,
-                              safe_extract, uncompressed_size)
-from threecad.errors import DatasetError
+from threecad.archive import (ArchiveError, UnsafeArchiveError, UnsafeSourceError, copy_tree, find_dataset_dir,
+                              list_members, safe_extract, source_files, uncompressed_size)
+from threecad.errors import DatasetError, ThreecadError
 
 
 def _zip(path: Path, entries: dict[str, bytes], symlinks: dict[str, str] | None = None) -> Path:
@@ -152,3 +153,98 @@ def test_find_dataset_dir_none_or_several(tmp_path):
     _category(tmp_path / "many" / "b")
     with pytest.raises(DatasetError, match="several datasets"):
         find_dataset_dir(tmp_path / "many")
+
+
+# ------------------------------------------------------------------ bombs and limits
+
+
+def test_zip_bomb_is_refused_by_its_ratio_before_writing(tmp_path):
+    archive = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as zf:
+        zf.writestr("data/zeros.bin", bytes(8 * 2**20))  # 8 MiB of zeros deflate about 1000:1
+    ratio = 8 * 2**20 / archive.stat().st_size
+    assert ratio > 500
+    dest = tmp_path / "dest"
+    with pytest.raises(UnsafeArchiveError, match=r"ratio \d+:1, limit 200:1"):
+        safe_extract(archive, dest)
+    assert not dest.exists()
+
+
+def test_ratio_limit_is_a_module_constant(tmp_path, monkeypatch):
+    import threecad.archive as arc
+
+    data = np.random.default_rng(0).integers(0, 4, 65536, dtype=np.uint8).tobytes()  # 2 bits of entropy a byte
+    archive = tmp_path / "small.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("a.bin", data)
+    assert 2 < len(data) / archive.stat().st_size < 200
+    monkeypatch.setattr(arc, "RATIO_CHECK_FROM", 0)
+    assert safe_extract(archive, tmp_path / "ok") == 1  # under the default 200:1
+    monkeypatch.setattr(arc, "MAX_COMPRESSION_RATIO", 2.0)
+    with pytest.raises(UnsafeArchiveError, match="limit 2:1"):
+        safe_extract(archive, tmp_path / "refused")
+    assert not (tmp_path / "refused").exists()
+
+
+def test_declared_size_beyond_free_space_is_refused(tmp_path, monkeypatch):
+    import threecad.archive as arc
+
+    archive = _tar(tmp_path / "a.tar", [("a.bin", b"x" * 5000)])
+    monkeypatch.setattr(arc, "EXTRACT_SPACE_MARGIN", 0)
+    monkeypatch.setattr(arc, "free_bytes", lambda path: 1000)
+    with pytest.raises(ThreecadError, match="needs 4.9 KiB to extract, 1000 B free"):
+        safe_extract(archive, tmp_path / "dest")
+    assert not (tmp_path / "dest").exists()
+
+
+def test_entry_inflating_past_its_declaration_stops(tmp_path):
+    import threecad.archive as arc
+
+    with pytest.raises(UnsafeArchiveError, match="'big.bin' of a.zip inflates beyond"):
+        budget = arc._Budget(Path("a.zip"), total=10, bar=type("Bar", (), {"update": lambda self, n: None})())
+        budget.take("small.bin", 6, 6)
+        budget.take("big.bin", 6, 6)  # the entry fits its own size, the archive total does not
+
+
+def test_tar_link_chain_refused_by_the_data_filter_names_the_entry(tmp_path):
+    # each link is harmless on its own; the second climbs out through the first
+    archive = _tar(tmp_path / "chain.tar", [("d/e/f.txt", b"x"), _link("d/e/up", ".."),
+                                            _link("d/e/up/up2", "../../outside")])
+    with pytest.raises(UnsafeArchiveError, match="archive entry 'd/e/up/up2' of chain.tar is unsafe"):
+        safe_extract(archive, tmp_path / "dest")
+    assert not (tmp_path / "outside").exists()
+
+
+# ------------------------------------------------------------------ local folders
+
+
+def test_source_files_follow_links_inside_only(tmp_path):
+    src = tmp_path / "src"
+    (src / "a").mkdir(parents=True)
+    (src / "a" / "img.png").write_bytes(b"png")
+    (src / "b").symlink_to("a")  # a link to a folder inside: followed
+    (src / "c.png").symlink_to(src / "a" / "img.png")
+    assert sorted(rel for _, rel in source_files(src)) == ["a/img.png", "b/img.png", "c.png"]
+    secret = tmp_path / "secret.txt"
+    secret.write_text("password")
+    (src / "a" / "leak.txt").symlink_to(secret)
+    with pytest.raises(UnsafeSourceError, match="leak.txt -> .*secret.txt leads outside the source folder"):
+        source_files(src)
+    dest = tmp_path / "dest"
+    with pytest.raises(UnsafeSourceError):
+        copy_tree(src, dest)
+    assert not dest.exists()
+
+
+@pytest.mark.parametrize("kind", ["ancestor", "self-loop"])
+def test_source_symlink_loop_is_one_error(tmp_path, kind):
+    src = tmp_path / "src"
+    (src / "a").mkdir(parents=True)
+    (src / "a" / "f.png").write_bytes(b"x")
+    if kind == "ancestor":
+        (src / "a" / "up").symlink_to("..")
+    else:
+        (src / "a" / "x").symlink_to("y")
+        (src / "a" / "y").symlink_to("x")
+    with pytest.raises(UnsafeSourceError, match="symlink loop at .*src/a/(up|x|y)"):
+        source_files(src)

@@ -162,7 +162,7 @@ def test_zip_slip_via_path_writes_nothing_outside(tmp_path, dataset):
     with pytest.raises(UnsafeArchiveError, match="pwned.txt"):
         download(DownloadRequest(root=root, source="path", path=evil, progress=False))
     assert not list(tmp_path.rglob("pwned.txt"))
-    assert not root.exists() and _siblings(root) == []
+    assert not root.exists() and not root.parent.exists()  # the folder made for the root is gone again
 
 
 def test_tar_with_escaping_link_is_refused(tmp_path, dataset):
@@ -326,7 +326,7 @@ def test_hf_missing_repo_and_revision(tmp_path, monkeypatch):
         monkeypatch.setenv("HF_ENDPOINT", srv.base)
         monkeypatch.delenv("HF_TOKEN", raising=False)
         base = dict(root=tmp_path / "r", source="hf", progress=False, hf_cache_dir=tmp_path / "c")
-        with pytest.raises(DownloadError, match="not found"):
+        with pytest.raises(DownloadError, match="no Hugging Face dataset org/nothere .*check --repo-id"):
             download(DownloadRequest(repo_id="org/nothere", **base))
         with pytest.raises(DownloadError, match="revision v9 not found"):
             download(DownloadRequest(repo_id="org/there", revision="v9", **base))
@@ -427,3 +427,200 @@ def test_synthetic_set_round_trip(tmp_path):
     files = read_manifest(root).files
     originals = {f.relative_to(src).as_posix(): _sha(f.read_bytes()) for f in src.rglob("*") if f.is_file()}
     assert {k: v.sha256 for k, v in files.items()} == originals  # byte for byte what was archived
+
+
+# ------------------------------------------------------------------ DTD
+
+
+def make_dtd_tree(folder: Path, classes=("banded", "dotted"), per_class: int = 3, extra: bool = False) -> Path:
+    """DTD's archive layout in miniature: dtd/images/<class>/*.jpg, dtd/labels/{train,val,test}1.txt."""
+    from PIL import Image
+
+    data = folder / "dtd"
+    rels = []
+    for c, cls in enumerate(classes):
+        (data / "images" / cls).mkdir(parents=True)
+        for i in range(per_class):
+            Image.new("RGB", (16, 16), (40 * c, 10 * i, 200)).save(data / "images" / cls / f"{cls}_{i:04d}.jpg")
+            rels.append(f"{cls}/{cls}_{i:04d}.jpg")
+    (data / "labels").mkdir()
+    for k, split in enumerate(("train", "val", "test")):
+        (data / "labels" / f"{split}1.txt").write_text("".join(f"{r}\n" for r in rels[k::3]))
+    (data / "imdb").mkdir()
+    (data / "imdb" / "imdb.mat").write_bytes(b"MATLAB 5.0 fake")
+    if extra:
+        (data / "README.txt").write_text("notes")
+        (data / "images" / "banded" / "Thumbs.db").write_bytes(b"junk")
+    return data
+
+
+def dtd_archive(tmp_path: Path, name: str = "dtd-r1.0.1.tar.gz", **kwargs) -> Path:
+    src = tmp_path / f"dtd-src-{name}"
+    make_dtd_tree(src, **kwargs)
+    out = tmp_path / name
+    with tarfile.open(out, "w:gz") as tf:
+        tf.add(src / "dtd", arcname="dtd")
+    return out
+
+
+def _dtd_files(root: Path) -> dict[str, str]:
+    return {p.relative_to(root).as_posix(): _sha(p.read_bytes()) for p in root.rglob("*") if p.is_file()}
+
+
+def test_dtd_from_local_archive_is_what_the_texture_loader_reads(tmp_path, monkeypatch):
+    archive = dtd_archive(tmp_path)
+    monkeypatch.setenv("THREECAD_DATA_HOME", str(tmp_path / "home"))
+    r = CliRunner().invoke(main, ["download", "--dataset", "dtd", "--source", "path", "--path", str(archive),
+                                  "--no-progress"], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    root = tmp_path / "home" / "dtd"  # datahome.default_dtd_root()
+    assert f"installed 6 DTD images into {root}, archive sha256 {_sha(archive.read_bytes())}" in r.output
+    assert "(not the official release's MD5)" in r.output
+    src = _dtd_files(tmp_path / f"dtd-src-{archive.name}" / "dtd")
+    assert _dtd_files(root / "dtd" / "dtd") == src  # byte for byte, in torchvision's layout
+    manifest = read_manifest(root)
+    assert set(manifest.files) == {f"dtd/dtd/{k}" for k in src}
+    assert manifest.source["archives"][0]["sha256"] == _sha(archive.read_bytes())
+    assert manifest.source["archives"][0]["official_release"] is False and manifest.source["dataset"] == "dtd"
+    from torchvision.datasets import DTD
+
+    assert [len(DTD(root, split=s)) for s in ("train", "val", "test")] == [2, 2, 2]
+    from threecad.anomaly_synthesis import AnomalySynthesizer
+
+    synth = AnomalySynthesizer(image_size=32, dtd_root=str(root))
+    assert synth.texture_source == "dtd" and len(synth._dtd_index) == 6
+    again = CliRunner().invoke(main, ["download", "--dataset", "dtd", "--source", "path", "--path", str(archive)])
+    assert again.exit_code == 0 and "(6 images, manifest sizes match); nothing to do" in again.output
+    assert _siblings(root) == []
+
+
+def test_dtd_from_url_checks_the_official_md5(tmp_path, monkeypatch):
+    from threecad.download import dtd as dtd_mod
+
+    archive = dtd_archive(tmp_path)
+    data = archive.read_bytes()
+    with Loopback(files={"/vgg/dtd-r1.0.1.tar.gz": data}) as srv:
+        monkeypatch.setattr(dtd_mod, "OFFICIAL_URL", srv.url("/vgg/dtd-r1.0.1.tar.gz"))
+        monkeypatch.setattr(dtd_mod, "OFFICIAL_MD5", "0" * 32)
+        root = tmp_path / "textures"
+        req = DownloadRequest(root=root, dataset="dtd", progress=False)  # auto: the official URL
+        with pytest.raises(DownloadError, match=f"not the official DTD release: MD5 {hashlib.md5(data).hexdigest()}"):
+            download(req)
+        assert not root.exists()
+        assert [p.name.endswith(".md5-mismatch") for p in (tmp_path / ".textures.download").iterdir()] == [True]
+        monkeypatch.setattr(dtd_mod, "OFFICIAL_MD5", hashlib.md5(data).hexdigest())
+        res = download(DownloadRequest(root=root, dataset="dtd", progress=False))
+    assert res.status == "installed" and res.message.endswith("(the official release)")
+    assert read_manifest(root).source["url"] == srv.url("/vgg/dtd-r1.0.1.tar.gz")
+    assert len(list((root / "dtd" / "dtd" / "images").rglob("*.jpg"))) == 6
+
+
+def test_dtd_url_download_after_a_drop(tmp_path):
+    data = dtd_archive(tmp_path).read_bytes()
+    with Loopback(files={"/m/dtd.tar.gz": data}, drops={"/m/dtd.tar.gz": 1}) as srv:
+        req = DownloadRequest(root=tmp_path / "d", dataset="dtd", source="url", url=srv.url("/m/dtd.tar.gz"),
+                              retries=0, progress=False)
+        with pytest.raises(DownloadError, match="run the same command again"):
+            download(req)
+        assert download(req).status == "installed"
+        assert len(srv.requests) == 2  # the same machinery as 3CAD's (byte-level resume tested above)
+    assert read_manifest(tmp_path / "d").source["archives"][0]["sha256"] == _sha(data)
+
+
+def test_dtd_extra_files_left_out_unless_allowed(tmp_path):
+    archive = dtd_archive(tmp_path, extra=True)
+    res = download(DownloadRequest(root=tmp_path / "a", dataset="dtd", source="path", path=archive, progress=False))
+    assert res.skipped == ["README.txt", "images/banded/Thumbs.db"]
+    assert "left out 2 file(s)/folder(s)" in res.message and "--allow-extra" in res.message
+    assert not (tmp_path / "a" / "dtd" / "dtd" / "README.txt").exists()
+    assert read_manifest(tmp_path / "a").source["skipped_extra"] == res.skipped
+    res = download(DownloadRequest(root=tmp_path / "b", dataset="dtd", source="path", path=archive,
+                                   allow_extra=True, progress=False))
+    assert res.skipped == [] and (tmp_path / "b" / "dtd" / "dtd" / "README.txt").read_text() == "notes"
+
+
+def test_dtd_from_a_hub_folder_mirror(tmp_path, monkeypatch):
+    tree = make_dtd_tree(tmp_path / "mirror")
+    files = {f.relative_to(tree).as_posix(): f.read_bytes() for f in tree.rglob("*") if f.is_file()}
+    hub = FakeHub({"org/dtd": HubRepo({"README.md": b"# DTD", **files}),
+                   "org/dtd-parquet": HubRepo({"data/train-00000-of-00001.parquet": b"PAR1"})})
+    with Loopback(hub=hub) as srv:
+        monkeypatch.setenv("HF_ENDPOINT", srv.base)
+        monkeypatch.delenv("HF_TOKEN", raising=False)
+        base = dict(dataset="dtd", source="hf", progress=False, hf_cache_dir=tmp_path / "cache")
+        res = download(DownloadRequest(root=tmp_path / "d", repo_id="org/dtd", **base))
+        with pytest.raises(DatasetError, match="parquet rows .* not supported yet"):
+            download(DownloadRequest(root=tmp_path / "p", repo_id="org/dtd-parquet", **base))
+    assert res.skipped == ["README.md"]  # the snapshot's top is the DTD folder; its card is not DTD
+    assert _dtd_files(tmp_path / "d" / "dtd" / "dtd") == {k: _sha(v) for k, v in files.items()}
+    assert not (tmp_path / "p").exists()
+
+
+def test_3cad_extra_files_left_out_unless_allowed(tmp_path, dataset):
+    src = tmp_path / "withjunk"
+    shutil.copytree(dataset, src)
+    (src / "LICENSE").write_text("terms")
+    (src / "backup").mkdir()
+    (src / "backup" / "id_rsa").write_text("key")
+    (src / "Copper_Stator" / "train" / "good" / "notes.docx").write_bytes(b"doc")
+    res = download(DownloadRequest(root=tmp_path / "a", source="path", path=src, progress=False))
+    assert res.skipped == ["Copper_Stator/train/good/notes.docx", "LICENSE", "backup/"]
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["Aluminum_Camera_Cover", "Copper_Stator",
+                                                                  MANIFEST_NAME]
+    _installed_ok(tmp_path / "a")
+    res = download(DownloadRequest(root=tmp_path / "b", source="path", path=src, allow_extra=True, progress=False))
+    assert res.skipped == [] and (tmp_path / "b" / "backup" / "id_rsa").is_file()
+
+
+def test_path_folder_links_inside_are_copied_as_files(tmp_path, dataset):
+    src = tmp_path / "linked"
+    shutil.copytree(dataset, src)
+    good = src / "Copper_Stator" / "train" / "good"
+    (good / "000.png").rename(src / "kept.png")
+    (good / "000.png").symlink_to(src / "kept.png")  # a link inside the source folder: followed
+    download(DownloadRequest(root=tmp_path / "r", source="path", path=src, progress=False, allow_extra=True))
+    installed = tmp_path / "r" / "Copper_Stator" / "train" / "good" / "000.png"
+    assert not installed.is_symlink() and installed.read_bytes() == (src / "kept.png").read_bytes()
+
+
+def test_unsafe_tar_from_url_is_kept_not_set_aside(tmp_path, dataset):
+    out = tmp_path / "evil.tar"
+    with tarfile.open(out, "w") as tf:
+        tf.add(dataset, arcname="3CAD")
+        for name, target in (("3CAD/d/e/up", ".."), ("3CAD/d/e/up/up2", "../../../outside")):
+            link = tarfile.TarInfo(name)
+            link.type, link.linkname = tarfile.SYMTYPE, target
+            tf.addfile(link)
+    root = tmp_path / "r"
+    with Loopback(files={"/evil.tar": out.read_bytes()}) as srv:
+        with pytest.raises(UnsafeArchiveError) as err:
+            download(DownloadRequest(root=root, source="url", url=srv.url("/evil.tar"), progress=False))
+    msg = str(err.value)
+    assert "'3CAD/d/e/up/up2'" in msg and "damaged" not in msg and "kept at" in msg
+    kept = list((tmp_path / ".r.download").iterdir())
+    assert len(kept) == 1 and not kept[0].name.endswith(".damaged") and kept[0].read_bytes() == out.read_bytes()
+    assert not root.exists()
+
+
+@pytest.mark.parametrize("status, match", [
+    (404, "no Hugging Face dataset org/x at .* \\(HTTP 404\\): check --repo-id"),
+    (403, "refused access to org/x \\(HTTP 403\\).*accept its terms on .*/datasets/org/x and set HF_TOKEN"),
+    (500, "answered HTTP 500"),
+])
+def test_hf_http_answers_are_told_apart(tmp_path, monkeypatch, status, match):
+    with Loopback(status={"/api/datasets/org/x/revision/main": status}) as srv:
+        monkeypatch.setenv("HF_ENDPOINT", srv.base)
+        monkeypatch.delenv("HF_TOKEN", raising=False)
+        with pytest.raises(DownloadError, match=match):
+            download(DownloadRequest(root=tmp_path / "r", source="hf", repo_id="org/x", progress=False,
+                                     hf_cache_dir=tmp_path / "c"))
+
+
+def test_hf_unreachable_says_so(tmp_path, monkeypatch):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    with pytest.raises(DownloadError, match="cannot reach the Hugging Face Hub at .* --source path"):
+        download(DownloadRequest(root=tmp_path / "r", source="hf", repo_id="org/x", progress=False,
+                                 hf_cache_dir=tmp_path / "c"))

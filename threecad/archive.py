@@ -3,7 +3,18 @@
 Archives come from the internet, so every entry is checked before anything is written:
 absolute paths, `..` components, links that point outside the destination and special
 files (devices, FIFOs) make the whole archive refused, naming the entry. Tar members are
-then extracted through the standard library's "data" filter as a second line of defence.
+then extracted through the standard library's "data" filter as a second line of defence
+(what that filter refuses is reported as an unsafe entry, by name, not as damage).
+
+Archives can also be bombs: a few kilobytes that inflate to terabytes. Before anything is
+written, the sizes the archive declares are added up and refused when they exceed
+MAX_COMPRESSION_RATIO times the archive's own size (200:1; images compress 1:1 to 3:1, text
+about 10:1) or the free space of the destination's disk; while extracting, an entry that
+inflates beyond its declared size stops the extraction. Both limits are module constants so
+that tests (and a user with an unusual archive) can change them.
+
+Local folders are copied with the same care: links are followed only while they stay inside
+the source folder (a link to ~/.ssh must not end up in a dataset), and a link loop is an error.
 """
 from __future__ import annotations
 
@@ -29,6 +40,9 @@ log = logging.getLogger(__name__)
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
 _IGNORED_DIRS = {"__MACOSX"}
 _CORRUPT = (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error, OSError, ValueError)
+MAX_COMPRESSION_RATIO = 200.0  # declared uncompressed bytes per archive byte, over the whole archive
+RATIO_CHECK_FROM = 2**20  # archives declaring less than this are too small to matter as bombs
+EXTRACT_SPACE_MARGIN = 64 * 2**20  # bytes left free on the destination's disk after extraction
 
 
 class ArchiveError(ThreecadError):
@@ -36,7 +50,13 @@ class ArchiveError(ThreecadError):
 
 
 class UnsafeArchiveError(ArchiveError):
-    """An entry would land outside the destination folder (zip-slip, escaping link, device)."""
+    """An entry would land outside the destination folder (zip-slip, escaping link, device),
+    or the archive would inflate far beyond its size (a bomb). Not damage: downloading the
+    same file again would not help, so it is kept as it is."""
+
+
+class UnsafeSourceError(ThreecadError):
+    """A local source folder links outside itself, or its links form a loop."""
 
 
 @dataclass(frozen=True)
@@ -159,6 +179,55 @@ def uncompressed_size(members: list[Member]) -> int:
     return sum(m.size for m in members if m.kind == "file")
 
 
+def free_bytes(path: str | os.PathLike) -> int:
+    """Free bytes on the disk holding `path` (or its nearest existing parent)."""
+    path = Path(path).absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return shutil.disk_usage(path).free
+
+
+def check_bomb(path: str | os.PathLike, members: list[Member], dest: str | os.PathLike) -> int:
+    """Refuse an archive whose declared contents are out of proportion or do not fit; returns
+    the declared uncompressed size."""
+    path = Path(path)
+    declared = uncompressed_size(members)
+    size = max(path.stat().st_size, 1)
+    ratio = declared / size
+    if declared > RATIO_CHECK_FROM and ratio > MAX_COMPRESSION_RATIO:
+        raise UnsafeArchiveError(
+            f"archive {path.name} declares {_human(declared)} of content in {_human(size)} (ratio "
+            f"{ratio:.0f}:1, limit {MAX_COMPRESSION_RATIO:.0f}:1): a compression bomb or not a dataset; "
+            "refusing the archive")
+    free = free_bytes(dest)
+    if declared + EXTRACT_SPACE_MARGIN > free:
+        raise ThreecadError(f"archive {path.name} needs {_human(declared)} to extract, {_human(free)} free "
+                            f"near {dest}; free space or choose a --root on a larger disk")
+    return declared
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+class _Budget:
+    """Counts bytes written; an entry or the archive inflating past its declaration stops."""
+
+    def __init__(self, path: Path, total: int, bar: tqdm):
+        self.path, self.left, self.bar = path, total, bar
+
+    def take(self, entry: str, n: int, entry_left: int) -> None:
+        self.left -= n
+        if n > entry_left or self.left < 0:
+            raise UnsafeArchiveError(f"archive entry '{entry}' of {self.path.name} inflates beyond the size the "
+                                     "archive declares (a compression bomb?); refusing the archive")
+        self.bar.update(n)
+
+
 def safe_extract(path: str | os.PathLike, dest: str | os.PathLike, members: list[Member] | None = None,
                  progress: bool | None = None) -> int:
     """Extract into dest after checking every entry; returns the number of files written.
@@ -170,18 +239,23 @@ def safe_extract(path: str | os.PathLike, dest: str | os.PathLike, members: list
     members = list_members(path) if members is None else members
     for m in members:
         check_member(m)
+    total = check_bomb(path, members, dest)
     dest.mkdir(parents=True, exist_ok=True)
-    total = uncompressed_size(members)
     written = 0
     disable = None if progress is None else not progress
     try:
         with tqdm(total=total, unit="B", unit_scale=True, desc=f"extract {path.name}", disable=disable) as bar:
+            budget = _Budget(path, total, bar)
             if archive_format(path) == "zip":
-                written = _extract_zip(path, dest, bar)
+                written = _extract_zip(path, dest, budget)
             else:
-                written = _extract_tar(path, dest, bar)
-    except UnsafeArchiveError:
+                written = _extract_tar(path, dest, budget)
+    except (UnsafeArchiveError, ThreecadError):
         raise
+    except tarfile.FilterError as exc:  # the "data" filter's own refusal: unsafe, not damaged
+        name = getattr(getattr(exc, "tarinfo", None), "name", "?")
+        raise UnsafeArchiveError(f"archive entry '{name}' of {path.name} is unsafe ({exc}); refusing the "
+                                 "archive") from exc
     except OSError as exc:
         if exc.errno == 28:  # ENOSPC
             raise ThreecadError(f"disk full while extracting {path.name} into {dest.parent}; free space "
@@ -200,7 +274,7 @@ def _ensure_inside(path: Path, root: str, entry: str) -> None:
                                  "through a link; refusing the archive")
 
 
-def _extract_zip(path: Path, dest: Path, bar: tqdm) -> int:
+def _extract_zip(path: Path, dest: Path, budget: _Budget) -> int:
     written = 0
     root = os.path.realpath(dest)
     with zipfile.ZipFile(path) as zf:
@@ -221,15 +295,17 @@ def _extract_zip(path: Path, dest: Path, bar: tqdm) -> int:
                 _ensure_inside(out.parent / target, root, info.filename)
                 os.symlink(target, out)
                 continue
+            left = info.file_size
             with zf.open(info) as src, open(out, "wb") as dst:
                 for chunk in iter(lambda: src.read(1 << 20), b""):
+                    budget.take(info.filename, len(chunk), left)
+                    left -= len(chunk)
                     dst.write(chunk)
-                    bar.update(len(chunk))
             written += 1
     return written
 
 
-def _extract_tar(path: Path, dest: Path, bar: tqdm) -> int:
+def _extract_tar(path: Path, dest: Path, budget: _Budget) -> int:
     written = 0
     with tarfile.open(path) as tf:
         for m in tf:
@@ -239,7 +315,7 @@ def _extract_tar(path: Path, dest: Path, bar: tqdm) -> int:
             tf.extract(m, dest, filter="data")
             if m.isreg():
                 written += 1
-                bar.update(m.size)
+                budget.take(m.name, m.size, m.size)
     return written
 
 
@@ -275,20 +351,87 @@ def find_dataset_dir(folder: str | os.PathLike, max_depth: int = 2) -> Path:
                        f"{max_depth} levels down); check that it is the dataset archive")
 
 
-def copy_tree(src: str | os.PathLike, dest: str | os.PathLike, progress: bool | None = None) -> int:
-    """Copy a folder (following links, so cache symlinks become real files); returns files copied."""
+def source_files(src: str | os.PathLike, within: str | os.PathLike | None = None) -> list[tuple[Path, str]]:
+    """Every file under `src` as (real path, relative POSIX path), following links only inside.
+
+    A link (to a file or a folder) is followed when its target lies inside `within` (default:
+    `src`); one that leads elsewhere is refused, naming it, and so is a loop. An unreadable
+    folder or file is a one-line error that says so.
+    """
+    src = Path(src)
+    fence = os.path.realpath(within if within is not None else src)
+    out: list[tuple[Path, str]] = []
+
+    def inside(real: str) -> bool:
+        return real == fence or real.startswith(fence.rstrip(os.sep) + os.sep)
+
+    def resolve(path: Path) -> str:
+        try:
+            return os.path.realpath(path, strict=True)
+        except (OSError, RuntimeError) as exc:
+            if getattr(exc, "errno", None) == 2:  # ENOENT: a dangling link
+                raise UnsafeSourceError(f"link {path} -> {os.readlink(path)} points to nothing; remove it or "
+                                        "fix it") from exc
+            raise UnsafeSourceError(f"symlink loop at {path}; remove the link and try again") from exc
+
+    def walk(folder: Path, rel: str, real_folder: str, stack: tuple[str, ...]) -> None:
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except PermissionError as exc:
+            raise ThreecadError(f"cannot read {folder} (permission denied); make the source folder readable "
+                                "(chmod -R u+rX) and try again") from exc
+        except OSError as exc:
+            raise ThreecadError(f"cannot read {folder} ({exc.strerror or exc}); check the source folder") from exc
+        for entry in entries:
+            path = Path(entry.path)
+            child = f"{rel}/{entry.name}" if rel else entry.name
+            real = os.path.join(real_folder, entry.name)
+            if entry.is_symlink():
+                real = resolve(path)
+                if not inside(real):
+                    raise UnsafeSourceError(f"link {path} -> {os.readlink(path)} leads outside the source folder "
+                                            f"{within if within is not None else src}; refusing to copy what it "
+                                            "points to (replace the link by the file, or remove it)")
+            if os.path.isdir(real):
+                if real in stack:
+                    raise UnsafeSourceError(f"symlink loop at {path} (it leads back to {real}); remove the link "
+                                            "and try again")
+                walk(path, child, real, stack + (real,))
+            elif os.path.isfile(real):
+                if not os.access(real, os.R_OK):
+                    raise ThreecadError(f"cannot read {path} (permission denied); make the source readable "
+                                        "and try again")
+                out.append((Path(real), child))
+            else:
+                raise UnsafeSourceError(f"{path} is a device, FIFO or socket, not a file; remove it from the "
+                                        "source folder")
+
+    root_real = resolve(src) if src.is_symlink() else os.path.realpath(src)
+    if not inside(root_real):
+        raise UnsafeSourceError(f"{src} leads outside the source folder {within}; refusing to copy it")
+    walk(src, "", root_real, (root_real,))
+    return out
+
+
+def copy_tree(src: str | os.PathLike, dest: str | os.PathLike, progress: bool | None = None,
+              within: str | os.PathLike | None = None, files: list[tuple[Path, str]] | None = None) -> int:
+    """Copy a folder, links resolved to real files (cache symlinks become files) but only
+    links that stay inside `within` (default: `src`); returns the number of files copied."""
     src, dest = Path(src), Path(dest)
-    files = [Path(dp) / f for dp, dns, fns in os.walk(src, followlinks=True) for f in fns]
+    files = source_files(src, within) if files is None else files
     dest.mkdir(parents=True, exist_ok=True)
     disable = None if progress is None else not progress
     try:
-        for f in tqdm(files, desc=f"copy {src.name}", unit="file", disable=disable):
-            out = dest / f.relative_to(src)
+        for real, rel in tqdm(files, desc=f"copy {src.name}", unit="file", disable=disable):
+            out = dest.joinpath(*rel.split("/"))
             out.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(f, out)
+            shutil.copyfile(real, out)
     except OSError as exc:
         if exc.errno == 28:
             raise ThreecadError(f"disk full while copying {src} into {dest.parent}; free space or "
                                 "choose a --root on a larger disk") from exc
+        if isinstance(exc, PermissionError) and not str(exc.filename or "").startswith(str(dest)):
+            raise ThreecadError(f"cannot read {exc.filename} (permission denied); make the source readable "
+                                "and try again") from exc
         raise
     return len(files)

@@ -1,0 +1,233 @@
+"""`threecad download` refusals: one `error:` line naming the culprit, no traceback, and neither
+the target root nor the source touched (issue #12 items 7-9, issue #11's DTD bad input)."""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import socket
+import tarfile
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from conftest import make_tiny_dataset
+from loopback import Loopback
+from refusal import assert_refused
+from test_download import _zip_dir, dtd_archive, make_dtd_tree
+
+NOT_ROOT = pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0,
+                              reason="root reads chmod 000 files; permission cases need a normal user")
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    return make_tiny_dataset(tmp_path_factory.mktemp("src") / "3CAD", categories=("Copper_Stator",),
+                             n_train=2, n_good=1, n_defect=1)
+
+
+@pytest.fixture
+def root(tmp_path) -> Path:
+    return tmp_path / "target" / "R"
+
+
+def _dl(root: Path, *args: str) -> list[str]:
+    return ["download", "--root", str(root), "--no-progress", *args]
+
+
+# ------------------------------------------------------------------ options
+
+
+@pytest.mark.parametrize("args, names", [
+    (["--dataset", "imagenet"], ["imagenet", "3cad", "dtd", "mvtec"]),
+    (["--dataset", "mvtec"], ["mvtec", "not implemented"]),
+    (["--source", "ftp"], ["ftp", "--source"]),
+    (["--dataset", "dtd", "--source", "gdrive"], ["--source gdrive", "dtd"]),
+    (["--source", "path"], ["--path"]),
+    (["--source", "path", "--path", "/nonexistent/3cad.zip"], ["/nonexistent/3cad.zip", "does not exist"]),
+    (["--source", "url", "--url", "http://[::1"], ["http://[::1", "not a valid URL"]),
+    (["--source", "url", "--url", "http://host:port/a.zip"], ["http://host:port/a.zip"]),
+    (["--source", "url", "--url", "file:///etc/passwd"], ["file:///etc/passwd"]),
+    (["--source", "path", "--path", ".", "--sha256", "abc"], ["--sha256", "64 hex"]),
+    (["--source", "path", "--path", ".", "--sha256", "g" * 64], ["--sha256"]),
+])
+def test_bad_options(tmp_path, root, args, names):
+    assert_refused(_dl(root, *args), names=names, watch=[root.parent])
+
+
+def test_sha256_mismatch(tmp_path, root, dataset):
+    archive = _zip_dir(dataset, tmp_path / "3cad.zip")
+    assert_refused(_dl(root, "--source", "path", "--path", str(archive), "--sha256", "0" * 64),
+                   names=["checksum mismatch", "3cad.zip", hashlib.sha256(archive.read_bytes()).hexdigest()],
+                   watch=[root.parent, archive])
+
+
+# ------------------------------------------------------------------ unsafe sources
+
+
+def test_path_folder_link_leaving_the_folder(tmp_path, root, dataset):
+    src = tmp_path / "data"
+    shutil.copytree(dataset, src / "3CAD")
+    secret = tmp_path / "home" / ".ssh" / "id_rsa"
+    secret.parent.mkdir(parents=True)
+    secret.write_text("PRIVATE KEY")
+    (src / "3CAD" / "Copper_Stator" / "train" / "good" / "002.png").symlink_to(secret)
+    assert_refused(_dl(root, "--source", "path", "--path", str(src)),
+                   names=["002.png", "id_rsa", "leads outside the source folder"], watch=[root.parent, src])
+
+
+@pytest.mark.parametrize("kind", ["ancestor", "pair"])
+def test_path_folder_symlink_loop(tmp_path, root, dataset, kind):
+    src = tmp_path / "data"
+    shutil.copytree(dataset, src)
+    good = src / "Copper_Stator" / "train" / "good"
+    if kind == "ancestor":
+        (good / "again").symlink_to("../../..")
+    else:
+        (good / "a.png").symlink_to("b.png")
+        (good / "b.png").symlink_to("a.png")
+    assert_refused(_dl(root, "--source", "path", "--path", str(src)), names=["symlink loop", str(good)],
+                   watch=[root.parent, src])
+
+
+@NOT_ROOT
+def test_unreadable_source_folder(tmp_path, root, dataset):
+    src = tmp_path / "data"
+    shutil.copytree(dataset, src)
+    locked = src / "Copper_Stator" / "test"
+    locked.chmod(0)
+    try:
+        r = assert_refused(_dl(root, "--source", "path", "--path", str(src)),
+                           names=["cannot read", str(locked), "readable"], watch=[root.parent])
+        assert "--root you can write to" not in r.stderr
+    finally:
+        locked.chmod(0o755)
+
+
+@NOT_ROOT
+def test_unreadable_archive(tmp_path, root, dataset):
+    archive = _zip_dir(dataset, tmp_path / "3cad.zip")
+    archive.chmod(0)
+    try:
+        assert_refused(_dl(root, "--source", "path", "--path", str(archive)),
+                       names=["cannot read", "3cad.zip"], watch=[root.parent])
+    finally:
+        archive.chmod(0o644)
+
+
+def test_zip_bomb(tmp_path, root):
+    bomb = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as zf:
+        zf.writestr("3CAD/Copper_Stator/train/good/000.png", bytes(16 * 2**20))
+    assert_refused(_dl(root, "--source", "path", "--path", str(bomb)),
+                   names=["bomb.zip", "limit 200:1", "refusing the archive"], watch=[root.parent, bomb])
+
+
+def test_extraction_beyond_free_space(tmp_path, root, dataset, monkeypatch):
+    import threecad.archive as arc
+
+    archive = _zip_dir(dataset, tmp_path / "3cad.zip")
+    monkeypatch.setattr(arc, "free_bytes", lambda path: 1000)
+    monkeypatch.setattr(arc, "EXTRACT_SPACE_MARGIN", 0)
+    monkeypatch.setattr("threecad.download.FREE_SPACE_MARGIN", 0)
+    assert_refused(_dl(root, "--source", "path", "--path", str(archive)), names=["3cad.zip", "1000 B free"],
+                   watch=[root.parent, archive])
+
+
+def test_tar_with_unsafe_member_names_it(tmp_path, root, dataset):
+    out = tmp_path / "evil.tar"
+    with tarfile.open(out, "w") as tf:
+        tf.add(dataset, arcname="3CAD")
+        for name, target in (("3CAD/d/e/up", ".."), ("3CAD/d/e/up/up2", "../../../outside")):
+            link = tarfile.TarInfo(name)
+            link.type, link.linkname = tarfile.SYMTYPE, target
+            tf.addfile(link)
+    r = assert_refused(_dl(root, "--source", "path", "--path", str(out)),
+                       names=["'3CAD/d/e/up/up2'", "unsafe"], watch=[root.parent, out])
+    assert "damaged" not in r.stderr and "download it again" not in r.stderr
+
+
+# ------------------------------------------------------------------ DTD
+
+
+def test_dtd_folder_without_images(tmp_path, root):
+    data = make_dtd_tree(tmp_path / "src")
+    for jpg in data.glob("images/*/*.jpg"):
+        jpg.unlink()
+    assert_refused(_dl(root, "--dataset", "dtd", "--source", "path", "--path", str(tmp_path / "src")),
+                   names=["0 image files", str(tmp_path / "target")], watch=[root.parent, tmp_path / "src"])
+
+
+def test_dtd_archive_without_images(tmp_path, root):
+    src = tmp_path / "src"
+    (src / "dtd" / "labels").mkdir(parents=True)
+    (src / "dtd" / "labels" / "train1.txt").write_text("banded/banded_0001.jpg\n")
+    out = tmp_path / "dtd.tar.gz"
+    with tarfile.open(out, "w:gz") as tf:
+        tf.add(src / "dtd", arcname="dtd")
+    assert_refused(_dl(root, "--dataset", "dtd", "--source", "path", "--path", str(out)),
+                   names=["no DTD images", "0 image files", "no images/ folder"], watch=[root.parent, out])
+
+
+def test_dtd_labels_naming_missing_images(tmp_path, root):
+    data = make_dtd_tree(tmp_path / "src")
+    (data / "images" / "dotted" / "dotted_0001.jpg").unlink()
+    assert_refused(_dl(root, "--dataset", "dtd", "--source", "path", "--path", str(data)),
+                   names=["dotted/dotted_0001.jpg", "not in images/"], watch=[root.parent, data])
+
+
+def test_dtd_not_a_dtd_archive(tmp_path, root, dataset):
+    archive = _zip_dir(dataset, tmp_path / "3cad.zip")
+    assert_refused(_dl(root, "--dataset", "dtd", "--source", "path", "--path", str(archive)),
+                   names=["no DTD layout"], watch=[root.parent, archive])
+
+
+def test_dtd_sha256_mismatch(tmp_path, root):
+    archive = dtd_archive(tmp_path)
+    assert_refused(_dl(root, "--dataset", "dtd", "--source", "path", "--path", str(archive), "--sha256",
+                       "f" * 64), names=["checksum mismatch", archive.name], watch=[root.parent, archive])
+
+
+# ------------------------------------------------------------------ Hugging Face answers
+
+
+def _no_listener() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{s.getsockname()[1]}"
+
+
+@pytest.mark.parametrize("status, names", [
+    (404, ["no Hugging Face dataset org/x", "HTTP 404", "--repo-id"]),
+    (401, ["org/x", "HF_TOKEN"]),
+    (403, ["refused access to org/x", "HTTP 403", "HF_TOKEN"]),
+    (None, ["cannot reach the Hugging Face Hub", "--source path"]),
+])
+def test_hf_answers(tmp_path, root, status, names):
+    cache = tmp_path / "hub-cache"
+    if status is None:
+        env = {"HF_ENDPOINT": _no_listener(), "HF_HUB_CACHE": str(cache), "HF_TOKEN": ""}
+        assert_refused(_dl(root, "--source", "hf", "--repo-id", "org/x"), names=names, watch=[root.parent], env=env)
+        return
+    with Loopback(status={"/api/datasets/org/x/revision/main": status}) as srv:
+        env = {"HF_ENDPOINT": srv.base, "HF_HUB_CACHE": str(cache), "HF_TOKEN": ""}
+        assert_refused(_dl(root, "--source", "hf", "--repo-id", "org/x"), names=names, watch=[root.parent], env=env)
+
+
+def test_unreadable_source_folder_simulated(tmp_path, root, dataset, monkeypatch):
+    """The same case as root (who reads chmod 000 folders): the folder listing is refused."""
+    src = tmp_path / "data"
+    shutil.copytree(dataset, src)
+    locked = src / "Copper_Stator" / "test"
+    real_scandir = os.scandir
+
+    def scandir(path="."):
+        if isinstance(path, (str, os.PathLike)) and Path(path) == locked:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    r = assert_refused(_dl(root, "--source", "path", "--path", str(src)),
+                       names=["cannot read", str(locked), "permission denied"], watch=[root.parent, src])
+    assert "--root you can write to" not in r.stderr
