@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import os
 import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +25,8 @@ from threecad.cli import main
 from threecad.errors import ThreecadError
 from threecad.layout import scan_root
 from threecad.synth import DEFECT_TYPES, KIND_SIZES, generate, plan_category, render_job
+
+from refusal import assert_refused
 
 PAPER_KINDS = {"bump", "scratch", "bruise", "upper_line", "scrape", "outer_warping", "inner_warping",
                "discoloration", "uneven", "deformation", "iron_core_airflow", "whitening",
@@ -95,7 +102,7 @@ def test_tree_has_3cad_layout_and_scans_clean(small_tree):
     scan = scan_root(small_tree)
     assert not [p for p in scan.problems if p.severity == "error"], scan.problems[:3]
     assert not scan.problems
-    assert [c.folder for c in scan.categories] == sorted(c.folder for c in THREECAD)
+    assert [c.folder for c in scan.categories] == [c.folder for c in THREECAD]  # catalog order
     assert set(scan.mask_naming.values()) == {"same"}
     t = scan.table
     for cat in THREECAD:
@@ -263,3 +270,106 @@ def test_cli(tmp_path):
     assert runner.invoke(main, args + ["--force"]).exit_code == 0
     res = runner.invoke(main, ["synth", "--out", str(tmp_path / "e"), "--category", "ACX"])
     assert res.exit_code != 0 and "Did you mean 'ACC'" in res.output
+
+
+# ------------------------------------------------------------------ limits, floor, leftovers
+
+
+@pytest.mark.parametrize("scale", ["1000", "1e9", "1.0001", "0", "-0.5", "inf", "nan"])
+def test_scale_outside_0_to_1_is_refused_before_anything(tmp_path, scale):
+    """`--scale 1e9` used to allocate 16 TiB with a traceback; 1000 grew without bound."""
+    assert_refused(["synth", "--out", str(tmp_path / "d"), "--scale", scale], names="--scale",
+                   watch=[tmp_path])
+
+
+@pytest.mark.parametrize("value", ["-1", "410", "1e3"])
+def test_bad_min_train_is_refused(tmp_path, value):
+    assert_refused(["synth", "--out", str(tmp_path / "d"), "--scale", "0.01", "--min-train", value],
+                   names="--min-train", watch=[tmp_path])
+
+
+def test_min_train_floor_only_appends_training_images():
+    for cat in THREECAD:
+        base = plan_category(cat, 0.01, 9, 128)
+        floored = plan_category(cat, 0.01, 9, 128, min_train=16)
+        n_base = sum(j.split == "train" for j in base)
+        n_train = sum(j.split == "train" for j in floored)
+        assert n_train == max(16, n_base)
+        # every image the scale gives is planned exactly as before; the extras follow its train images
+        assert floored[:n_base] == base[:n_base] and floored[n_train:] == base[n_base:]
+        extra = floored[n_base:n_train]
+        assert all(j.split == "train" and j.label == "good" and not j.regions for j in extra)
+        assert [j.name for j in extra] == [f"{i:06d}.png" for i in range(n_base, n_train)]
+    cs = next(c for c in THREECAD if c.abbreviation == "CS")
+    assert sum(j.split == "train" for j in plan_category(cs, 0.01, 9, 128)) == 4  # the reported case
+    for cat in THREECAD:  # never at full scale, whatever the floor
+        assert plan_category(cat, 1.0, 0, None, min_train=409) == plan_category(cat, 1.0, 0, None)
+
+
+def test_floor_adds_files_and_changes_nothing_else(tmp_path, caplog):
+    kw = dict(seed=4, max_size=32, categories=["ACC", "CS"], workers=1, progress=False)
+    bare = generate(tmp_path / "bare", scale=0.004, min_train=0, **kw)
+    floored = generate(tmp_path / "floored", scale=0.004, **kw)  # the default floor, 16
+    files = lambda root: {p.relative_to(root).as_posix(): p.read_bytes()  # noqa: E731
+                          for p in root.rglob("*") if p.is_file()}
+    a, b = files(bare), files(floored)
+    changed = {k for k in a if a[k] != b.get(k)}
+    assert changed == {"synthetic.json"}
+    added = sorted(set(b) - set(a))
+    assert all(re.fullmatch(r"(Aluminum_Camera_Cover|Copper_Stator)/train/good/\d{6}\.png", k) for k in added)
+    assert len(added) == (16 - 3) + (16 - 2)  # ACC 784 and CS 409 at 0.004: 3 and 2 images
+    info = json.loads(b["synthetic.json"])
+    assert info["min_train"] == 16 and {v["train_good"] for v in info["counts"].values()} == {16}
+    assert "min_train" not in json.loads(a["synthetic.json"])
+    assert not scan_root(floored).problems
+    # a scale where every category is above the floor: the same bytes as without it
+    above = generate(tmp_path / "above", scale=0.05, **{**kw, "categories": ["CS"]})
+    plain = generate(tmp_path / "plain", scale=0.05, min_train=0, **{**kw, "categories": ["CS"]})
+    assert tree_hash(above) == tree_hash(plain)
+
+
+def test_full_scale_marker_has_no_floor():
+    cats = [c for c in THREECAD if c.abbreviation == "CS"]
+    jobs = plan_category(cats[0], 1.0, 0, None)
+    assert "min_train" not in writer.marker(cats, jobs, 1.0, 0, None, 16)
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_stale_temporaries_of_dead_runs_are_removed(tmp_path, caplog):
+    dead = _dead_pid()
+    host = writer._host_tag()
+    names = {"legacy": f".d.synth-{dead}-0a1b2c3d", "dead": f".d.synth-{dead}-deadbeef-{host}",
+             "old": f".d.old-{dead}-00000000-{host}", "alive": f".d.synth-{os.getppid()}-cafef00d-{host}",
+             "elsewhere": f".d.synth-{dead}-12345678-otherhost", "other_out": f".e.synth-{dead}-0a1b2c3d"}
+    for name in names.values():
+        (tmp_path / name / "Copper_Stator").mkdir(parents=True)
+        (tmp_path / name / "Copper_Stator" / "x.png").write_bytes(b"x" * 100)
+    with caplog.at_level(logging.WARNING, logger="threecad.synth.writer"):
+        generate(tmp_path / "d", scale=0.001, max_size=32, categories="CS", workers=1, progress=False)
+    left = {p.name for p in tmp_path.iterdir()}
+    assert left == {"d", names["alive"], names["elsewhere"], names["other_out"]}
+    msgs = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(msgs) == 1 and msgs[0].startswith("removed 3 temporary folders left by killed synth runs")
+
+
+def test_not_enough_disk_is_a_one_line_refusal(tmp_path, monkeypatch):
+    real = shutil.disk_usage
+    monkeypatch.setattr(writer.shutil, "disk_usage",
+                        lambda p: real(p)._replace(free=50_000))
+    res = assert_refused(["synth", "--out", str(tmp_path / "d"), "--scale", "0.002", "--max-size", "64",
+                          "--category", "ACC"], names=["--out", "free"], watch=[tmp_path])
+    assert "MB" in res.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_size_estimate_covers_the_tree(small_tree):
+    jobs = writer.plan(THREECAD, 0.004, 3, 64, writer.DEFAULT_MIN_TRAIN)
+    written = sum(p.stat().st_size for p in small_tree.rglob("*") if p.is_file())
+    assert written < writer.estimate_bytes(jobs) < 4 * written
+    full = writer.estimate_bytes(writer.plan(THREECAD, 1.0, 0, None))
+    assert 25e9 < full < 40e9  # README: about 25 GB on disk at scale 1.0

@@ -10,6 +10,11 @@ Builds are guarded by a file lock (two processes asking for the same cache build
 the second waits and then reads it) and land by atomic rename. Readers open the file
 read-only, lazily, once per process, so DataLoader workers (fork or spawn) each map it
 themselves instead of inheriting or pickling a mapping.
+
+Each file carries a checksum (`<file>.sum`, see threecad.integrity), written after the
+file lands and checked when a Dataset opens the cache: a flipped bit would otherwise reach
+every later run as a wrong pixel. A cache that fails the check, or cannot be opened at
+all (a damaged `.npy` header), is rebuilt with one warning.
 """
 from __future__ import annotations
 
@@ -25,6 +30,7 @@ import numpy as np
 from filelock import FileLock
 from tqdm.auto import tqdm
 
+from threecad import integrity
 from threecad.errors import ThreecadError
 
 log = logging.getLogger(__name__)
@@ -63,12 +69,18 @@ def default_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def _valid(path: Path, shape: tuple[int, ...]) -> bool:
+def _problem(path: Path, shape: tuple[int, ...]) -> str | None:
+    """Why `path` is not a usable cache of `shape` (None: usable; "missing": not built yet)."""
+    if not path.is_file():
+        return "missing"
     try:
         arr = np.load(path, mmap_mode="r")
-    except (OSError, ValueError):
-        return False
-    return arr.dtype == np.uint8 and tuple(arr.shape) == tuple(shape)
+    except Exception as exc:  # noqa: BLE001 - a damaged header raises anything (ValueError, TokenError, ...)
+        return f"it cannot be opened ({type(exc).__name__})"
+    if arr.dtype != np.uint8 or tuple(arr.shape) != tuple(shape):
+        return f"it holds {arr.dtype} {tuple(arr.shape)}, not uint8 {tuple(shape)}"
+    del arr
+    return integrity.problem(path)
 
 
 def _remove_stale_temporaries(path: Path) -> None:
@@ -87,7 +99,7 @@ def ensure_cache(path: Path, n_items: int, item_shape: tuple[int, ...],
     """
     shape = (n_items, *item_shape)
     path = Path(path)
-    if _valid(path, shape):
+    if _problem(path, shape) is None:
         return path
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -96,9 +108,12 @@ def ensure_cache(path: Path, n_items: int, item_shape: tuple[int, ...],
                             f"set ${CACHE_ENV} to a writable folder or pass cache=False") from exc
     lock = FileLock(str(path) + ".lock")
     with lock:
-        if _valid(path, shape):  # another process built it while we waited
+        problem = _problem(path, shape)
+        if problem is None:  # another process built it while we waited
             log.info("cache %s built by another process", path.name)
             return path
+        if problem != "missing":
+            log.warning("rebuilding the cache %s: %s", path, problem)
         _remove_stale_temporaries(path)
         _build(path, shape, load_item, workers, desc)
     return path
@@ -132,7 +147,10 @@ def _build(path: Path, shape: tuple[int, ...], load_item: Callable[[int], np.nda
                         bar.update()
         out.flush()
         del out
+        digest = integrity.file_digest(tmp)
+        integrity.sum_path(path).unlink(missing_ok=True)  # the old sum must not vouch for the new file
         os.replace(tmp, path)
+        integrity.write_sum(path, digest)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

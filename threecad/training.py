@@ -18,12 +18,13 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from threecad import integrity
 from threecad.errors import ThreecadError
-from threecad.fsutil import atomic_path
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_NAME = "epoch.pt"
+PREVIOUS_NAME = "epoch.prev.pt"
 SELECTIONS = ("last", "val")
 
 
@@ -68,31 +69,54 @@ class EpochCheckpoint:
 
     Holds everything needed to continue training exactly: model, optimiser, scheduler,
     AMP scaler, epoch, random states, and the best-so-far state when selecting on val.
+    Each file carries a checksum (threecad.integrity). The epoch before the newest is kept
+    as `epoch.prev.pt` (the disk peak is the same as one checkpoint plus its temporary
+    file), so a damaged newest checkpoint costs one epoch, not the whole fit: on resume a
+    checkpoint that fails its checksum is skipped with a warning, and training continues
+    from the newest good one, or from the start when there is none.
     """
 
     def __init__(self, work_dir: str | Path | None):
         self.path = Path(work_dir) / CHECKPOINT_NAME if work_dir is not None else None
+        self.previous = Path(work_dir) / PREVIOUS_NAME if work_dir is not None else None
 
     def load(self) -> dict[str, Any] | None:
-        if self.path is None or not self.path.is_file():
+        if self.path is None:
             return None
-        try:
-            state = torch.load(self.path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001 - a damaged checkpoint must not block training
-            log.warning("ignoring unreadable epoch checkpoint %s (%s); training from the start", self.path, exc)
-            return None
-        log.info("resuming from %s after epoch %d", self.path, state["epoch"] + 1)
-        return state
+        for path in (self.path, self.previous):
+            if not path.is_file():
+                continue
+            reason = integrity.problem(path)
+            if reason is not None:
+                log.warning("ignoring the epoch checkpoint %s: %s", path, reason)
+                continue
+            try:
+                state = torch.load(path, map_location="cpu", weights_only=True)
+                epoch = int(state["epoch"])
+            except Exception as exc:  # noqa: BLE001 - a bad checkpoint must not block training
+                log.warning("ignoring the unreadable epoch checkpoint %s (%s)", path, exc)
+                continue
+            log.info("resuming from %s after epoch %d", path, epoch + 1)
+            return state
+        if self.path.is_file() or self.previous.is_file():
+            log.warning("no usable epoch checkpoint in %s; training from the start", self.path.parent)
+        return None
 
     def save(self, state: dict[str, Any]) -> None:
         if self.path is None:
             return
-        with atomic_path(self.path) as tmp:
-            torch.save(state, tmp)
+        integrity.remove_checked(self.previous)  # keep the disk peak at one checkpoint + temporary
+
+        def keep_previous() -> None:
+            if self.path.is_file():
+                integrity.move_checked(self.path, self.previous)
+
+        integrity.save_checked(state, self.path, before_replace=keep_previous)
 
     def remove(self) -> None:
         if self.path is not None:
-            self.path.unlink(missing_ok=True)
+            integrity.remove_checked(self.path)
+            integrity.remove_checked(self.previous)
 
 
 def check_selection(select: str) -> None:

@@ -14,20 +14,25 @@ from threecad.cli.common import category_option
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Folder to create; it becomes the dataset root (refused if not empty, see --force).")
 @click.option("--scale", type=float, default=1.0, show_default=True,
-              help="Fraction of the paper's image counts. 1.0 reproduces Table 1 exactly "
-                   "(27,039 images, about 25 GB); 0.01 makes ~300 images, still with every "
-                   "category and defect type.")
+              help="Fraction of the paper's image counts, above 0 and at most 1.0. 1.0 "
+                   "reproduces Table 1 exactly (27,039 images, about 25 GB); 0.01 makes ~300 "
+                   "images, still with every category and defect type.")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Same seed, same arguments: byte-identical files.")
 @category_option()
 @click.option("--max-size", type=int, default=None,
               help="Cap the long side of every image at PX pixels (Table 1's sizes otherwise; "
                    "at least 32).")
+@click.option("--min-train", type=int, default=None, metavar="N",
+              help="Below --scale 1.0, give every category at least N training images (default "
+                   "16: Copper_Stator has 4 at scale 0.01, too few to learn from); the images "
+                   "the scale gives are unchanged, the extra ones are appended. 0 turns it off. "
+                   "Never applied at --scale 1.0, which stays Table 1 exactly.")
 @click.option("--workers", type=int, default=None,
               help="Processes that render images. Default: the number of CPUs.")
 @click.option("--force", is_flag=True, help="Replace --out if it is not empty.")
 def command(out: Path, scale: float, seed: int, categories: tuple[str, ...], max_size: int | None,
-            workers: int | None, force: bool) -> None:
+            min_train: int | None, workers: int | None, force: bool) -> None:
     """Write a synthetic 3CAD dataset.
 
     The tree has 3CAD's layout (<Folder>/train/good, test/<type>, ground_truth/<type> with
@@ -35,11 +40,19 @@ def command(out: Path, scale: float, seed: int, categories: tuple[str, ...], max
     its type, a pixel inside it and its area) and synthetic.json describing the run.
     An image with several defect types is filed under the type with the most regions.
     """
+    from threecad.fsutil import WriteError, check_writable, write_error
     from threecad.synth import generate  # lazy: keeps `threecad --help` fast
 
     started = time.perf_counter()
-    root = generate(out, scale=scale, seed=seed, categories=categories, max_size=max_size,
-                    workers=workers, force=force, progress=None)
+    if not out.expanduser().exists():
+        check_writable(out, folder=True)  # refuse before rendering anything
+    try:
+        root = generate(out, scale=scale, seed=seed, categories=categories, max_size=max_size,
+                        workers=workers, force=force, progress=None, min_train=min_train)
+    except WriteError:
+        raise
+    except OSError as exc:  # the tree is built beside --out and moved into place
+        raise write_error(out, exc) from None
     info = json.loads((root / "synthetic.json").read_text())
     counts = info["counts"]
     n_train = sum(c["train_good"] for c in counts.values())

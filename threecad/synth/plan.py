@@ -6,6 +6,12 @@ defective image) and TE (types per defective image) ranges are reproduced exactl
 both ends of every range reached. Smaller scales keep every category and every defect
 type: at least 2 train images, 1 test-good image and one defective image per type.
 
+Below scale 1.0 a floor of training images per category (`min_train`, 16 by default in
+`generate`) keeps the smallest categories learnable: Copper_Stator has 4 training images
+at scale 0.01. The extra images are appended after the scaled ones, with their sizes
+drawn from a stream of their own, so every image the scale alone would give is the same,
+byte for byte; the floor never applies at scale 1.0, which stays Table 1 exactly.
+
 A defective image is filed under its dominant type: the type with the most regions. The
 plan always gives that type strictly more regions than any other type in the image, so
 the folder is never a tie. The plan is drawn from (seed, category) alone, and each image
@@ -23,6 +29,7 @@ from threecad.synth.kinds import DEFECT_TYPES
 
 SPLIT_CODES = {"train": 0, "test_good": 1, "test_defect": 2}
 _PLAN_STREAM = 99  # keeps the plan's random stream apart from the images'
+_FLOOR_STREAM = 98  # sizes of the training images added by the floor, apart from the plan's
 
 
 @dataclass(frozen=True)
@@ -62,15 +69,19 @@ def _category_index(cat: Category) -> int:
     return [c.abbreviation for c in THREECAD].index(cat.abbreviation)
 
 
+def _draw_sizes(rng: np.random.Generator, row, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Image sizes drawn uniformly inside Table 1's ranges."""
+    hmin, hmax, wmin, wmax = (int(row[k]) for k in ("height_min", "height_max", "width_min", "width_max"))
+    h = rng.integers(hmin, hmax + 1, n)
+    if (hmin, hmax) == (wmin, wmax):  # square images (camera cover, stators)
+        return h, h.copy()
+    return h, rng.integers(wmin, wmax + 1, n)
+
+
 def _sizes(rng: np.random.Generator, row, n: int) -> tuple[np.ndarray, np.ndarray]:
     """Image sizes inside Table 1's ranges, with both ends of each range present."""
     hmin, hmax, wmin, wmax = (int(row[k]) for k in ("height_min", "height_max", "width_min", "width_max"))
-    if (hmin, hmax) == (wmin, wmax):  # square images (camera cover, stators)
-        h = rng.integers(hmin, hmax + 1, n)
-        w = h.copy()
-    else:
-        h = rng.integers(hmin, hmax + 1, n)
-        w = rng.integers(wmin, wmax + 1, n)
+    h, w = _draw_sizes(rng, row, n)
     if n >= 2:
         i, j = rng.choice(n, 2, replace=False)
         h[i], w[i], h[j], w[j] = hmin, wmin, hmax, wmax
@@ -134,8 +145,18 @@ def _defect_regions(rng: np.random.Generator, abbr: str, n: int, row) -> list[tu
     return plans
 
 
-def plan_category(cat: Category, scale: float, seed: int, max_size: int | None) -> list[ImageJob]:
-    """Every image of one category, in a fixed order: train, test good, test defective."""
+def train_floor(n_train: int, scale: float, min_train: int) -> int:
+    """Training images the floor adds to a category that has `n_train` at `scale` (0 at 1.0)."""
+    return max(0, min_train - n_train) if scale < 1.0 else 0
+
+
+def plan_category(cat: Category, scale: float, seed: int, max_size: int | None,
+                  min_train: int = 0) -> list[ImageJob]:
+    """Every image of one category, in a fixed order: train, test good, test defective.
+
+    Below scale 1.0 the category gets at least `min_train` training images (see the module
+    docstring); the images the scale alone gives are unchanged by the floor.
+    """
     row = table1().loc[cat.abbreviation]
     ci = _category_index(cat)
     rng = np.random.default_rng(np.random.SeedSequence([seed, ci, _PLAN_STREAM]))
@@ -145,10 +166,16 @@ def plan_category(cat: Category, scale: float, seed: int, max_size: int | None) 
     n_def = scaled_count(int(row["test_defect"]), scale, n_types)
     heights, widths = _sizes(rng, row, n_train + n_good + n_def)
     regions = _defect_regions(rng, cat.abbreviation, n_def, row)
+    n_extra = train_floor(n_train, scale, min_train)
+    if n_extra:
+        floor_rng = np.random.default_rng(np.random.SeedSequence([seed, ci, _FLOOR_STREAM]))
+        extra_h, extra_w = _draw_sizes(floor_rng, row, n_extra)
+        heights = np.concatenate([heights[:n_train], extra_h, heights[n_train:]])
+        widths = np.concatenate([widths[:n_train], extra_w, widths[n_train:]])
     jobs: list[ImageJob] = []
     counters: dict[str, int] = {}
     k = 0
-    for split, n in (("train", n_train), ("test_good", n_good), ("test_defect", n_def)):
+    for split, n in (("train", n_train + n_extra), ("test_good", n_good), ("test_defect", n_def)):
         for i in range(n):
             h, w = _cap(int(heights[k]), int(widths[k]), max_size)
             k += 1

@@ -4,6 +4,12 @@ Everything goes into a hidden temporary folder beside `out`; only a complete tre
 renamed into place, so an interrupted run leaves no half-written dataset behind. Each
 image is rendered from its own seed, so the bytes do not depend on the number of
 workers or the order in which they finish.
+
+A run killed outright (kill -9, power cut) cannot remove its temporary folder, so the
+next run beside the same `out` removes those whose process is gone (the folder names
+carry the process id and host). Before writing, the output size is estimated from the
+plan and checked against the free disk space, so a full disk is a one-line refusal
+rather than a half-written temporary tree.
 """
 from __future__ import annotations
 
@@ -11,8 +17,10 @@ import logging
 import math
 import multiprocessing as mp
 import os
+import re
 import secrets
 import shutil
+import socket
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -20,11 +28,11 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
-from threecad.catalog import Category, resolve_categories
+from threecad.catalog import Category, resolve_categories, table1
 from threecad.errors import ThreecadError
 from threecad.fsutil import atomic_write_json
 from threecad.synth.kinds import DEFECT_TYPES
-from threecad.synth.plan import ImageJob, plan_category
+from threecad.synth.plan import ImageJob, plan_category, scaled_count, train_floor
 from threecad.synth.render import render_job
 
 log = logging.getLogger(__name__)
@@ -36,6 +44,17 @@ SIDECAR = "defect_regions.csv"
 SIDECAR_COLUMNS = ["image", "region", "defect_type", "y", "x", "area"]
 PNG_COMPRESS_LEVEL = 1  # fast zlib: encoding would otherwise cost more than drawing
 MIN_MAX_SIZE = 32
+MAX_SCALE = 1.0  # Table 1's counts; nothing larger exists to imitate
+# Floor of training images per category below scale 1.0 (Copper_Stator has 4 at 0.01).
+DEFAULT_MIN_TRAIN = 16
+# Bytes on disk per pixel at PNG level 1, measured: images 1.17-1.43 at native sizes (up to
+# 2.0 at 32 px, where the per-file block below dominates anyway), masks under 0.01 (0.14
+# at 32 px). Used only to refuse a run that cannot fit, never to size anything.
+IMAGE_BYTES_PER_PIXEL = 1.5
+MASK_BYTES_PER_PIXEL = 0.05
+FILE_OVERHEAD_BYTES = 4096  # a file system block per file
+DISK_MARGIN = 1.1
+TEMP_TAGS = ("synth", "old")
 # Below this many pixels in all, starting worker processes costs more than it saves.
 INLINE_MAX_PIXELS = 6_000_000
 
@@ -57,15 +76,23 @@ def _write_job_args(args: tuple[ImageJob, str]) -> list[dict]:
     return write_job(*args)
 
 
-def _check_args(scale: float, seed: int, max_size: int | None, workers: int | None) -> None:
-    if not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 0:
-        raise ThreecadError(f"--scale must be a number above 0 (1.0 = the paper's counts), got {scale!r}")
+def _check_args(scale: float, seed: int, max_size: int | None, workers: int | None,
+                min_train: int | None = None) -> None:
+    if (isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale)
+            or not 0 < scale <= MAX_SCALE):
+        raise ThreecadError(f"--scale must be above 0 and at most {MAX_SCALE} (1.0 = the paper's "
+                            f"27,039 images), got {scale!r}")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ThreecadError(f"--seed must be a whole number >= 0, got {seed!r}")
     if max_size is not None and (not isinstance(max_size, int) or max_size < MIN_MAX_SIZE):
         raise ThreecadError(f"--max-size must be at least {MIN_MAX_SIZE} pixels, got {max_size!r}")
     if workers is not None and (not isinstance(workers, int) or workers < 1):
         raise ThreecadError(f"--workers must be at least 1, got {workers!r}")
+    if min_train is not None:
+        most = int(table1()["train_good"].min())  # beyond it the floor would outgrow scale 1.0
+        if isinstance(min_train, bool) or not isinstance(min_train, int) or not 0 <= min_train <= most:
+            raise ThreecadError(f"--min-train must be a whole number from 0 to {most} (the smallest "
+                                f"category's training images at scale 1.0), got {min_train!r}")
 
 
 def _prepare_out(out: Path, force: bool) -> None:
@@ -82,8 +109,101 @@ def _prepare_out(out: Path, force: bool) -> None:
         raise ThreecadError(f"--out {out} is not empty; choose another folder or pass --force to replace it")
 
 
-def plan(categories: Sequence[Category], scale: float, seed: int, max_size: int | None) -> list[ImageJob]:
-    return [job for cat in categories for job in plan_category(cat, scale, seed, max_size)]
+def plan(categories: Sequence[Category], scale: float, seed: int, max_size: int | None,
+         min_train: int = 0) -> list[ImageJob]:
+    return [job for cat in categories for job in plan_category(cat, scale, seed, max_size, min_train)]
+
+
+def estimate_bytes(jobs: Sequence[ImageJob]) -> int:
+    """About how many bytes the tree of `jobs` takes on disk (a generous estimate)."""
+    pixels = sum(j.pixels for j in jobs)
+    mask_pixels = sum(j.pixels for j in jobs if j.regions)
+    files = len(jobs) + sum(bool(j.regions) for j in jobs)
+    return int(pixels * IMAGE_BYTES_PER_PIXEL + mask_pixels * MASK_BYTES_PER_PIXEL
+               + files * FILE_OVERHEAD_BYTES)
+
+
+def _existing_ancestor(path: Path) -> Path:
+    for p in (path, *path.parents):
+        if p.exists():
+            return p
+    return Path(path.anchor or ".")
+
+
+def check_free_space(out: Path, jobs: Sequence[ImageJob], reclaimable: int = 0) -> None:
+    """Refuse (one line) a tree that would not fit beside `out`."""
+    need = estimate_bytes(jobs) * DISK_MARGIN
+    where = _existing_ancestor(out.parent)
+    try:
+        free = shutil.disk_usage(where).free + reclaimable
+    except OSError:  # no figure to compare with: let the writes report what goes wrong
+        return
+    if need > free:
+        raise ThreecadError(f"--out {out}: the dataset needs about {_gb(need)} but {where} has "
+                            f"{_gb(free)} free; free some space, choose another folder, or lower "
+                            "--scale or --max-size")
+
+
+def _gb(n: float) -> str:
+    return f"{n / 1e9:.1f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
+
+
+def _host_tag() -> str:
+    return re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:40] or "host"
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        return True
+    except (OverflowError, ValueError):
+        return False
+    return True
+
+
+def stale_temporaries(out: Path) -> list[Path]:
+    """Temporary folders beside `out` left by synth runs on this host whose process is gone."""
+    tags = "|".join(TEMP_TAGS)
+    pattern = re.compile(rf"\.{re.escape(out.name)}\.(?:{tags})-(\d+)-[0-9a-f]{{8}}(?:-([A-Za-z0-9]+))?")
+    try:
+        entries = list(out.parent.iterdir())
+    except OSError:
+        return []
+    stale = []
+    for entry in sorted(entries):
+        m = pattern.fullmatch(entry.name)
+        if not m or entry.is_symlink() or not entry.is_dir():
+            continue
+        if m.group(2) not in (None, _host_tag()):  # another machine's run on a shared disk
+            continue
+        if not _pid_alive(int(m.group(1))):
+            stale.append(entry)
+    return stale
+
+
+def _tree_bytes(path: Path) -> int:
+    total = 0
+    for dirpath, _, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(dirpath, name)).st_size
+            except OSError:
+                pass
+    return total
+
+
+def _remove_stale(stale: Sequence[Path]) -> None:
+    if not stale:
+        return
+    for path in stale:
+        shutil.rmtree(path, ignore_errors=True)
+    log.warning("removed %d temporary folder%s left by killed synth runs: %s", len(stale),
+                "" if len(stale) == 1 else "s", ", ".join(p.name for p in stale))
 
 
 def _run(jobs: list[ImageJob], root: Path, workers: int, progress: bool | None) -> list[dict]:
@@ -119,11 +239,14 @@ def _write_sidecars(rows: list[dict], categories: Sequence[Category], root: Path
 
 def generate(out: str | os.PathLike, scale: float = 1.0, seed: int = 0,
              categories: Iterable[str] | str | None = None, max_size: int | None = None,
-             workers: int | None = None, force: bool = False, progress: bool | None = None) -> Path:
+             workers: int | None = None, force: bool = False, progress: bool | None = None,
+             min_train: int | None = None) -> Path:
     """Write a synthetic 3CAD dataset to `out` and return its path.
 
-    scale 1.0 reproduces the paper's Table 1 (27,039 images, long side up to 1024 px);
-    smaller scales keep every category and defect type. `max_size` caps the long side.
+    scale 1.0 (the largest) reproduces the paper's Table 1 (27,039 images, long side up to
+    1024 px); smaller scales keep every category and defect type, and give each category at
+    least `min_train` training images (default DEFAULT_MIN_TRAIN; 0 turns the floor off;
+    never applied at scale 1.0). `max_size` caps the long side.
     `categories` takes abbreviations or folder names (None or "all" = all 8). `workers`
     defaults to the CPU count. A non-empty `out` is refused unless `force`, which replaces
     it. The same arguments always give the same bytes.
@@ -132,12 +255,18 @@ def generate(out: str | os.PathLike, scale: float = 1.0, seed: int = 0,
     caller runs threads); a script calling this must do so under
     `if __name__ == "__main__":`, as multiprocessing requires.
     """
-    _check_args(scale, seed, max_size, workers)
+    _check_args(scale, seed, max_size, workers, min_train)
     cats = resolve_categories(categories)
     out = Path(out).expanduser()
     _prepare_out(out, force)
+    if min_train is not None and scale >= MAX_SCALE and min_train:
+        log.warning("--min-train is ignored at --scale 1.0: the full scale is Table 1 exactly")
+    floor = DEFAULT_MIN_TRAIN if min_train is None else min_train
+    jobs = plan(cats, float(scale), seed, max_size, floor)
+    stale = stale_temporaries(out)
+    check_free_space(out, jobs, reclaimable=sum(_tree_bytes(p) for p in stale))
     out.parent.mkdir(parents=True, exist_ok=True)
-    jobs = plan(cats, float(scale), seed, max_size)
+    _remove_stale(stale)
     workers = workers or os.cpu_count() or 1
     tmp = _sibling(out, "synth")
     try:
@@ -148,7 +277,7 @@ def generate(out: str | os.PathLike, scale: float = 1.0, seed: int = 0,
                  ",".join(c.abbreviation for c in cats), out, workers)
         rows = _run(jobs, tmp, workers, progress)
         _write_sidecars(rows, cats, tmp)
-        atomic_write_json(tmp / MARKER, marker(cats, jobs, scale, seed, max_size))
+        atomic_write_json(tmp / MARKER, marker(cats, jobs, scale, seed, max_size, floor))
         _publish(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -157,8 +286,12 @@ def generate(out: str | os.PathLike, scale: float = 1.0, seed: int = 0,
 
 
 def marker(categories: Sequence[Category], jobs: list[ImageJob], scale: float, seed: int,
-           max_size: int | None) -> dict:
-    """The contents of synthetic.json: how the tree was made, so tools can name it."""
+           max_size: int | None, min_train: int = 0) -> dict:
+    """The contents of synthetic.json: how the tree was made, so tools can name it.
+
+    `min_train` is recorded only when the floor added images, so that a tree the floor
+    did not change is byte-identical to one written without it.
+    """
     counts = {}
     for cat in categories:
         mine = [j for j in jobs if j.category == cat.abbreviation]
@@ -168,9 +301,14 @@ def marker(categories: Sequence[Category], jobs: list[ImageJob], scale: float, s
             "test_defect": sum(bool(j.regions) for j in mine),
             "defect_types": len(DEFECT_TYPES[cat.abbreviation]),
         }
-    return {"dataset": DATASET_NAME, "generator": "threecad.synth", "version": GENERATOR_VERSION,
+    info = {"dataset": DATASET_NAME, "generator": "threecad.synth", "version": GENERATOR_VERSION,
             "seed": seed, "scale": float(scale), "max_size": max_size,
             "categories": [c.abbreviation for c in categories], "counts": counts}
+    t1 = table1()
+    if any(train_floor(scaled_count(int(t1.loc[c.abbreviation, "train_good"]), scale, 2), scale, min_train)
+           for c in categories):
+        info["min_train"] = min_train
+    return info
 
 
 def _sibling(out: Path, tag: str) -> Path:
@@ -180,7 +318,7 @@ def _sibling(out: Path, tag: str) -> Path:
     permissions (umask) rather than mkdtemp's owner-only ones.
     """
     while True:
-        path = out.parent / f".{out.name}.{tag}-{os.getpid()}-{secrets.token_hex(4)}"
+        path = out.parent / f".{out.name}.{tag}-{os.getpid()}-{secrets.token_hex(4)}-{_host_tag()}"
         try:
             path.mkdir()
             return path
