@@ -5,7 +5,11 @@ import copy
 import io
 import json
 import multiprocessing
+import os
 import re
+import shutil
+import subprocess
+import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -15,7 +19,7 @@ from click.testing import CliRunner
 
 from threecad.cli import main
 from threecad.leaderboard import (
-    COLUMNS, LeaderboardError, default_csv_path, init_table, read_table, rows_from_run, submit_run,
+    COLUMNS, LeaderboardError, default_csv_path, display_name, init_table, read_table, rows_from_run, submit_run,
 )
 from threecad.leaderboard.readme import BEGIN, END
 
@@ -28,7 +32,7 @@ IS = {"i_auroc": 0.81, "i_ap": 0.86, "i_f1max": 0.80, "p_auroc": 0.915, "p_ap": 
 
 
 def run_results(run_id: str = "cfrg-cpu-20261128T231500Z-3f2a9c", **overrides) -> dict:
-    """results.json as schema.md writes it: two ok categories (ACC, IS) and one failed (CS)."""
+    """A finished run as the harness records it: two ok categories (ACC, IS); `write_run` adds the mean."""
     def ok(metrics: dict) -> dict:
         return {"status": "ok", "metrics": dict(metrics),
                 "breakdowns": {"au_pro_by_size": {"small": 0.5}, "i_auroc_by_type": {"scratch": 0.9}},
@@ -40,13 +44,7 @@ def run_results(run_id: str = "cfrg-cpu-20261128T231500Z-3f2a9c", **overrides) -
         "config": {"image_size": 128, "epochs": 1}, "protocol": "standard", "eval_size": 256,
         "dataset": {"name": "3cad", "root": "/abs/path", "fingerprint": "1a2b3c4d5e6f7a8b"},
         "seed": 42, "device": "cpu",
-        "categories": {
-            "ACC": ok(ACC),
-            "CS": {"status": "failed", "error": "RuntimeError: out of memory\nsecond line",
-                   "traceback": "failures/CS.txt"},
-            "IS": ok(IS),
-        },
-        "mean": {m: (ACC[m] + IS[m]) / 2 for m in METRICS},
+        "categories": {"ACC": ok(ACC), "IS": ok(IS)},
         "versions": {"threecad": "0.1.0", "torch": "2.14.1", "python": "3.11.7"},
         "code_revision": "61085fd", "hardware": "cpu: 2 cores, AMD EPYC 7B13",
         "started": "2026-11-28T23:15:00Z", "finished": "2026-11-28T23:25:00Z",
@@ -55,11 +53,33 @@ def run_results(run_id: str = "cfrg-cpu-20261128T231500Z-3f2a9c", **overrides) -
     return data
 
 
-def write_run(run_dir: Path, data: dict) -> Path:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "results.json").write_text(json.dumps(data, indent=2))
-    (run_dir / "results.csv").write_text("method,category,metric,value\n")
+FAILED_CS = {"status": "failed", "error": "RuntimeError: out of memory\nsecond line", "traceback": "failures/CS.txt"}
+_AGGREGATE = ("schema", "categories", "mean", "versions", "code_revision", "hardware", "finished")
+
+
+def write_run(run_dir: Path, data: dict, finished: bool = True) -> Path:
+    """Lay `data` out as `threecad bench --out` does, with the harness's own writer: run.json,
+    categories/<ABBR>.json, results.json (mean computed by the harness), results.csv/md."""
+    from threecad.harness.rundir import RunDir
+
+    run = RunDir(run_dir)
+    spec = {k: v for k, v in data.items() if k not in _AGGREGATE}
+    run.write_spec(spec)
+    for abbr, record in data["categories"].items():
+        run.write_category(abbr, record)
+    extra = {k: data[k] for k in ("versions", "code_revision", "hardware") if k in data}
+    if finished:
+        extra["finished"] = data["finished"]
+    run.write_results(spec, data["categories"], extra)
     return run_dir
+
+
+def edit_results(run_dir: Path, change) -> None:
+    """Change results.json only (as a hand edit would), leaving the records as they are."""
+    path = run_dir / "results.json"
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data, indent=2))
 
 
 @pytest.fixture
@@ -112,13 +132,12 @@ def test_submit_turns_a_run_into_rows(tmp_path, table):
     run = write_run(tmp_path / "run", run_results())
     result = cli("submit", str(run), "--csv", str(table))
     assert result.exit_code == 0, result.output
-    assert "skipped CS" in result.output and "out of memory" in result.output
     rows = run_rows(table, "cfrg-cpu-20261128T231500Z-3f2a9c")
     assert len(read_table(table)) == before + len(rows) == before + 3 * len(METRICS)
     assert set(rows["category"]) == {"ACC", "IS", "Mean"}
     row = rows.iloc[0]
     assert (row["method"], row["variant"], row["source"], row["protocol"], row["dataset"]) == \
-        ("CFRG", "cpu", "run", "standard", "3cad")  # method spelled as the paper's rows spell it
+        ("CFRG", "cpu", "run", "standard", "3cad")  # method spelled as the paper spells it
     assert (row["seed"], row["eval_size"], row["date"], row["code_revision"]) == ("42", "256", "2026-11-28", "61085fd")
     assert row["hardware"] == "cpu: 2 cores, AMD EPYC 7B13"
     values = rows.set_index(["category", "metric"])["value"].astype(float)
@@ -126,6 +145,7 @@ def test_submit_turns_a_run_into_rows(tmp_path, table):
         assert values["ACC", m] == pytest.approx(100 * ACC[m])
         assert values["IS", m] == pytest.approx(100 * IS[m])
         assert values["Mean", m] == pytest.approx(50 * (ACC[m] + IS[m]), abs=1e-4)
+    assert "the Mean is over 2 categories (ACC, IS)" in result.output
 
 
 def test_submit_again_is_refused_and_replace_overwrites(tmp_path, table):
@@ -135,18 +155,72 @@ def test_submit_again_is_refused_and_replace_overwrites(tmp_path, table):
     again = cli("submit", str(run), "--csv", str(table))
     assert again.exit_code != 0 and "already in" in again.output and "--replace" in again.output
     assert table.read_bytes() == before
-    # a re-run where IS now fails: --replace removes the stale IS rows too
+    # the same run id re-run on ACC alone: --replace removes the stale IS rows too
     data = run_results()
     data["categories"]["ACC"]["metrics"]["i_auroc"] = 0.5
-    data["categories"]["IS"] = {"status": "failed", "error": "boom"}
-    write_run(run, data)
-    assert cli("submit", str(run), "--csv", str(table), "--replace").exit_code == 0
+    del data["categories"]["IS"]
+    rerun = write_run(tmp_path / "rerun", data)
+    assert cli("submit", str(rerun), "--csv", str(table), "--replace").exit_code == 0
     rows = run_rows(table, data["run_id"]).set_index(["category", "metric"])["value"].astype(float)
     assert set(rows.index.get_level_values(0)) == {"ACC", "Mean"}
     assert rows["ACC", "i_auroc"] == 50.0 and rows["Mean", "i_auroc"] == 50.0
 
 
-def _break(data: dict, how: str) -> dict | str:
+def test_a_run_that_matches_its_records_passes_the_check(tmp_path):
+    """The check recomputes the mean as the harness does (`rundir.mean_metrics`), for both protocols."""
+    from threecad.harness.rundir import mean_metrics
+    from threecad.leaderboard.runcheck import records_mean
+
+    for protocol in ("standard", "3cad-paper"):
+        data = run_results(protocol=protocol)
+        data["categories"]["ACC"]["metrics"]["p_auroc"] = 0.93449  # rounds differently under 3cad-paper
+        data["categories"]["IS"]["metrics"]["au_pro"] = None  # a metric without a value
+        assert records_mean(data["categories"], protocol) == mean_metrics(data["categories"], protocol)
+        converted = rows_from_run(write_run(tmp_path / protocol, data))
+        values = converted.rows.set_index(["category", "metric"])["value"]
+        assert values["Mean", "au_pro"] == "88" and ("IS", "au_pro") not in values.index
+        assert any("IS au_pro is null" in note for note in converted.notes)
+
+
+@pytest.mark.parametrize("how,message", [
+    ("value", "categories.ACC.metrics.p_auroc is 0.99 but"),
+    ("mean", "mean.i_auroc is 0.99 but the mean of the category records is 0.89"),
+    ("status", "categories.IS.status is 'ok' but"),
+    ("unfinished", "has no 'finished' time"),
+    ("lone results.json", "holds no category records"),
+    ("record missing", "lists category IS but"),
+    ("category dropped", "IS.json is a record of category IS, which"),
+    ("failed category", "category CS has status 'failed' (RuntimeError: out of memory)"),
+    ("other run.json", "run_id is 'cfrg-cpu-20261128T231500Z-3f2a9c' but"),
+])
+def test_a_run_that_disagrees_with_its_records_is_refused(tmp_path, table, how, message):
+    data = run_results()
+    if how == "failed category":
+        data["categories"]["CS"] = FAILED_CS
+    run = write_run(tmp_path / "run", data, finished=how != "unfinished")
+    if how == "value":
+        edit_results(run, lambda d: d["categories"]["ACC"]["metrics"].update(p_auroc=0.99))
+    elif how == "mean":
+        edit_results(run, lambda d: d["mean"].update(i_auroc=0.99))
+    elif how == "status":  # a failed category passed off as ok
+        (run / "categories" / "IS.json").write_text(json.dumps(FAILED_CS))
+    elif how == "lone results.json":
+        shutil.rmtree(run / "categories")
+    elif how == "record missing":
+        (run / "categories" / "IS.json").unlink()
+    elif how == "category dropped":  # a failed category cut out of the summary
+        edit_results(run, lambda d: d["categories"].pop("IS"))
+    elif how == "other run.json":
+        spec = json.loads((run / "run.json").read_text())
+        (run / "run.json").write_text(json.dumps({**spec, "run_id": "another-run"}))
+    before = table.read_bytes()
+    with pytest.raises(LeaderboardError) as err:
+        submit_run(run, table)
+    assert message in str(err.value)
+    assert table.read_bytes() == before
+
+
+def _break(data: dict, how: str) -> dict:
     data = copy.deepcopy(data)
     if how == "value out of range":
         data["categories"]["ACC"]["metrics"]["p_auroc"] = 96.0  # percent where a fraction belongs
@@ -154,26 +228,26 @@ def _break(data: dict, how: str) -> dict | str:
         data["protocol"] = "mvtec-ish"
     elif how == "wrong schema":
         data["schema"] = "threecad.run/9"
-    elif how == "no ok category":
-        for entry in data["categories"].values():
-            entry["status"] = "failed"
     elif how == "unknown category":
         data["categories"]["bottle"] = data["categories"].pop("ACC")
     elif how == "missing run id":
-        del data["run_id"]
-    elif how == "not json":
-        return '{"schema": "threecad.run/1", "categories": {'
+        data["run_id"] = ""
     return data
 
 
-@pytest.mark.parametrize("how", ["value out of range", "unknown protocol", "wrong schema", "no ok category",
+@pytest.mark.parametrize("how", ["value out of range", "unknown protocol", "wrong schema",
                                  "unknown category", "missing run id", "not json", "no results.json"])
 def test_broken_run_exits_nonzero_and_leaves_csv_identical(tmp_path, table, how):
     run = tmp_path / "broken"
     run.mkdir()
-    if how != "no results.json":
+    if how not in ("no results.json", "not json"):
         broken = _break(run_results(), how)
-        (run / "results.json").write_text(broken if isinstance(broken, str) else json.dumps(broken))
+        write_run(run, broken)
+        if how == "wrong schema":
+            edit_results(run, lambda d: d.update(schema="threecad.run/9"))
+    elif how == "not json":
+        write_run(run, run_results())
+        (run / "results.json").write_text('{"schema": "threecad.run/1", "categories": {')
     before = table.read_bytes()
     result = CliRunner().invoke(main, ["leaderboard", "submit", str(run), "--csv", str(table)])
     assert result.exit_code != 0
@@ -217,13 +291,6 @@ def test_paper_protocol_run_rounds_categories_and_mvtec_names(tmp_path):
     assert set(converted.rows["category"]) == {"bottle", "screw", "Mean"}
     assert values["bottle", "p_auroc"] == 93.4 and values["screw", "p_auroc"] == 91.3
     assert values["Mean", "p_auroc"] == pytest.approx((93.4 + 91.3) / 2)
-
-
-def test_run_mean_disagreement_is_reported(tmp_path):
-    data = run_results()
-    data["mean"]["p_auroc"] = 0.5
-    converted = rows_from_run(write_run(tmp_path / "run", data))
-    assert any("p_auroc" in note and "differs" in note for note in converted.notes)
 
 
 # --- validation ----------------------------------------------------------------------------
@@ -344,3 +411,155 @@ def test_csv_columns_are_documented():
     readme = (REPO / "leaderboard" / "README.md").read_text()
     for column in COLUMNS:
         assert f"| `{column}` |" in readme
+
+
+# --- names -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("given,shown", [
+    ("patchcore", "PatchCore"), ("PADIM", "PaDiM"), ("rd", "RD"), ("reverse_distillation", "RD"),
+    ("rd++", "RD++"), ("cfrg", "CFRG"), ("destseg", "DeSTSeg"), ("simplenet", "SimpleNet"),
+    ("realnet", "RealNet"), ("fastflow", "FastFlow"), ("uniad", "UniAD"), ("crad", "CRAD"),
+    ("draem", "DRAEM"), ("my-method", "my-method"),
+])
+def test_display_name_is_the_papers_spelling(given, shown):
+    assert display_name(given) == shown
+
+
+def test_runs_and_hand_edited_rows_share_one_spelling(tmp_path, table):
+    submit_run(write_run(tmp_path / "pc", run_results(run_id="pc-run", method="patchcore")), table)
+    assert set(run_rows(table, "pc-run")["method"]) == {"PatchCore"}
+    # a row typed by hand in lower case is shown (and sorted) under the paper's spelling
+    frame = pd.read_csv(table, dtype=str, keep_default_na=False)
+    frame.loc[frame["method"] == "PaDiM", "method"] = "padim"
+    frame.to_csv(table, index=False)
+    md = cli("show", "--csv", str(table), "--protocol", "3cad-paper", "--metric", "p_auroc").output
+    methods = [line.split("|")[1].strip() for line in md.splitlines() if line.startswith("| ") and "Method" not in line]
+    assert "PaDiM" in methods and "padim" not in methods
+    # an unknown method takes the spelling the table already has
+    submit_run(write_run(tmp_path / "m1", run_results(run_id="m1", method="MyNet")), table)
+    submit_run(write_run(tmp_path / "m2", run_results(run_id="m2", method="mynet")), table)
+    assert set(run_rows(table, "m2")["method"]) == {"MyNet"}
+
+
+@pytest.mark.parametrize("field,value", [
+    ("method", '=HYPERLINK("http://example.invalid","x")'), ("method", "+cmd"), ("method", "@SUM(A1)"),
+    ("method", "-x"), ("method", "rd;drop"), ("preset", "=1+1"), ("run_id", "run/../x"), ("method", " cfrg"),
+])
+def test_unsafe_names_are_refused(tmp_path, table, field, value):
+    run = write_run(tmp_path / "run", run_results(**{field: value}))
+    before = table.read_bytes()
+    with pytest.raises(LeaderboardError, match=f"results.json: {field}: "):
+        submit_run(run, table)
+    assert table.read_bytes() == before
+
+
+def test_a_hand_edited_formula_fails_validation(table):
+    _edit(table, 7, "method", "=HYPERLINK(1)")
+    with pytest.raises(LeaderboardError, match=r"line 7, column 'method': .*formula"):
+        read_table(table)
+    _edit(table, 7, "method", "PaDiM")
+    _edit(table, 8, "hardware", "@cmd")
+    with pytest.raises(LeaderboardError, match=r"line 8, column 'hardware': .*formula"):
+        read_table(table)
+
+
+# --- where the table is, and whether it may be written ------------------------------------------
+
+def test_submit_creates_a_table_only_with_create(tmp_path):
+    run = write_run(tmp_path / "run", run_results())
+    new = tmp_path / "new" / "board.csv"
+    refused = CliRunner().invoke(main, ["leaderboard", "submit", str(run), "--csv", str(new)])
+    assert refused.exit_code != 0 and "--create" in refused.stderr and not new.parent.exists()
+    made = cli("submit", str(run), "--csv", str(new), "--create")
+    assert made.exit_code == 0 and f"new table {new}" in made.output
+    assert len(read_table(new)) == 3 * len(METRICS)
+    again = write_run(tmp_path / "run2", run_results(run_id="second"))
+    assert cli("submit", str(again), "--csv", str(new), "--create").exit_code == 0  # --create on a table: adds
+    assert len(read_table(new)) == 6 * len(METRICS)
+
+
+def test_a_read_only_table_is_left_alone_even_for_root(tmp_path, table):
+    run = write_run(tmp_path / "run", run_results())
+    table.chmod(0o444)
+    before = table.read_bytes()
+    with pytest.raises(LeaderboardError, match=r"results.csv is read-only \(mode -r--r--r--\)"):
+        submit_run(run, table)
+    assert table.read_bytes() == before and oct(table.stat().st_mode & 0o777) == "0o444"
+
+
+@pytest.fixture
+def plain_install(tmp_path, monkeypatch) -> Path:
+    """threecad as if installed into site-packages: no project file beside the package."""
+    from threecad.leaderboard import store
+
+    site = tmp_path / "site-packages"
+    (site / "leaderboard").mkdir(parents=True)  # even a stray folder of that name is not a checkout
+    monkeypatch.setattr(store, "repository_root", lambda: site)
+    monkeypatch.chdir(tmp_path)
+    return site
+
+
+def test_show_from_a_plain_install_uses_the_packaged_numbers(plain_install):
+    result = CliRunner().invoke(main, ["leaderboard", "show", "--protocol", "3cad-paper", "--metric", "au_pro"])
+    assert result.exit_code == 0, result.output
+    assert "paper's published numbers packaged with threecad" in result.stderr
+    first = [line for line in result.stdout.splitlines() if line.startswith("| CFRG")][0]
+    assert first.split("|")[-2].strip() == "**82.0**"
+    html = CliRunner().invoke(main, ["leaderboard", "show", "--format", "html"])
+    assert html.exit_code == 0 and "306 rows from the paper&#x27;s published numbers" in html.stdout
+
+
+@pytest.mark.parametrize("args", [["submit", "RUN"], ["init"], ["validate"], ["render-readme"]])
+def test_commands_that_change_the_repository_table_need_csv_in_a_plain_install(tmp_path, plain_install, args):
+    write_run(tmp_path / "RUN", run_results())
+    result = CliRunner().invoke(main, ["leaderboard", *args])
+    assert result.exit_code != 0 and "pass --csv FILE" in result.stderr and "Traceback" not in result.output
+    assert not (plain_install / "leaderboard" / "results.csv").exists()
+
+
+def test_show_after_a_real_plain_install(tmp_path):
+    """`pip install --no-deps --target` of a copy of the sources (offline, no build isolation)."""
+    src = tmp_path / "src"
+    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info")
+    for name in ("threecad", "baselines", "cfrg"):
+        shutil.copytree(REPO / name, src / name, ignore=ignore)
+    for name in ("setup.cfg", "pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, src / name)
+    site = tmp_path / "site"
+    pip = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index",
+                          "--quiet", "--target", str(site), str(src)], capture_output=True, text=True, timeout=300)
+    if pip.returncode != 0:
+        pytest.skip(f"pip cannot build the package offline here: {pip.stderr.strip().splitlines()[-1:]}")
+    code = ("import sys, threecad; from threecad.cli import main; print(threecad.__file__, file=sys.stderr); "
+            "main(['leaderboard', 'show', '--protocol', '3cad-paper', '--metric', 'p_ap', '--format', 'plain'])")
+    shown = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120,
+                           env={**os.environ, "PYTHONPATH": str(site)})
+    assert shown.returncode == 0, shown.stderr
+    assert str(site / "threecad") in shown.stderr  # the installed copy ran, not the checkout
+    cfrg = [line for line in shown.stdout.splitlines() if line.startswith("CFRG")][0]
+    assert cfrg.split()[-1] == "17.6*"
+
+
+def test_a_real_benchmark_run_is_accepted_and_a_killed_one_refused(tiny_root, tmp_path, table):
+    """`threecad bench` (a test-double method) writes a run that `submit` accepts as it is."""
+    from fake_methods import pythonpath_with, write_distribution
+
+    env = dict(os.environ, PYTHONPATH=pythonpath_with(write_distribution(tmp_path / "site")),
+               THREECAD_CACHE=str(tmp_path / "cache"), OMP_NUM_THREADS="1")
+    run = tmp_path / "run"
+    bench = subprocess.run([sys.executable, "-m", "threecad", "bench", "--method", "meandist", "--root",
+                            str(tiny_root), "--out", str(run), "--device", "cpu", "--eval-size", "64"],
+                           env=env, capture_output=True, text=True, timeout=300)
+    assert bench.returncode == 0, bench.stderr
+    records = {a: json.loads((run / "categories" / f"{a}.json").read_text()) for a in ("ACC", "CS")}
+    result = cli("submit", str(run), "--csv", str(table))
+    assert result.exit_code == 0, result.output
+    run_id = json.loads((run / "run.json").read_text())["run_id"]
+    values = run_rows(table, run_id).set_index(["category", "metric"])["value"].astype(float)
+    assert values["ACC", "i_auroc"] == pytest.approx(100 * records["ACC"]["metrics"]["i_auroc"], abs=1e-4)
+    assert values["CS", "au_pro"] == pytest.approx(100 * records["CS"]["metrics"]["au_pro"], abs=1e-4)
+    assert set(run_rows(table, run_id)["method"]) == {"meandist"}
+    # the same run as a kill during its last category leaves it: no `finished` yet
+    edit_results(run, lambda d: d.pop("finished"))
+    with pytest.raises(LeaderboardError, match="has no 'finished' time"):
+        submit_run(run, table, replace=True)

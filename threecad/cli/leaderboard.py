@@ -7,10 +7,11 @@ from pathlib import Path
 import click
 
 from threecad.leaderboard.schema import (
-    DATASET_LABELS, DATASETS, METRICS, PROTOCOL_CAVEATS, PROTOCOLS, normalize_metric,
+    DATASET_LABELS, DATASETS, METRICS, PROTOCOL_CAVEATS, PROTOCOLS, LeaderboardError, normalize_metric,
 )
 from threecad.leaderboard.store import (
-    default_csv_path, init_table, read_table, resolve_csv, submit_run, write_text_keeping_mode,
+    check_writable, default_csv_path, init_table, read_table, resolve_csv, submit_run, table_to_show,
+    write_text_keeping_mode,
 )
 
 FORMATS = ("md", "plain", "csv", "html")
@@ -19,12 +20,15 @@ FORMATS = ("md", "plain", "csv", "html")
 def csv_option(func):
     return click.option(
         "--csv", "csv_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
-        help="Leaderboard table to work on. Default: leaderboard/results.csv of the checkout "
-             "threecad is installed from.")(func)
+        help="Leaderboard table to work on. Default: leaderboard/results.csv of the source checkout "
+             "threecad runs from (`show` from a plain install: the paper's packaged numbers).")(func)
 
 
 def _metric(ctx, param, value):
-    return None if value is None else normalize_metric(value)
+    try:
+        return None if value is None else normalize_metric(value)
+    except LeaderboardError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 @click.group(name="leaderboard")
@@ -51,8 +55,12 @@ def show(protocol, metric, dataset, fmt, out, csv_file) -> None:
     from threecad.leaderboard.render import render_csv, render_markdown, render_plain
     from threecad.leaderboard.views import wide_tables
 
-    path = resolve_csv(csv_file)
-    table = read_table(path)
+    table, origin, packaged = table_to_show(csv_file)
+    if packaged:
+        click.echo(f"note: not a source checkout; showing {origin} (pass --csv FILE for a table with runs)",
+                   err=True)
+    if out is not None:  # refuse a read-only --out before any work
+        check_writable(out)
     tables = wide_tables(table, protocol=protocol and protocol.lower(), metric=metric,
                          dataset=dataset and dataset.lower())
     if fmt == "md":
@@ -65,7 +73,7 @@ def show(protocol, metric, dataset, fmt, out, csv_file) -> None:
         for proto in sorted({t.protocol for t in tables} & set(PROTOCOL_CAVEATS)):
             click.echo(f"note: {PROTOCOL_CAVEATS[proto]}", err=True)
     else:
-        text = render_html(tables, origin=path.name, n_rows=len(table))
+        text = render_html(tables, origin=origin, n_rows=len(table))
     if out is None:
         click.echo(text, nl=False)
     else:
@@ -76,22 +84,24 @@ def show(protocol, metric, dataset, fmt, out, csv_file) -> None:
 @command.command()
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.option("--replace", is_flag=True, help="Overwrite this run's rows if it was submitted before.")
+@click.option("--create", is_flag=True, help="Start a new table at --csv when it does not exist "
+                                             "(without it, a missing table is an error, not a new file).")
 @csv_option
-def submit(run_dir, replace, csv_file) -> None:
-    """Add the rows of a run directory (`threecad bench --out RUN_DIR`) to the table.
+def submit(run_dir, replace, create, csv_file) -> None:
+    """Add the rows of a finished run directory (`threecad bench --out RUN_DIR`) to the table.
 
-    Each category with status ok and the Mean (recomputed over those categories) become
-    rows, per metric, in percent. A run already in the table is refused unless --replace.
+    results.json is checked against the run's per-category records first: an unfinished run,
+    a failed category or an altered value is refused. Each category and the Mean (recomputed)
+    become rows, per metric, in percent. A run already in the table is refused unless --replace.
     """
-    path = resolve_csv(csv_file, must_exist=csv_file is None)  # --csv may name a new table
-    result = submit_run(run_dir, path, replace=replace)
+    path = resolve_csv(csv_file, must_exist=False)
+    result = submit_run(run_dir, path, replace=replace, create=create)
     rows = result.added
     first = rows.iloc[0]
     verb = f"replaced {result.replaced} rows and added" if result.replaced else "added"
-    click.echo(f"{verb} {len(rows)} rows to {path}: {first['method']} [{first['variant']}], run "
+    where = f"new table {path}" if result.created else str(path)
+    click.echo(f"{verb} {len(rows)} rows to {where}: {first['method']} [{first['variant']}], run "
                f"{result.run_id}, protocol {first['protocol']}, dataset {first['dataset']}")
-    for category, reason in result.skipped.items():
-        click.echo(f"skipped {category}: {reason}")
     for note in result.notes:
         click.echo(f"note: {note}")
     grid = rows.pivot(index="metric", columns="category", values="value")

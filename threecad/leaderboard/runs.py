@@ -1,9 +1,11 @@
 """Turn a benchmark run directory (`threecad bench --out RUN_DIR`) into leaderboard rows.
 
-The run stores fractions; the leaderboard stores percent, as the paper prints them.
-The Mean row is recomputed here from the category rows being submitted (not copied from
-the run's `mean`), so that the Mean in the table is always the mean of the numbers beside
-it; a disagreement with the run's own `mean` is reported as a note.
+Nothing is taken from `results.json` on trust: `runcheck` first compares it with the
+run's per-category records and refuses unfinished, failed or altered runs. The run stores
+fractions; the leaderboard stores percent, as the paper prints them. The Mean row is
+recomputed from the category rows being submitted, so that the Mean in the table is always
+the mean of the numbers beside it. Names are checked against a safe character set and the
+method takes its display spelling (`names`).
 """
 from __future__ import annotations
 
@@ -18,6 +20,8 @@ import pandas as pd
 
 from threecad.catalog import MVTEC, THREECAD, resolve_category
 from threecad.errors import ThreecadError
+from threecad.leaderboard.names import display_name, formula_reason, unsafe_reason
+from threecad.leaderboard.runcheck import check_run
 from threecad.leaderboard.schema import (
     COLUMNS, DATASETS, MEAN, METRICS, PROTOCOLS, LeaderboardError, dataset_categories,
 )
@@ -26,17 +30,14 @@ RUN_SCHEMA = "threecad.run/1"
 RESULTS_FILE = "results.json"
 # Percent digits kept for run values: 1e-6 as a fraction, beyond any metric's precision.
 PERCENT_DIGITS = 4
-# A run mean that differs from the recomputed one by more than this (percent) earns a note.
-MEAN_TOLERANCE = 0.05
 
 
 @dataclass
 class RunRows:
-    """The rows of one run, and what was left out of them and why."""
+    """The rows of one run, and notes on what was left out of them."""
 
     rows: pd.DataFrame
     run_id: str
-    skipped: dict[str, str] = field(default_factory=dict)  # category -> reason
     notes: list[str] = field(default_factory=list)
 
 
@@ -44,21 +45,27 @@ def _fail(path: Path, where: str, message: str) -> LeaderboardError:
     return LeaderboardError(f"{path}: {where}: {message}")
 
 
-def load_results(run_dir: str | Path) -> tuple[Path, dict[str, Any]]:
-    """Read RUN_DIR/results.json (a results.json path is accepted too)."""
+def load_results(run_dir: str | Path) -> tuple[Path, Path, dict[str, Any]]:
+    """(run directory, its results.json, the parsed summary); a results.json path is accepted too."""
     run_dir = Path(run_dir)
-    path = run_dir if run_dir.is_file() else run_dir / RESULTS_FILE
+    if run_dir.name == RESULTS_FILE and run_dir.is_file():
+        run_dir = run_dir.parent
     if not run_dir.exists():
         raise LeaderboardError(f"run directory {run_dir} does not exist.")
+    if not run_dir.is_dir():
+        raise LeaderboardError(f"{run_dir} is not a run directory; pass the --out folder of `threecad bench`.")
+    path = run_dir / RESULTS_FILE
     if not path.is_file():
         raise LeaderboardError(f"{run_dir} has no {RESULTS_FILE}; pass the --out folder of `threecad bench`.")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
+    except PermissionError:
+        raise LeaderboardError(f"cannot read {path} (permission denied).") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise LeaderboardError(f"{path} is not valid JSON ({exc}); the run may be unfinished or damaged.") from None
     if not isinstance(data, dict):
         raise _fail(path, "top level", "is not a JSON object")
-    return path, data
+    return run_dir, path, data
 
 
 def _text(path: Path, data: dict, key: str, required: bool = True) -> str:
@@ -69,12 +76,24 @@ def _text(path: Path, data: dict, key: str, required: bool = True) -> str:
         raise _fail(path, key, "missing or not a non-empty string")
     if "\n" in value or "\r" in value:
         raise _fail(path, key, "contains a line break")
+    reason = formula_reason(value)
+    if reason:
+        raise _fail(path, key, f"{value!r} {reason}")
     return value.strip()
+
+
+def _name(path: Path, data: dict, key: str, required: bool = True) -> str:
+    """A name that becomes a leaderboard cell (method, preset, run id): safe characters only."""
+    value = _text(path, data, key, required)
+    reason = unsafe_reason(data[key]) if value else None
+    if reason:
+        raise _fail(path, key, f"{data[key]!r} {reason}")
+    return value
 
 
 def _canonical_category(path: Path, name: str, dataset: str) -> str:
     if dataset == "custom":
-        if not name.strip() or name == MEAN:
+        if not name.strip() or name == MEAN or "\n" in name or "\r" in name or formula_reason(name):
             raise _fail(path, f"categories.{name}", "is not a usable category name")
         return name
     pool = THREECAD if dataset in ("3cad", "3cad-synthetic") else MVTEC
@@ -112,19 +131,19 @@ def _format(value: float, digits: int) -> str:
 
 
 def rows_from_run(run_dir: str | Path) -> RunRows:
-    """Leaderboard rows of one run: each ok category and the Mean, per known metric.
+    """Leaderboard rows of one finished, intact run: each category and the Mean, per known metric.
 
-    Categories whose status is not `ok` are skipped (listed in `skipped`); metrics the
-    leaderboard does not know, or that are null, are left out with a note. Anything
-    malformed raises a LeaderboardError naming the file and the field.
+    Metrics the leaderboard does not know, or that are null, are left out with a note.
+    Anything malformed, unfinished, failed or inconsistent with the run's records raises a
+    LeaderboardError naming the file and the field.
     """
-    path, data = load_results(run_dir)
+    run_dir, path, data = load_results(run_dir)
     schema = data.get("schema")
     if schema != RUN_SCHEMA:
         raise _fail(path, "schema", f"is {schema!r}, expected {RUN_SCHEMA!r}")
-    run_id = _text(path, data, "run_id")
-    method = _text(path, data, "method")
-    variant = _text(path, data, "preset", required=False) or "default"
+    run_id = _name(path, data, "run_id")
+    method = display_name(_name(path, data, "method"))
+    variant = _name(path, data, "preset", required=False) or "default"
     protocol = _text(path, data, "protocol")
     if protocol not in PROTOCOLS:
         raise _fail(path, "protocol", f"unknown protocol '{protocol}'; known: {', '.join(PROTOCOLS)}")
@@ -151,21 +170,12 @@ def rows_from_run(run_dir: str | Path) -> RunRows:
         "code_revision": _text(path, data, "code_revision", required=False),
     }
 
-    categories = data.get("categories")
-    if not isinstance(categories, dict) or not categories:
-        raise _fail(path, "categories", "missing or empty")
+    categories = check_run(run_dir, path, data).records  # equal to results.json's, all status ok
     result = RunRows(rows=pd.DataFrame(columns=list(COLUMNS)), run_id=run_id)
     values: dict[str, dict[str, float]] = {}  # category -> metric -> percent
     unknown_metrics: set[str] = set()
     for name, entry in categories.items():
         category = _canonical_category(path, str(name), dataset)
-        if not isinstance(entry, dict):
-            raise _fail(path, f"categories.{name}", "is not an object")
-        status = entry.get("status")
-        if status != "ok":
-            error = str(entry.get("error") or "no error message").strip().splitlines()
-            result.skipped[category] = f"status {status!r}: {error[0] if error else ''}".rstrip(": ")
-            continue
         metrics = entry.get("metrics")
         if not isinstance(metrics, dict):
             raise _fail(path, f"categories.{name}.metrics", "missing or not an object")
@@ -184,9 +194,8 @@ def rows_from_run(run_dir: str | Path) -> RunRows:
             raise _fail(path, f"categories.{name}", f"names category {category} a second time")
         values[category] = cat_values
     if unknown_metrics:
-        result.notes.append(f"metrics the leaderboard does not track were left out: {', '.join(sorted(unknown_metrics))}.")
-    if not values:
-        raise _fail(path, "categories", "no category has status ok; there is nothing to submit")
+        result.notes.append("metrics the leaderboard does not track were left out: "
+                            f"{', '.join(sorted(unknown_metrics))}.")
 
     records = []
     order = dataset_categories(dataset) or sorted(values)
@@ -195,8 +204,6 @@ def rows_from_run(run_dir: str | Path) -> RunRows:
             if metric in values[category]:
                 records.append({**common, "category": category, "metric": metric,
                                 "value": _format(values[category][metric], PERCENT_DIGITS)})
-
-    run_mean = data.get("mean") if isinstance(data.get("mean"), dict) else {}
     for metric in METRICS:
         present = [v[metric] for v in values.values() if metric in v]
         if not present:
@@ -204,13 +211,11 @@ def rows_from_run(run_dir: str | Path) -> RunRows:
         mean = round(sum(present) / len(present), PERCENT_DIGITS)
         if len(present) < len(values):
             result.notes.append(f"the {metric} Mean covers {len(present)} of {len(values)} categories.")
-        claimed = run_mean.get(metric)
-        if isinstance(claimed, (int, float)) and not isinstance(claimed, bool) and math.isfinite(claimed):
-            if abs(100.0 * claimed - mean) > MEAN_TOLERANCE:
-                result.notes.append(f"the run's own {metric} mean {100.0 * claimed:.2f} differs from the "
-                                    f"mean of its category rows {mean:.2f}; the leaderboard keeps the latter.")
         records.append({**common, "category": MEAN, "metric": metric, "value": _format(mean, PERCENT_DIGITS)})
-    if len(values) < len(categories) or (dataset_categories(dataset) and len(values) < len(dataset_categories(dataset))):
+    if not records:
+        raise _fail(path, "categories", "no category has a metric the leaderboard tracks; there is nothing to submit")
+    expected = dataset_categories(dataset)
+    if expected and len(values) < len(expected):
         result.notes.append(f"the Mean is over {len(values)} categories ({', '.join(values)}).")
     result.rows = pd.DataFrame.from_records(records, columns=list(COLUMNS))
     return result

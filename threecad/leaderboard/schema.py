@@ -15,6 +15,7 @@ import pandas as pd
 
 from threecad.catalog import MVTEC, THREECAD
 from threecad.errors import ThreecadError
+from threecad.leaderboard.names import formula_reason, unsafe_reason
 
 COLUMNS: tuple[str, ...] = (
     "method", "variant", "source", "reference", "protocol", "dataset", "category", "metric",
@@ -96,6 +97,14 @@ def _check_cell(column: str, value: str, row: dict[str, str]) -> str | None:
         return "contains a line break"
     if column in REQUIRED and not value.strip():
         return "is empty (required)"
+    if column in ("method", "variant") or (column == "reference" and row.get("source") == "run"):
+        reason = unsafe_reason(value)
+        if reason:
+            return f"'{value}' {reason}"
+    elif column in ("reference", "category", "hardware", "code_revision"):
+        reason = formula_reason(value)
+        if reason:
+            return f"'{value}' {reason}"
     if column == "source" and value not in SOURCES:
         return f"unknown source '{value}'; known: {', '.join(SOURCES)}"
     if column == "protocol" and value not in PROTOCOLS:

@@ -10,6 +10,7 @@ import contextlib
 import csv
 import io
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -19,6 +20,7 @@ from filelock import FileLock, Timeout
 
 import threecad
 from threecad.fsutil import atomic_path
+from threecad.leaderboard.names import is_known_method
 from threecad.leaderboard.paper import paper_rows
 from threecad.leaderboard.runs import rows_from_run
 from threecad.leaderboard.schema import COLUMNS, KEY, SUBMISSION, LeaderboardError, validate_table
@@ -27,26 +29,83 @@ LOCK_TIMEOUT_S = 60.0
 
 
 def repository_root() -> Path:
-    """The source checkout that threecad is installed from (editable install)."""
+    """The folder above the `threecad` package: the source checkout for an editable install."""
     return Path(threecad.__file__).resolve().parent.parent
 
 
+def checkout_csv_path() -> Path | None:
+    """`leaderboard/results.csv` of the source checkout threecad runs from; None for a plain install.
+
+    A checkout is recognised by its project file beside the package; site-packages has none.
+    """
+    root = repository_root()
+    if (root / "setup.cfg").is_file() or (root / "pyproject.toml").is_file():
+        return root / "leaderboard" / "results.csv"
+    return None
+
+
 def default_csv_path() -> Path:
-    """`leaderboard/results.csv` of the checkout threecad runs from, wherever the command runs."""
-    return repository_root() / "leaderboard" / "results.csv"
+    """The repository's table, wherever the command runs; refused outside a source checkout."""
+    path = checkout_csv_path()
+    if path is None:
+        raise LeaderboardError(
+            f"threecad is installed as a package ({repository_root()}), not run from a source checkout, so "
+            "there is no repository table to change; pass --csv FILE (start one with "
+            "`threecad leaderboard init --csv FILE`).")
+    return path
 
 
 def resolve_csv(path: str | Path | None, must_exist: bool = True) -> Path:
     """The CSV a command works on: `--csv FILE` when given, else the repository's table."""
     csv_path = Path(path).expanduser() if path is not None else default_csv_path()
+    if csv_path.is_dir():
+        raise LeaderboardError(f"leaderboard table {csv_path} is a folder; --csv names a CSV file.")
     if must_exist and not csv_path.is_file():
         if path is None:
-            raise LeaderboardError(
-                f"no leaderboard table at {csv_path} (threecad is not running from a source checkout); "
-                "pass --csv FILE, or create one with `threecad leaderboard init --csv FILE`.")
-        raise LeaderboardError(f"leaderboard table {csv_path} does not exist; "
-                               "create one with `threecad leaderboard init --csv FILE`.")
+            raise LeaderboardError(f"no leaderboard table at {csv_path}; restore it from git, or pass --csv FILE.")
+        raise LeaderboardError(f"leaderboard table {csv_path} does not exist; check the path, or start a "
+                               "new table with `threecad leaderboard init --csv FILE` (or `submit --create`).")
     return csv_path
+
+
+PUBLISHED_ORIGIN = "the paper's published numbers packaged with threecad"
+
+
+def table_to_show(path: str | Path | None) -> tuple[pd.DataFrame, str, bool]:
+    """(table, where it comes from, whether it is the packaged fallback) for `show`.
+
+    `--csv FILE` when given; else the checkout's `leaderboard/results.csv`; else, from a
+    plain install, the paper's numbers that ship inside the package (no runs).
+    """
+    if path is None and checkout_csv_path() is None:
+        return paper_rows(), PUBLISHED_ORIGIN, True
+    csv_path = resolve_csv(path)
+    return read_table(csv_path), csv_path.name, False
+
+
+def check_writable(path: str | Path) -> None:
+    """Refuse, before anything is written, a file that an atomic rewrite would wrongly replace.
+
+    The rename of an atomic write ignores the file's own mode, so a read-only file (no write
+    permission for us, or no write bit at all, which root would otherwise override) is
+    checked here, and so is the folder that the rename and the lock file need.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise LeaderboardError(f"{path} is a folder, not a file.")
+    if path.exists():
+        mode = path.stat().st_mode
+        if not os.access(path, os.W_OK) or not mode & 0o222:
+            raise LeaderboardError(f"{path} is read-only (mode {stat.filemode(mode)}); it was left as it is. "
+                                   "Make it writable, or pass another file.")
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise LeaderboardError(f"cannot create {path}: {folder} is not a folder.")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise LeaderboardError(f"cannot write in {folder} (permission denied); {path} is rewritten atomically "
+                               "through a new file in that folder.")
 
 
 @contextlib.contextmanager
@@ -106,6 +165,7 @@ def write_text_keeping_mode(path: str | Path, text: str) -> None:
     shared table unreadable to the other users of a machine.
     """
     path = Path(path)
+    check_writable(path)
     if path.exists():
         mode = path.stat().st_mode & 0o7777
     else:
@@ -126,6 +186,9 @@ def write_table(csv_path: str | Path, table: pd.DataFrame) -> None:
 def init_table(csv_path: str | Path, with_paper: bool = True, overwrite: bool = False) -> int:
     """Create a table holding the paper's numbers (or only the header); returns the row count."""
     csv_path = Path(csv_path)
+    if csv_path.exists() and not overwrite:
+        raise LeaderboardError(f"{csv_path} already exists; pass --force to overwrite it.")
+    check_writable(csv_path)
     with locked(csv_path):
         if csv_path.exists() and not overwrite:
             raise LeaderboardError(f"{csv_path} already exists; pass --force to overwrite it.")
@@ -140,29 +203,39 @@ class SubmitResult:
     added: pd.DataFrame
     replaced: int
     run_id: str
-    skipped: dict[str, str] = field(default_factory=dict)
+    created: bool = False
     notes: list[str] = field(default_factory=list)
 
 
 def _canonical_methods(rows: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
-    """A method already in the table under another case (`cfrg` vs `CFRG`) takes that spelling."""
+    """A method that has no display name of its own takes the spelling already in the table
+    when it matches apart from case (`mymethod` vs `MyMethod`)."""
     known = {m.lower(): m for m in table["method"].unique()}
     rows = rows.copy()
-    rows["method"] = [known.get(m.lower(), m) for m in rows["method"]]
+    rows["method"] = [m if is_known_method(m) or m.lower() not in known else known[m.lower()]
+                      for m in rows["method"]]
     return rows
 
 
-def submit_run(run_dir: str | Path, csv_path: str | Path, replace: bool = False) -> SubmitResult:
+def submit_run(run_dir: str | Path, csv_path: str | Path, replace: bool = False,
+               create: bool = False) -> SubmitResult:
     """Append the rows of one run directory to the table, under the lock, atomically.
 
-    A run that is already in the table (same key) is refused unless `replace`, which
-    first removes every row of that same submission (method, variant, source, reference,
-    protocol, dataset), so a re-run does not leave stale categories behind.
+    The table must exist unless `create` (a misspelt path must not start a new table), and
+    be writable. The run is checked against its records (`runcheck`) before the table is
+    touched. A run that is already in the table (same key) is refused unless `replace`,
+    which first removes every row of that same submission (method, variant, source,
+    reference, protocol, dataset), so a re-run does not leave stale categories behind.
     """
     csv_path = Path(csv_path)
-    run = rows_from_run(run_dir)  # a malformed run fails here, before the table is touched
+    if not create and not csv_path.is_file():
+        raise LeaderboardError(f"leaderboard table {csv_path} does not exist; check the --csv path, "
+                               "or pass --create to start a new table there.")
+    check_writable(csv_path)
+    run = rows_from_run(run_dir)  # a malformed or unfinished run fails here, before the table is touched
     with locked(csv_path):
-        table = read_table(csv_path) if csv_path.exists() else empty_table()
+        created = not csv_path.exists()
+        table = empty_table() if created else read_table(csv_path)
         rows = _canonical_methods(run.rows, table)
         new_keys = set(rows[list(KEY)].itertuples(index=False, name=None))
         clash = [k in new_keys for k in table[list(KEY)].itertuples(index=False, name=None)]
@@ -179,4 +252,4 @@ def submit_run(run_dir: str | Path, csv_path: str | Path, replace: bool = False)
             table = table[[not d for d in drop]]
         write_table(csv_path, pd.concat([table, rows], ignore_index=True) if len(table) else rows)
     return SubmitResult(csv_path=csv_path, added=rows, replaced=replaced, run_id=run.run_id,
-                        skipped=run.skipped, notes=run.notes)
+                        created=created, notes=run.notes)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from threecad.leaderboard.names import display_name
 from threecad.leaderboard.schema import (
     DATASETS, MEAN, METRICS, PROTOCOL_CAVEATS, PROTOCOLS, LeaderboardError, dataset_categories,
 )
@@ -51,7 +52,8 @@ def _category_order(dataset: str, present: set[str]) -> list[str]:
 
 
 def _wide(rows: pd.DataFrame, dataset: str, protocol: str, metric: str) -> WideTable:
-    values = rows.assign(value=rows["value"].astype(float))
+    # one spelling per method (`patchcore` and `PatchCore` rows read and sort alike)
+    values = rows.assign(value=rows["value"].astype(float), method=rows["method"].map(display_name))
     pivot = values.pivot_table(index=list(ENTRY), columns="category", values="value", aggfunc="first")
     columns = _category_order(dataset, set(pivot.columns))
     pivot = pivot.reindex(columns=columns).reset_index()
