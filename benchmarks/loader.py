@@ -37,7 +37,7 @@ def make_data(root: Path, images: int, side: int) -> str:
         generate = None
     if generate is not None:
         try:
-            generate(root, scale=images / 784, seed=0, categories=["ACC"], max_size=side)
+            generate(root, scale=images / 784, seed=0, categories=["ACC"], max_size=side, min_train=0)
             return "threecad.synth.generate"
         except TypeError as exc:  # signature not the one assumed here
             log.warning("threecad.synth.generate not usable here (%s); using the test generator", exc)

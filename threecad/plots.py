@@ -17,7 +17,8 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from threecad.fsutil import atomic_path
-from threecad.stats import DatasetStats, read_mask, te_source_text
+from threecad.masks import read_mask
+from threecad.stats import DatasetStats, te_source_text
 
 log = logging.getLogger(__name__)
 

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from threecad import catalog
 from threecad.catalog import Category
+from threecad.wording import plural
 from threecad.errors import DatasetError, ThreecadError
 from threecad.layout import (METADATA_SUFFIXES, Problem, Scan, catalog_order, is_category_dir,
                              scan_root)
@@ -97,11 +98,6 @@ class VerifyReport:
 
 
 # ---------------------------------------------------------------------------- helpers
-
-
-def plural(n: int, noun: str) -> str:
-    """"1 error", "3 errors"."""
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def _select_categories(scan: Scan, values: Iterable[str] | str | None) -> list[Category]:

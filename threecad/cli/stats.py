@@ -32,7 +32,7 @@ def command(root: Path | None, categories: tuple[str, ...], plot: bool, out_dir:
     from threecad.fsutil import atomic_write_json, check_writable
     from threecad.layout import scan_root
     from threecad import stats as st
-    from threecad.verify import plural
+    from threecad.wording import plural
 
     if plot and out_dir is None:
         out_dir = Path("threecad-stats")

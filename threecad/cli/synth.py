@@ -41,6 +41,7 @@ def command(out: Path, scale: float, seed: int, categories: tuple[str, ...], max
     An image with several defect types is filed under the type with the most regions.
     """
     from threecad.fsutil import WriteError, check_writable, write_error
+    from threecad.wording import plural
     from threecad.synth import generate  # lazy: keeps `threecad --help` fast
 
     started = time.perf_counter()
@@ -59,5 +60,5 @@ def command(out: Path, scale: float, seed: int, categories: tuple[str, ...], max
     n_good = sum(c["test_good"] for c in counts.values())
     n_defect = sum(c["test_defect"] for c in counts.values())
     click.echo(f"wrote {n_train + n_good + n_defect} images ({n_train} train, {n_good} test good, "
-               f"{n_defect} test defective) for {len(counts)} categories to {root} "
+               f"{n_defect} test defective) for {plural(len(counts), 'category')} to {root} "
                f"in {time.perf_counter() - started:.1f}s")
