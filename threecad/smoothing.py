@@ -9,8 +9,9 @@ harness smooths once, here. Two smoothers, for two jobs:
   (scipy's default, the edge pixel repeated: d c b a | a b c d | d c b a) or "mirror"
   (no repeat: d c b | a b c d | c b a). Padding wider than the map keeps reflecting, as
   scipy does, so the result equals scipy for any size.
-- `release_blur` (scipy itself, float32 as the release feeds it) for the `3cad-paper`
-  protocol, so that protocol reproduces the official code bit for bit.
+- `release_blur` (scipy itself, in the input's dtype: the Evaluator passes float64, as the
+  release's maps are) for the `3cad-paper` protocol, so that protocol reproduces the
+  official code bit for bit.
 """
 from __future__ import annotations
 

@@ -12,18 +12,26 @@ see threecad.metrics.streaming for the bin placement and the error bound).  Imag
 state is one score, one label and one type per image in both modes (a few bytes each),
 so image metrics are always exact.
 
+Under `standard` the maps are used as fed (the harness has applied the method's own
+post-processing).  Under `3cad-paper` the maps must be RAW: the Evaluator blurs each one once
+as the official release does (threecad.metrics.protocols) and computes every key below from
+the blurred maps, breakdowns included; scores passed under 3cad-paper are ignored (the
+release scores every image by the max of its blurred map, and so does the Evaluator).
+
 Keys of compute() (one flat dict):
 
 - ``protocol`` ("standard" | "3cad-paper"), ``mode`` ("exact" | "streaming").
-- ``i_auroc``, ``i_ap``, ``i_f1max``: image level, from ``scores`` (default: the protocol's
-  image score, max of the map; 3cad-paper: max after a Gaussian blur with sigma 4).
+- ``i_auroc``, ``i_ap``, ``i_f1max``: image level, from ``scores`` (default: max of the map;
+  3cad-paper: always max of the blurred map).
 - ``p_auroc``, ``p_ap``, ``p_f1max``: pixel level, all pixels of all images pooled.
 - ``au_pro``: standard: MVTec AU-PRO up to FPR ``pro_limit`` (0.3), divided by the limit;
   3cad-paper: the official per-defective-image PRO averaged over defective images (it
   ignores false positives on good images).
   These seven are floats in [0, 1], or None when the data cannot define them, the reason
-  being given in ``notes``.  Under 3cad-paper they are rounded to 3 decimals, as the paper's
-  per-category values are (average categories with protocols.paper_category_mean).
+  being given in ``notes``.  Under 3cad-paper they are rounded to 3 decimals the release's
+  way (I-AUROC, P-AUROC, P-AP by scikit-learn and PRO as the release computes them, so the
+  same doubles are rounded); ``compute(unrounded=True)`` gives them before rounding.  Average
+  categories with protocols.paper_category_mean.
 - ``n_images``, ``n_defective_images``, ``n_pixels``, ``n_defect_pixels``, ``n_regions``.
 - ``au_pro_size/<bin>``: MVTec AU-PRO (either protocol) with the PRO mean restricted to the
   regions whose area / image area falls in the bin; the FPR axis is unchanged.  Bins by
@@ -62,8 +70,8 @@ from threecad.metrics.curves import UndefinedMetric
 from threecad.metrics.exact import ExactPixelRanking, levels_from_scores
 from threecad.metrics.inputs import (as_binary, as_maps, as_masks, as_scores, as_types, as_vector,
                                      map_extremes)
-from threecad.metrics.protocols import (PAPER, PAPER_DECIMALS, STANDARD, check_protocol,
-                                        default_image_scores, paper_image_pro)
+from threecad.metrics.protocols import (PAPER, check_protocol, paper_blur, paper_image_pro,
+                                        paper_round)
 from threecad.metrics.regions import DEFAULT_SIZE_EDGES, check_size_edges, label_regions, size_labels
 from threecad.metrics.streaming import StreamingPixelHistogram
 
@@ -116,6 +124,7 @@ class Evaluator:
         self._labels: list[np.ndarray] = []
         self._types: list[str | None] = []
         self._paper_pro: list[float] = []
+        self._ignored_scores = False
         self._n_pixels = 0
         self._n_defect_pixels = 0
         self._n_regions = 0
@@ -123,15 +132,24 @@ class Evaluator:
     def update(self, maps, masks, scores=None, labels=None, defect_types: Sequence[str] | None = None) -> None:
         """Add one batch: maps float (N, H, W), masks bool or 0/1 of the same shape.
 
-        scores: (N,) image scores, default the protocol's (max of the map, blurred for
-        3cad-paper).  labels: (N,) 0/1, default mask.any().  defect_types: N names,
-        "good" for good images, enabling the per-type breakdown.
+        scores: (N,) image scores, default max of the map (standard); ignored under
+        3cad-paper (max of the blurred map).  labels: (N,) 0/1, default mask.any().
+        defect_types: N names, "good" for good images, enabling the per-type breakdown.
+        3cad-paper expects RAW maps and blurs them here, once.
         """
         m = as_maps(maps, check=False)
         k = as_masks(masks, m.shape)
         n = len(m)
         if n == 0:
             return
+        paper = self.config.protocol == PAPER
+        if paper:
+            m = paper_blur(m)   # NaN/inf survive the blur and are refused below
+            if scores is not None and not self._ignored_scores:
+                self._ignored_scores = True
+                log.info("3cad-paper scores every image by the max of its blurred map, as the "
+                         "official release does; the image scores passed are ignored")
+            scores = None
         scanning = getattr(self._pixels, "add_scanning", None)  # streaming: min/max found while counting
         if scanning is None:
             lo, hi = map_extremes(m)
@@ -157,8 +175,8 @@ class Evaluator:
         else:
             lo, hi = scanning(m, k, regions)                    # refuses NaN/inf before counting
         if s is None:
-            s = hi if self.config.protocol == STANDARD else default_image_scores(m, self.config.protocol)
-        if self.config.protocol == PAPER:
+            s = hi
+        if paper:
             for i in np.flatnonzero(y):
                 v = paper_image_pro(m[i], k[i])
                 if v is not None:
@@ -170,9 +188,13 @@ class Evaluator:
         self._n_defect_pixels += len(regions.pixel_index)
         self._n_regions += regions.n_regions
 
-    def compute(self) -> dict:
-        """All metrics of what was fed so far (the state is kept: more updates may follow)."""
+    def compute(self, *, unrounded: bool = False) -> dict:
+        """All metrics of what was fed so far (the state is kept: more updates may follow).
+
+        unrounded: under 3cad-paper, the seven headline values before the release's rounding.
+        """
         c = self.config
+        paper = c.protocol == PAPER
         out: dict = {"protocol": c.protocol, "mode": c.mode}
         notes: list[str] = []
 
@@ -194,13 +216,25 @@ class Evaluator:
         put("p_auroc", lambda: curves.auroc(lv))
         put("p_ap", lambda: curves.average_precision(lv))
         put("p_f1max", lambda: curves.f1_max(lv))
-        if c.protocol == PAPER:
+        raw: dict = {}   # 3cad-paper: the objects the release rounds
+        if paper:
+            from sklearn.metrics import average_precision_score, roc_auc_score  # the release's own
+
             out["n_pro_images"] = len(self._paper_pro)
             if self._paper_pro:
-                out["au_pro"] = float(np.mean(self._paper_pro))
+                raw["au_pro"] = np.mean(self._paper_pro)
             else:
                 out["au_pro"] = None
                 notes.append("au_pro: no defective image with both defect and normal pixels")
+            if out["i_auroc"] is not None:
+                raw["i_auroc"] = roc_auc_score(labels.astype(np.int64), scores)
+            if c.mode == "exact" and (out["p_auroc"] is not None or out["p_ap"] is not None):
+                s, y, w = self._pixels.weighted_samples()
+                if out["p_auroc"] is not None:
+                    raw["p_auroc"] = roc_auc_score(y, s, sample_weight=w)
+                if out["p_ap"] is not None:
+                    raw["p_ap"] = average_precision_score(y, s, sample_weight=w)
+            out.update({key: float(val) for key, val in raw.items()})
         else:
             put("au_pro", lambda: curves.au_pro(lv, c.pro_limit))
 
@@ -210,10 +244,10 @@ class Evaluator:
         self._type_breakdown(scores, labels, out)
         if c.mode == "streaming":
             self._stream_report(lv, out, notes)
-        if c.protocol == PAPER:
+        if paper and not unrounded:
             for key in HEADLINE:
                 if out.get(key) is not None:
-                    out[key] = round(out[key], PAPER_DECIMALS)
+                    out[key] = float(paper_round(raw.get(key, out[key])))
         out["notes"] = "; ".join(notes)
         for note in notes:
             log.warning("%s", note)

@@ -114,11 +114,34 @@ class ExactPixelRanking:
         self._neg_is_sorted = True
         return out
 
-    def levels(self) -> Levels:
+    def _pooled(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every normal score (sorted) and every defect score, in one dtype."""
         chunks = self._neg + self._pos
         dtype = np.result_type(*[c.dtype for c in chunks]) if chunks else np.dtype(np.float64)
         neg = self._sorted_negatives(dtype)
         pos = np.concatenate(self._pos).astype(dtype, copy=False) if self._pos else np.zeros(0, dtype)
+        return neg, pos
+
+    def weighted_samples(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(scores, labels 0/1, pixel counts): each distinct normal and defect score once.
+
+        scikit-learn's ranking metrics fed these with sample_weight=counts build the same
+        cumulative tps/fps arrays (exact integers) as fed every pixel, so they return the same
+        doubles, from a fraction of the memory when scores repeat.
+        """
+        neg, pos = self._pooled()
+        if len(neg):
+            starts = np.flatnonzero(np.concatenate([[True], neg[1:] != neg[:-1]]))
+            neg_u, neg_n = neg[starts], np.diff(np.concatenate([starts, [len(neg)]]))
+        else:
+            neg_u, neg_n = neg, np.zeros(0, dtype=np.int64)
+        pos_u, pos_n = np.unique(pos, return_counts=True)
+        scores = np.concatenate([neg_u, pos_u])
+        labels = np.concatenate([np.zeros(len(neg_u), np.int64), np.ones(len(pos_u), np.int64)])
+        return scores, labels, np.concatenate([neg_n, pos_n]).astype(np.float64)
+
+    def levels(self) -> Levels:
+        neg, pos = self._pooled()
         if not self._area:
             return merge_levels(neg, pos, n_size=self.n_size,
                                 pos_weight=np.zeros(len(pos)), pos_size=np.zeros(len(pos), np.int64))
