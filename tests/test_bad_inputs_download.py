@@ -41,7 +41,9 @@ def _dl(root: Path, *args: str) -> list[str]:
 
 @pytest.mark.parametrize("args, names", [
     (["--dataset", "imagenet"], ["imagenet", "3cad", "dtd", "mvtec"]),
-    (["--dataset", "mvtec"], ["mvtec", "not implemented"]),
+    (["--dataset", "mvtec", "--source", "gdrive"], ["--source gdrive", "mvtec"]),
+    (["--source", "path", "--path", ".", "--columns", "picture=img"], ["--columns", "picture=img"]),
+    (["--source", "path", "--path", ".", "--columns", "image="], ["--columns", "image="]),
     (["--source", "ftp"], ["ftp", "--source"]),
     (["--dataset", "dtd", "--source", "gdrive"], ["--source gdrive", "dtd"]),
     (["--source", "path"], ["--path"]),
@@ -231,3 +233,132 @@ def test_unreadable_source_folder_simulated(tmp_path, root, dataset, monkeypatch
     r = assert_refused(_dl(root, "--source", "path", "--path", str(src)),
                        names=["cannot read", str(locked), "permission denied"], watch=[root.parent, src])
     assert "--root you can write to" not in r.stderr
+
+
+# ------------------------------------------------------------------ parquet copies (issue #16)
+
+
+def _rows(dataset: Path) -> list[dict]:
+    pytest.importorskip("pyarrow")
+    from test_download_parquet import hub_rows
+
+    return hub_rows(dataset)
+
+
+def _shard(tmp_path: Path, rows: list[dict], name: str = "train-00000.parquet", schema=None) -> Path:
+    from test_download_parquet import SCHEMA, write_parquet
+
+    return write_parquet(rows, tmp_path / "copy" / name, schema=schema or SCHEMA)
+
+
+def _with_meta(row: dict, **changes) -> dict:
+    import json
+
+    meta = json.loads(row["metadata"])
+    meta.update(changes)
+    return dict(row, metadata=json.dumps(meta))
+
+
+@pytest.mark.parametrize("drop", ["image", "mask"])
+def test_parquet_without_image_or_mask_column(tmp_path, root, dataset, drop):
+    pa = pytest.importorskip("pyarrow")
+    from test_download_parquet import SCHEMA
+
+    schema = pa.schema([f for f in SCHEMA if f.name != drop])
+    rows = [{k: v for k, v in r.items() if k != drop} for r in _rows(dataset)]
+    shard = _shard(tmp_path, rows, schema=schema)
+    assert_refused(_dl(root, "--source", "path", "--path", str(shard.parent)),
+                   names=["train-00000.parquet", f"no {drop} column", f"--columns {drop}=COLUMN"],
+                   watch=[root.parent, shard.parent])
+
+
+def test_parquet_row_whose_path_escapes_the_root(tmp_path, root, dataset):
+    rows = _rows(dataset)
+    rows[2] = _with_meta(rows[2], image_path="3CAD/../../../etc/cron.d/evil.png")
+    shard = _shard(tmp_path, rows)
+    assert_refused(_dl(root, "--source", "path", "--path", str(shard)),
+                   names=["row 2 of train-00000.parquet", "../../../etc/cron.d/evil.png", "escapes"],
+                   watch=[root.parent, shard.parent])
+    assert not list(tmp_path.rglob("evil.png"))
+
+
+def test_parquet_rows_that_repeat_a_file(tmp_path, root, dataset):
+    rows = _rows(dataset)
+    rows.append(dict(rows[1]))
+    shard = _shard(tmp_path, rows)
+    rel = rows[1]["metadata"].split('"image_path": "3CAD/')[1].split('"')[0]
+    assert_refused(_dl(root, "--source", "path", "--path", str(shard)),
+                   names=[f"row {len(rows) - 1} of train-00000.parquet", rel, "first written by row 1"],
+                   watch=[root.parent, shard.parent])
+
+
+def test_parquet_mask_of_the_wrong_size(tmp_path, root, dataset):
+    import io
+
+    from PIL import Image
+
+    rows = _rows(dataset)
+    i = next(k for k, r in enumerate(rows) if r["mask"] is not None)
+    buf = io.BytesIO()
+    Image.new("L", (16, 8)).save(buf, format="PNG")
+    rows[i] = dict(rows[i], mask={"bytes": buf.getvalue(), "path": "m.png"})
+    shard = _shard(tmp_path, rows)
+    assert_refused(_dl(root, "--source", "path", "--path", str(shard)),
+                   names=[f"row {i} of train-00000.parquet", "mask is 16x8", "image is 64x64"],
+                   watch=[root.parent, shard.parent])
+
+
+def test_parquet_defective_row_without_mask(tmp_path, root, dataset):
+    rows = _rows(dataset)
+    i = next(k for k, r in enumerate(rows) if r["mask"] is not None)
+    rows[i] = dict(rows[i], mask=None)
+    shard = _shard(tmp_path, rows)
+    assert_refused(_dl(root, "--source", "path", "--path", str(shard)),
+                   names=[f"row {i} of train-00000.parquet", "without a mask"], watch=[root.parent, shard.parent])
+
+
+def test_parquet_split_outside_the_layout(tmp_path, root, dataset):
+    rows = _rows(dataset)
+    rows[0] = _with_meta(rows[0], image_path="3CAD/extra/0001.png", split="validation")
+    shard = _shard(tmp_path, rows)
+    assert_refused(_dl(root, "--source", "path", "--path", str(shard)),
+                   names=["row 0 of train-00000.parquet"], watch=[root.parent, shard.parent])
+
+
+def test_file_that_is_not_parquet(tmp_path, root):
+    fake = tmp_path / "copy" / "train-00000.parquet"
+    fake.parent.mkdir()
+    fake.write_bytes(b"PAR1 but not really")
+    assert_refused(_dl(root, "--source", "path", "--path", str(fake.parent)),
+                   names=["train-00000.parquet", "not a readable parquet file"], watch=[root.parent, fake.parent])
+
+
+def test_hub_repository_that_is_neither_layout_nor_parquet(tmp_path, root):
+    from loopback import FakeHub, HubRepo
+
+    hub = FakeHub({"org/notes": HubRepo({"README.md": b"# notes", "docs/guide.txt": b"hello"})})
+    with Loopback(hub=hub) as srv:
+        env = {"HF_ENDPOINT": srv.base, "HF_HUB_CACHE": str(tmp_path / "cache"), "HF_TOKEN": ""}
+        assert_refused(_dl(root, "--source", "hf", "--repo-id", "org/notes"),
+                       names=["no 3CAD/MVTec layout", "no parquet files"], watch=[root.parent], env=env)
+
+
+def test_parquet_sha256_mismatch_names_the_row(tmp_path, root, dataset):
+    rows = _rows(dataset)
+    rows[3] = _with_meta(rows[3], image_sha256="f" * 64)
+    shard = _shard(tmp_path, rows)
+    assert_refused(_dl(root, "--source", "path", "--path", str(shard)),
+                   names=["row 3 of train-00000.parquet", "image_sha256", "f" * 64, "nothing installed"],
+                   watch=[root.parent, shard.parent])
+
+
+def test_mvtec_archive_without_layout(tmp_path, root):
+    out = tmp_path / "mvtec_anomaly_detection.tar.xz"
+    with tarfile.open(out, "w:xz") as tf:
+        info = tarfile.TarInfo("readme.txt")
+        info.size = 2
+        import io
+
+        tf.addfile(info, io.BytesIO(b"hi"))
+    assert_refused(_dl(root, "--dataset", "mvtec", "--source", "path", "--path", str(out)),
+                   names=["no 3CAD/MVTec layout"], watch=[root.parent, out])

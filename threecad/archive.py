@@ -348,7 +348,7 @@ def find_dataset_dir(folder: str | os.PathLike, max_depth: int = 2) -> Path:
             break
     raise DatasetError("the download holds no 3CAD/MVTec layout (no folder with category folders that "
                        "contain train/ or test/, at the top or nested up to "
-                       f"{max_depth} levels down); check that it is the dataset archive")
+                       f"{max_depth} levels down) and no parquet files; check that it is the dataset")
 
 
 def source_files(src: str | os.PathLike, within: str | os.PathLike | None = None) -> list[tuple[Path, str]]:

@@ -24,3 +24,8 @@ def default_root() -> Path:
 def default_dtd_root() -> Path:
     """Where `threecad download --dataset dtd` installs DTD and methods look for it."""
     return data_home() / "dtd"
+
+
+def default_mvtec_root() -> Path:
+    """Where `threecad download --dataset mvtec` installs MVTec AD."""
+    return data_home() / "mvtec"

@@ -1,10 +1,20 @@
-"""`download`: get a dataset (3CAD, or DTD for the synthetic anomalies) into a root, complete
-and untampered.
+"""`download`: get a dataset (3CAD, MVTec AD, or DTD for the synthetic anomalies) into a root,
+complete and untampered.
 
-Sources (`sources.py`): the official archives (3CAD on Google Drive through gdown, DTD on the
-VGG server), a Hugging Face dataset repository (huggingface_hub, which honours HF_ENDPOINT,
-HF_TOKEN / login and its cache), any http(s) URL (requests, progress bar, HTTP Range resume)
-or a local archive or folder. `auto` is the dataset's official source.
+Sources (`sources.py`): the official archives (3CAD on Google Drive through gdown, MVTec AD on
+MVTec's server, DTD on the VGG server), a Hugging Face dataset repository (huggingface_hub,
+which honours HF_ENDPOINT, HF_TOKEN / login and its cache), any http(s) URL (requests,
+progress bar, HTTP Range resume) or a local archive, folder or parquet file.
+
+`auto` is the dataset's official source; for 3CAD it is a fallback order, because Google
+Drive often refuses large public files for a day: the Drive archive first, then the Hub copy
+(`HF_REPO_3CAD`, gated: it needs HF_TOKEN, so it is tried only when HF_TOKEN is set). Each
+failure is logged in one line, and the manifest records which source served the data
+(`source.served_by`, `source.attempts`).
+
+A source may hold parquet rows instead of files (the Hub copy of 3CAD, a snapshot of it
+fetched by other means): `parquet.py` writes them out in the MVTec layout first, and the
+result goes through the same verify, manifest and install as any archive.
 
 What lands at the root is all or nothing. Downloads accumulate in a staging folder beside
 the root (`.<root>.download/`, where an interrupted transfer resumes); the archive's sha256
@@ -32,6 +42,7 @@ import tempfile
 import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from filelock import FileLock, Timeout
 from tqdm.auto import tqdm
@@ -39,6 +50,8 @@ from tqdm.auto import tqdm
 from threecad.archive import (ArchiveError, UnsafeArchiveError, copy_tree, find_dataset_dir, list_members,
                               looks_like_archive, safe_extract, source_files, uncompressed_size)
 from . import dtd as _dtd
+from . import mvtec as _mvtec
+from . import parquet as _parquet
 from threecad.download.sources import (FREE_SPACE_MARGIN, GDRIVE_ENDPOINT, GDRIVE_ENDPOINT_ENV,  # noqa: F401
                                        GDRIVE_FILE_IDS, DownloadError, _gib, fetch_gdrive, fetch_hf, fetch_url,
                                        gdrive_url)
@@ -51,8 +64,16 @@ log = logging.getLogger(__name__)
 
 DATASETS = ("3cad", "dtd", "mvtec")
 SOURCES = ("auto", "gdrive", "hf", "url", "path")
-_DATASET_SOURCES = {"3cad": ("gdrive", "hf", "url", "path"), "dtd": ("url", "hf", "path")}
-_AUTO = {"3cad": "gdrive", "dtd": "url"}
+_DATASET_SOURCES = {"3cad": ("gdrive", "hf", "url", "path"), "dtd": ("url", "hf", "path"),
+                    "mvtec": ("url", "hf", "path")}
+_AUTO = {"3cad": ("gdrive", "hf"), "dtd": ("url",), "mvtec": ("url",)}
+HF_REPO_3CAD = "AI4Manufacturing/207"  # the Hub's (gated, parquet) copy of 3CAD: auto's fallback
+_OFFICIAL = {"dtd": _dtd, "mvtec": _mvtec}  # datasets with one official archive URL (read at call time)
+
+
+def _official_url(dataset: str) -> str | None:
+    module = _OFFICIAL.get(dataset)
+    return module.OFFICIAL_URL if module is not None else None
 _JUNK_KINDS = {"unexpected_file", "unknown_folder", "non_image"}
 
 
@@ -79,6 +100,8 @@ class DownloadRequest:
     gdrive_endpoint: str | None = None  # default: $THREECAD_GDRIVE_ENDPOINT, else Google Drive
     hf_endpoint: str | None = None  # default: $HF_ENDPOINT, else the Hub
     hf_cache_dir: Path | None = None  # default: the Hub cache ($HF_HUB_CACHE / $HF_HOME)
+    columns: str | None = None  # parquet sources: "image=...,mask=...,path=..." (see parquet.py)
+    notify: Callable[[str], None] | None = None  # where notices (MVTec's licence) go; default: log
 
 
 @dataclass
@@ -100,24 +123,79 @@ class _Fetched:
     within: Path | None = None  # links in `folder` may point anywhere under this (default: folder)
     owned: bool = True  # archives live in our staging folder (False: the user's own files)
     source: dict = field(default_factory=dict)
+    parquet: list[Path] = field(default_factory=list)  # a single parquet file given as --path
 
 
 # ---------------------------------------------------------------------------- sources
 
 
+def _hf_token() -> str | None:
+    return os.environ.get("HF_TOKEN") or None
+
+
 def _fetch(req: DownloadRequest, staging: Path) -> _Fetched:
+    """The requested source, or for `auto` the first of the fallback order that delivers."""
+    if req.source != "auto":
+        fetched = _fetch_one(req, req.source, staging)
+        fetched.source["served_by"] = req.source
+        return fetched
+    attempts: list[dict] = []
+    order = _AUTO[req.dataset]
+    for source in order:
+        if source == "hf" and not _hf_token():
+            repo = req.repo_id or HF_REPO_3CAD
+            attempts.append(dict(source="hf", repo_id=repo, error="not tried: HF_TOKEN is not set"))
+            break
+        try:
+            fetched = _fetch_one(req, source, staging)
+        except DownloadError as exc:
+            line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            log.warning("--source auto: %s failed: %s", _SOURCE_NAMES.get(source, source), line)
+            attempts.append(dict(source=source, error=line))
+            continue
+        fetched.source.update(served_by=source, attempts=attempts)
+        if attempts:
+            log.warning("--source auto: served by %s", _describe(fetched.source))
+        return fetched
+    tried = "; ".join(f"{_SOURCE_NAMES.get(a['source'], a['source'])}: {a['error']}" for a in attempts)
+    hint = ""
+    if attempts and attempts[-1]["error"].startswith("not tried"):
+        repo = attempts[-1]["repo_id"]
+        hint = (f"; to fall back on the Hub copy, accept its terms on https://huggingface.co/datasets/{repo} "
+                "and set HF_TOKEN")
+    raise DownloadError(f"every source of --source auto failed ({tried}){hint}; or copy the archive over "
+                        "and use --source path --path ARCHIVE")
+
+
+_SOURCE_NAMES = {"gdrive": "Google Drive", "hf": "the Hugging Face copy", "url": "the official URL"}
+
+
+def _describe(source: dict) -> str:
+    kind = source.get("source")
+    if kind == "hf":
+        return f"Hugging Face {source.get('repo_id')} (commit {str(source.get('commit', '?'))[:12]})"
+    if kind == "gdrive":
+        return f"Google Drive file {source.get('file_id')}"
+    if kind == "url":
+        return str(source.get("url"))
+    return str(source.get("path"))
+
+
+def _fetch_one(req: DownloadRequest, kind: str, staging: Path) -> _Fetched:
     now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    if req.source == "gdrive":
+    if kind == "gdrive":
         file_id = GDRIVE_FILE_IDS[req.variant]
         archive = fetch_gdrive(file_id, staging, req.gdrive_endpoint, req.retries, req.timeout, req.progress)
         return _Fetched([archive], source=dict(source="gdrive", variant=req.variant, file_id=file_id,
                                                url=gdrive_url(file_id, req.gdrive_endpoint), fetched=now))
-    if req.source == "url":
-        archive = fetch_url(req.url, staging, req.retries, req.timeout, req.progress)
-        return _Fetched([archive], source=dict(source="url", url=req.url, fetched=now))
-    if req.source == "hf":
-        snap = fetch_hf(req.repo_id, req.revision, req.hf_endpoint, req.hf_cache_dir, req.progress)
-        info = dict(source="hf", repo_id=req.repo_id, revision=req.revision or "main", commit=snap.name,
+    if kind == "url":
+        url = req.url or _official_url(req.dataset)
+        archive = fetch_url(url, staging, req.retries, req.timeout, req.progress)
+        return _Fetched([archive], source=dict(source="url", url=url, fetched=now))
+    if kind == "hf":
+        repo_id = req.repo_id or HF_REPO_3CAD
+        snap = fetch_hf(repo_id, req.revision, req.hf_endpoint, req.hf_cache_dir, req.progress)
+        info = dict(source="hf", repo_id=repo_id, revision=req.revision or "main", commit=snap.name,
                     fetched=now)
         archives = sorted(p for p in snap.rglob("*") if p.is_file() and looks_like_archive(p))
         if archives:
@@ -137,6 +215,8 @@ def _fetch(req: DownloadRequest, staging: Path) -> _Fetched:
             pass
     except OSError as exc:
         raise ThreecadError(f"cannot read --path {path} ({exc.strerror}); make it readable and try again") from None
+    if path.suffix.lower() == ".parquet" or _parquet.is_parquet(path):
+        return _Fetched(parquet=[path], owned=False, source=info)
     return _Fetched([path], owned=False, source=info)
 
 
@@ -203,22 +283,29 @@ def _check_sha256(fetched: _Fetched, req: DownloadRequest) -> list[dict]:
     if expected and len(fetched.archives) != 1:
         raise ThreecadError(f"--sha256 checks one archive, but this source delivered "
                             f"{len(fetched.archives) or 'no'} archive(s); drop --sha256")
-    official = req.dataset == "dtd" and req.source == "url" and req.url == _dtd.OFFICIAL_URL
+    official = (req.dataset in _OFFICIAL and fetched.source.get("source") == "url"
+                and fetched.source.get("url") == _official_url(req.dataset))
     records = []
     for archive in fetched.archives:
         digest, md5 = _digests(archive, req.progress)
         record = dict(name=archive.name, sha256=digest, size=archive.stat().st_size)
         if req.dataset == "dtd":
             record.update(md5=md5, official_release=md5 == _dtd.OFFICIAL_MD5)
+        elif req.dataset == "mvtec":
+            record.update(md5=md5, official_release=digest == _mvtec.OFFICIAL_SHA256)
         records.append(record)
         if expected and digest != expected.lower():
             kept = _set_aside(archive, "sha256-mismatch") if fetched.owned else archive
             raise DownloadError(f"checksum mismatch for {archive.name}: expected {expected.lower()}, got "
                                 f"{digest}; nothing installed, the archive is kept at {kept}")
-        if official and not expected and md5 != _dtd.OFFICIAL_MD5:
+        if official and not expected and req.dataset == "dtd" and md5 != _dtd.OFFICIAL_MD5:
             kept = _set_aside(archive, "md5-mismatch") if fetched.owned else archive
             raise DownloadError(f"{archive.name} is not the official DTD release: MD5 {md5}, torchvision "
                                 f"publishes {_dtd.OFFICIAL_MD5}; nothing installed, the archive is kept at {kept}")
+        if official and not expected and req.dataset == "mvtec" and digest != _mvtec.OFFICIAL_SHA256:
+            kept = _set_aside(archive, "sha256-mismatch") if fetched.owned else archive
+            raise DownloadError(f"{archive.name} is not the official MVTec AD release: sha256 {digest}, anomalib "
+                                f"pins {_mvtec.OFFICIAL_SHA256}; nothing installed, the archive is kept at {kept}")
     return records
 
 
@@ -307,8 +394,23 @@ def _download_locked(req: DownloadRequest, root: Path) -> DownloadResult:
             pass
 
 
+def _convert_parquet(req: DownloadRequest, files: list[tuple[Path, str]], target: Path, root: Path,
+                     source: dict) -> None:
+    """Parquet rows -> the MVTec layout in `target`; what was read is recorded in `source`."""
+    _check_free_space(root.parent, sum(real.stat().st_size for real, _ in files))
+    result = _parquet.convert(files, target, _parquet.parse_columns(req.columns), progress=req.progress)
+    source.update(format="parquet", parquet=result.to_dict())
+
+
+def _parquet_files(files: list[tuple[Path, str]]) -> list[tuple[Path, str]]:
+    return sorted(((real, rel) for real, rel in files if rel.lower().endswith(".parquet")), key=lambda f: f[1])
+
+
 def _unpack(req: DownloadRequest, fetched: _Fetched, target: Path, root: Path) -> None:
-    """Extract the archives, or copy the chosen folder, into `target`."""
+    """Extract the archives, copy the chosen folder or convert the parquet rows into `target`."""
+    if fetched.parquet:
+        _convert_parquet(req, [(p, p.name) for p in fetched.parquet], target, root, fetched.source)
+        return
     if fetched.archives:
         listed = {}
         try:
@@ -329,7 +431,17 @@ def _unpack(req: DownloadRequest, fetched: _Fetched, target: Path, root: Path) -
         return
     folder = fetched.folder
     files = source_files(folder, fetched.within)  # refuses links leaving the folder, loops, unreadable parts
-    src = _dtd.find_dtd_dir(folder) if req.dataset == "dtd" else find_dataset_dir(folder)
+    if req.dataset == "dtd":
+        src = _dtd.find_dtd_dir(folder)
+    else:
+        try:
+            src = find_dataset_dir(folder)
+        except DatasetError:
+            parquet = _parquet_files(files)
+            if not parquet:
+                raise
+            _convert_parquet(req, parquet, target, root, fetched.source)
+            return
     prefix = src.relative_to(folder).as_posix()
     if prefix != ".":
         files = [(real, rel[len(prefix) + 1:]) for real, rel in files if rel.startswith(prefix + "/")]
@@ -338,13 +450,23 @@ def _unpack(req: DownloadRequest, fetched: _Fetched, target: Path, root: Path) -
 
 
 def _fetch_and_install(req: DownloadRequest, root: Path, staging: Path) -> DownloadResult:
+    if req.dataset == "mvtec":
+        (req.notify or log.warning)(_mvtec.NOTICE)  # the licence, before any byte is fetched
     fetched = _fetch(req, staging)
     records = _check_sha256(fetched, req)
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
     try:
         target = tmp / "extracted"
         _unpack(req, fetched, target, root)
+        if fetched.archives and req.dataset != "dtd" and not _holds_layout(target):
+            parquet = _parquet_files(source_files(target))
+            if parquet:  # an archive of parquet shards
+                converted = tmp / "converted"
+                _convert_parquet(req, parquet, converted, root, fetched.source)
+                target = converted
         source = dict(fetched.source, dataset=req.dataset, archives=records)
+        if req.dataset == "mvtec":
+            source.update(license=_mvtec.LICENSE, license_url=_mvtec.LICENSE_URL)
         if req.dataset == "dtd":
             new_root, skipped, n_images, report = _prepare_dtd(req, target, tmp, source)
         else:
@@ -360,11 +482,17 @@ def _fetch_and_install(req: DownloadRequest, root: Path, staging: Path) -> Downl
     digest = f", archive sha256 {records[0]['sha256']}" if len(records) == 1 else ""
     if req.dataset == "dtd" and len(records) == 1:
         digest += " (the official release)" if records[0]["official_release"] else " (not the official release's MD5)"
+    if req.dataset == "mvtec" and len(records) == 1:
+        digest += " (the official release)" if records[0]["official_release"] else " (not the official release's sha256)"
+    if source.get("format") == "parquet":
+        digest += f", from {source['parquet']['rows']} parquet rows"
+    if source.get("attempts"):
+        digest += f"; served by {_describe(source)} after {len(source['attempts'])} failed source(s)"
     left_out = ""
     if skipped:
         left_out = (f"; left out {len(skipped)} file(s)/folder(s) that are not part of the dataset (first: "
                     f"{skipped[0]}; --allow-extra installs them)")
-    what = "DTD images" if req.dataset == "dtd" else "images"
+    what = {"dtd": "DTD images", "mvtec": "MVTec AD images"}.get(req.dataset, "images")
     return DownloadResult(root, "installed", f"installed {n_images} {what} into {root}{digest}{left_out}",
                           source=source, report=report, skipped=skipped)
 
@@ -428,23 +556,22 @@ def _validate(req: DownloadRequest) -> None:
     dataset = (req.dataset or "").lower()
     if dataset not in DATASETS:
         raise ThreecadError(f"unknown --dataset {req.dataset!r}; choose one of {', '.join(DATASETS)}")
-    if dataset == "mvtec":
-        raise ThreecadError("--dataset mvtec is not implemented yet; MVTec AD has the 3CAD layout: get its "
-                            "archive from its site and use --dataset 3cad --source path --path ARCHIVE --root DIR")
     req.dataset = dataset
     if req.source not in SOURCES:
         raise ThreecadError(f"unknown --source {req.source!r}; choose one of {', '.join(SOURCES)}")
-    if req.source == "auto":
-        req.source = _AUTO[dataset]
-    if req.source not in _DATASET_SOURCES[dataset]:
+    if req.source == "auto" and len(_AUTO[dataset]) == 1:
+        req.source = _AUTO[dataset][0]
+    if req.source != "auto" and req.source not in _DATASET_SOURCES[dataset]:
         raise ThreecadError(f"--source {req.source} does not serve --dataset {dataset}; choose one of "
                             f"auto, {', '.join(_DATASET_SOURCES[dataset])}")
-    if dataset == "dtd" and req.source == "url" and not req.url:
-        req.url = _dtd.OFFICIAL_URL
+    if req.source == "url" and not req.url and dataset in _OFFICIAL:
+        req.url = _official_url(dataset)
+    req.columns = req.columns or None
+    _parquet.parse_columns(req.columns)  # a malformed --columns is refused before anything is fetched
     need = {"hf": ("repo_id", "--repo-id ORG/NAME"), "url": ("url", "--url URL"), "path": ("path", "--path P")}
     if req.source in need and not getattr(req, need[req.source][0]):
         raise ThreecadError(f"--source {req.source} needs {need[req.source][1]}")
-    if req.source == "gdrive" and req.variant not in GDRIVE_FILE_IDS:
+    if req.source in ("gdrive", "auto") and req.variant not in GDRIVE_FILE_IDS:
         raise ThreecadError(f"unknown --variant {req.variant!r}; choose english or pinyin")
     if req.source == "url":
         _validate_url(req.url)
@@ -463,3 +590,11 @@ def _validate_url(url: str) -> None:
         raise ThreecadError(f"--url {url!r} is not a valid URL ({exc})") from None
     if not parts.hostname:
         raise ThreecadError(f"--url {url!r} names no host")
+
+
+def _holds_layout(folder: Path) -> bool:
+    try:
+        find_dataset_dir(folder)
+    except DatasetError:
+        return False
+    return True

@@ -1,7 +1,8 @@
 """Where the bytes come from: Google Drive (gdown), any http(s) URL (requests, resumable
 with HTTP Range) and the Hugging Face Hub (huggingface_hub). Each fetcher writes only into
 the staging folder it is given (the Hub uses its own cache) and turns every failure into one
-DownloadError that says what to do next.
+DownloadError that says what to do next (a Drive refusal page included: `--source auto`
+falls back on the next source when it sees one).
 """
 from __future__ import annotations
 
@@ -93,7 +94,31 @@ def fetch_gdrive(file_id: str, staging: Path, endpoint: str | None = None, retri
                             "again to resume") from exc
     if not out.is_file():
         raise DownloadError(f"gdown finished without writing {out}; run the same command again")
+    refusal = _drive_refusal(out)
+    if refusal is not None:
+        out.unlink()
+        raise DownloadError(f"Google Drive refused file {file_id}: {refusal}; try again later, or use "
+                            "--source hf (with HF_TOKEN) or --source url with a mirror")
     return out
+
+
+def _drive_refusal(path: Path) -> str | None:
+    """The reason on the HTML page that Drive (or a mirror) sent instead of the file, or None.
+
+    Drive answers a file over its daily quota with a page ("Too many users have viewed or
+    downloaded this file recently"); gdown recognises it only on drive.google.com itself.
+    """
+    with open(path, "rb") as fh:
+        head = fh.read(1 << 16)
+    start = head.lstrip()[:15].lower()
+    if not (start.startswith(b"<!doctype html") or start.startswith(b"<html")):
+        return None
+    text = head.decode("utf-8", "replace")
+    for pattern in (r'class="uc-error-subcaption">(.*?)</p>', r"<title>(.*?)</title>"):
+        m = re.search(pattern, text, re.IGNORECASE | re.DOTALL)
+        if m and m.group(1).strip():
+            return " ".join(re.sub(r"<[^>]+>", " ", m.group(1)).split())
+    return "an HTML page came back instead of the archive (permission or daily quota)"
 
 
 def fetch_url(url: str, staging: Path, retries: int = 2, timeout: float = 60.0,
