@@ -14,7 +14,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from baselines.reverse_distillation import cosine_distance, flattened_cosine_loss
+from threecad.distillation import cosine_distance, flattened_cosine_loss
 
 
 def discrimination_loss(teacher_anomalous: Sequence[torch.Tensor], student: Sequence[torch.Tensor],

@@ -1,9 +1,20 @@
 """CFRG on the threecad harness: `threecad bench --method cfrg`.
 
-Preset `paper` is the official release (WideResNet-50 teacher, EfficientNet-B0 student,
-batch 32, 50 epochs, Adam 5e-4 betas (0.5, 0.999), x0.2 at 80% and 90% of the epochs,
-256x256 inputs, AMP). Preset `cpu` swaps in an offline-pretrained small teacher and
-small inputs so that a category trains in well under a minute on two cores.
+Preset `paper` is the official release (WideResNet-50 teacher, EfficientNet-B0 student
+built as the release builds it (`efficientnet_b0_tf`: BatchNorm eps 1e-3 / momentum 0.01,
+TensorFlow "same" padding, PyTorch default init), batch 32, 50 epochs, Adam 5e-4 betas
+(0.5, 0.999), x0.2 at 80% and 90% of the epochs, 256x256 inputs, AMP), with synthetic
+anomalies drawn as the release's loader draws them: DTD texture `idx % len(DTD)` per
+training image, no texture augmentation, Perlin masks rotated as images with zero corners,
+empty masks kept. DTD is read from `dtd_root`, else from `threecad download --dataset dtd`'s
+folder; without it the run warns, uses procedural textures and records
+`texture_source: procedural`. Preset `cpu` swaps in an offline-pretrained small teacher,
+small inputs and procedural textures so that a category trains in well under a minute on
+two cores.
+
+`predict` returns the raw map (sum over scales of upsampled 1 - cos(T, R), plus the
+segmentation's sigmoid); the harness applies the declared post-processing (Gaussian
+sigma 4 as scipy's mode reflect, then the max as image score).
 
 Unlike the release, model selection never looks at the test set: the last epoch by
 default, or (`select=val`) the epoch with the lowest total loss on the validation split's
@@ -22,17 +33,21 @@ from typing import Any, Iterable, Mapping
 import torch
 import torch.nn.functional as F
 
-from baselines.reverse_distillation import cosine_distance, random_teacher, scores_from_maps, upsampled_sum
+from torch import nn
+
 from cfrg.losses import discrimination_loss, recovery_loss, segmentation_loss
 from cfrg.network import CFRGNet
-from threecad.training import LoopResult, check_selection, multistep_scheduler, seed_everything, train_epochs
+from threecad.distillation import cosine_distance, random_teacher, upsampled_sum
 from threecad.errors import ThreecadError
-from threecad.smoothing import gaussian_smooth
 from threecad.method import Method, MethodConfig
+from threecad.postprocess import PostProcess
+from threecad.training import LoopResult, check_selection, multistep_scheduler, seed_everything, train_epochs
 
 log = logging.getLogger(__name__)
 
 MAP_SOURCES = ("recovery", "student")
+TEXTURES = ("dtd", "procedural")
+_warned_no_dtd: list[bool] = []  # the missing-DTD warning has been given in this process
 
 
 @dataclass
@@ -42,7 +57,7 @@ class CFRGConfig(MethodConfig):
     seed: int = 42
     teacher: str = "wide_resnet50_2"  # frozen, tapped at strides 4/8/16
     weights: str = "imagenet"  # teacher weights: imagenet | none | PATH to a state dict
-    student: str = "efficientnet_b0"  # random init, tapped at strides 4/8/16
+    student: str = "efficientnet_b0_tf"  # random init, tapped at strides 4/8/16; "_tf": built as the release
     epochs: int = 50
     lr: float = 5e-4
     beta1: float = 0.5
@@ -51,7 +66,9 @@ class CFRGConfig(MethodConfig):
     lr_gamma: float = 0.2
     bottleneck_blocks: int = 3
     decoder_blocks: tuple[int, ...] = (3, 4, 6)
-    dtd_root: str | None = None  # DTD for anomaly textures (the paper's); None = procedural textures
+    textures: str = "dtd"  # anomaly textures: "dtd" (the paper's; procedural when DTD is absent) | "procedural"
+    dtd_root: str | None = None  # DTD folder; None = `threecad download --dataset dtd`'s folder
+    draw: str = "release"  # how anomalies are drawn: "release" (the release's loader) | "augmented"
     beta_max: float = 0.8  # anomaly opacity: x_a = x(1-M) + (1-b) tex M + b x M, b ~ U[0, beta_max)
     perlin_max_scale: int = 5  # Perlin lattice 2^t cells per axis, t in 0..perlin_max_scale
     sigma: float = 4.0  # Gaussian smoothing of the map, in input pixels
@@ -60,6 +77,14 @@ class CFRGConfig(MethodConfig):
     segmentation: bool = True  # False: no fine stage, map from the feature discrepancies only
     map_source: str = "recovery"  # "student": maps from 1 - cos(T, S) instead of 1 - cos(T, R)
     select: str = "last"  # last epoch, or "val": lowest loss on synthetic anomalies of the val split
+
+    def validate(self) -> None:
+        from threecad.anomaly_synthesis import DRAWS
+
+        if self.textures not in TEXTURES:
+            raise ThreecadError(f"config textures={self.textures}: must be one of {', '.join(TEXTURES)}")
+        if self.draw not in DRAWS:
+            raise ThreecadError(f"config draw={self.draw}: must be one of {', '.join(DRAWS)}")
 
 
 class CFRG(Method):
@@ -70,9 +95,12 @@ class CFRG(Method):
         "paper": {},
         # Offline-pretrained EfficientNet-Lite0 teacher (no download; measured better than
         # MobileNetV2 here), 128 px, a one-block recovery branch, small batches for more steps.
+        # torchvision's B0 student: its BatchNorm momentum 0.1 settles in the few hundred steps
+        # a cpu run takes, where the release's 0.01 leaves running statistics near their init.
         "cpu": {"teacher": "efficientnet_lite0", "image_size": 128, "batch_size": 4, "epochs": 40,
                 "lr": 5e-3, "sigma": 2.0, "bottleneck_blocks": 1,
-                "decoder_blocks": (1, 1, 1), "perlin_max_scale": 4},
+                "decoder_blocks": (1, 1, 1), "perlin_max_scale": 4, "textures": "procedural",
+                "draw": "augmented", "student": "efficientnet_b0"},
     }
 
     def __init__(self, config: CFRGConfig, device: str | torch.device = "cpu", amp: bool = False):
@@ -95,12 +123,32 @@ class CFRG(Method):
         self._loop: LoopResult | None = None
 
     # ------------------------------------------------------------------ training
-    def _synthesizer(self, seed: int):
+    def _texture_root(self) -> str | None:
+        """Where DTD is, or None for procedural textures (warned once when DTD was wanted)."""
+        from threecad.anomaly_synthesis import find_dtd_images
+        from threecad.datahome import default_dtd_root
+
+        cfg = self.config
+        if cfg.textures == "procedural":
+            return None
+        if cfg.dtd_root:  # named explicitly: it must be there (the synthesizer says so otherwise)
+            return cfg.dtd_root
+        home = default_dtd_root()
+        if find_dtd_images(home) is not None:
+            return str(home)
+        if not _warned_no_dtd:
+            log.warning("cfrg: DTD not found at %s (`threecad download --dataset dtd`); using procedural "
+                        "anomaly textures, so this run is not the paper's setting (texture_source: procedural)",
+                        home)
+            _warned_no_dtd.append(True)
+        return None
+
+    def _synthesizer(self, seed: int, dtd_root: str | None, keys=None):
         from threecad.anomaly_synthesis import AnomalySynthesizer
 
         cfg = self.config
-        return AnomalySynthesizer(cfg.image_size, dtd_root=cfg.dtd_root, beta_max=cfg.beta_max,
-                                  perlin_max_scale=cfg.perlin_max_scale, seed=seed)
+        return AnomalySynthesizer(cfg.image_size, dtd_root=dtd_root, beta_max=cfg.beta_max,
+                                  perlin_max_scale=cfg.perlin_max_scale, seed=seed, draw=cfg.draw, keys=keys)
 
     def losses(self, normal: torch.Tensor, anomalous: torch.Tensor, masks: torch.Tensor) -> dict[str, torch.Tensor]:
         """The three losses (and their sum `loss`) for a batch of normal images and their anomalous versions."""
@@ -124,7 +172,8 @@ class CFRG(Method):
     def fit(self, train_loader, val_loader=None) -> None:
         cfg = self.config
         seed_everything(cfg.seed)
-        synth = self._synthesizer(cfg.seed)
+        dtd_root = self._texture_root()
+        synth = self._synthesizer(cfg.seed, dtd_root, keys=_training_paths(train_loader))
         self.texture_source = synth.texture_source
         log.info("cfrg: teacher %s, anomaly textures: %s", cfg.teacher, self.texture_source)
         params = self.net.trainable
@@ -135,16 +184,17 @@ class CFRG(Method):
 
         def step(batch: dict) -> dict[str, torch.Tensor]:
             normal = batch["image"]
-            anomalous, masks = synth(normal)
+            anomalous, masks = synth(normal, keys=batch.get("path"))
             return self.losses(normal, anomalous.contiguous(memory_format=fmt), masks)
 
-        val_synth = self._synthesizer(cfg.seed + 1) if cfg.select == "val" else None
+        val_synth = (self._synthesizer(cfg.seed + 1, dtd_root, keys=_training_paths(val_loader))
+                     if cfg.select == "val" else None)
 
         def validate(batches: Iterable[dict]) -> float:
             val_synth.generator.manual_seed(cfg.seed + 1)  # the same anomalies at every epoch
             total, n = 0.0, 0
             for batch in batches:
-                anomalous, masks = val_synth(batch["image"])
+                anomalous, masks = val_synth(batch["image"], keys=batch.get("path"))
                 losses = self.losses(batch["image"], anomalous.contiguous(memory_format=fmt), masks)
                 total += float(losses["loss"]) * len(masks)
                 n += len(masks)
@@ -158,7 +208,7 @@ class CFRG(Method):
         self.net.eval()
 
     # ------------------------------------------------------------------ inference
-    def predict(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def predict(self, images: torch.Tensor) -> tuple[None, torch.Tensor]:
         self.net.eval()
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
@@ -173,8 +223,40 @@ class CFRG(Method):
             if seg.shape[-1] != size:
                 seg = F.interpolate(seg, size=(size, size), mode="bilinear", align_corners=True)
             maps = maps + seg[:, 0]
-        maps = gaussian_smooth(maps, self.config.sigma)
-        return scores_from_maps(maps), maps
+        return None, maps
+
+    def postprocess(self) -> PostProcess:
+        return PostProcess(sigma=self.config.sigma, mode="reflect", score="max")
+
+    # ------------------------------------------------------------------ model card
+    def parts(self) -> dict[str, nn.Module]:
+        cfg = self.config
+        out: dict[str, nn.Module] = {
+            f"teacher ({cfg.teacher}, used part)": self.net.teacher,
+            f"student ({cfg.student}, tapped part)": self.net.trainable["student"],
+        }
+        out.update({name: module for name, module in self.net.trainable.items() if name != "student"})
+        return out
+
+    def reference_parts(self) -> dict[str, nn.Module]:
+        from threecad.backbones import BACKBONES
+
+        with torch.device("meta"):  # counted, never run: the release builds the whole network
+            return {f"student ({self.config.student}, whole network)": BACKBONES[self.config.student].build()}
+
+    def card_details(self) -> dict[str, Any]:
+        size = self.config.image_size
+        return {
+            "taps": {"teacher": self.net.teacher.describe_taps(size),
+                     "student": self.net.trainable["student"].describe_taps(size)},
+            "student_batchnorm": self.net.trainable["student"].batchnorm_settings(),
+            "notes": [
+                "student: the release instantiates all of EfficientNet-B0 (reference_parts) but runs "
+                "only the tapped part, which is all threecad builds",
+                "bottleneck: without the release's 1x1 conv + BN (4096 -> 2048, 8,392,704 parameters "
+                "with WideResNet-50) that its forward pass never calls"],
+            "anomalies": {"textures": self.config.textures, "draw": self.config.draw},
+        }
 
     # ------------------------------------------------------------------ persistence
     def state_dict(self) -> dict[str, Any]:
@@ -195,10 +277,19 @@ class CFRG(Method):
         cfg = self.config
         out: dict[str, Any] = {
             "teacher": cfg.teacher, "student": cfg.student, "teacher_channels": list(self.net.teacher.channels),
-            "texture_source": self.texture_source, "parameters": self.net.parameter_counts(),
+            "texture_source": self.texture_source, "anomaly_draw": cfg.draw,
+            "parameters": self.net.parameter_counts(),
             "ablation": {"recovery_guidance": cfg.recovery_guidance, "segmentation": cfg.segmentation,
                          "map_source": cfg.map_source}}
         if self._loop is not None:
             out.update(selected_epoch=self._loop.selected_epoch, selection=cfg.select,
                        resumed_after_epoch=self._loop.resumed_after, final_train_losses=self._loop.last_losses)
         return out
+
+
+def _training_paths(loader) -> list[str] | None:
+    """The image paths of a loader's dataset (the release's texture index is their sorted position)."""
+    samples = getattr(getattr(loader, "dataset", None), "samples", None)
+    if samples is None or "image_path" not in getattr(samples, "columns", ()):
+        return None
+    return [str(p) for p in samples["image_path"]]

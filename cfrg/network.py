@@ -18,8 +18,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from baselines.reverse_distillation import MirroredDecoder, OneClassBottleneck, cosine_distance
 from threecad.backbones import FeatureExtractor
+from threecad.distillation import MirroredDecoder, OneClassBottleneck, cosine_distance
 
 
 class Adapter(nn.Module):
@@ -97,7 +97,7 @@ class CFRGNet(nn.Module):
     """
 
     def __init__(self, teacher: str = "wide_resnet50_2", teacher_weights: str = "imagenet",
-                 student: str = "efficientnet_b0", recovery: bool = True, recovery_guidance: bool = True,
+                 student: str = "efficientnet_b0_tf", recovery: bool = True, recovery_guidance: bool = True,
                  segmentation: bool = True, bottleneck_blocks: int = 3, decoder_blocks: Sequence[int] = (3, 4, 6)):
         super().__init__()
         self.teacher = FeatureExtractor(teacher, (4, 8, 16), teacher_weights, trainable=False)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from threecad.anomaly_synthesis import AnomalySynthesizer, perlin_noise
+from threecad.anomaly_synthesis import AnomalySynthesizer, find_dtd_images, perlin_noise, rotate_zero_fill
 from threecad.errors import ThreecadError
 
 SIZE = 64
@@ -121,3 +121,70 @@ def test_dtd_augmented_path_runs(tmp_path: Path):
 def test_missing_dtd_is_a_clear_error(tmp_path: Path):
     with pytest.raises(ThreecadError, match="DTD not found"):
         AnomalySynthesizer(SIZE, dtd_root=str(tmp_path / "nowhere"))
+
+
+# --------------------------------------------------------------------------- the release's draw
+COLOURS = {"banded": (255, 0, 0), "dotted": (0, 255, 0), "striped": (0, 0, 255), "woven": (255, 255, 0)}
+
+
+def test_release_draw_fixes_the_texture_per_training_image(tmp_path: Path):
+    """Texture of training image idx = sorted DTD image idx % len(DTD), idx = sorted path position;
+    no augmentation (with b = 0 the in-mask pixels are the texture's exact colour)."""
+    root = _fake_dtd(tmp_path, COLOURS)
+    keys = [f"/data/train/good/{i:03d}.png" for i in range(6)]
+    palette = torch.tensor([COLOURS[k] for k in sorted(COLOURS)], dtype=torch.float32) / 255  # sorted by class
+    for seed in (0, 1):  # another seed, other masks, the same texture per image
+        synth = AnomalySynthesizer(SIZE, dtd_root=str(root), beta_max=0.0, seed=seed, draw="release", keys=keys)
+        batch = [keys[5], keys[0], keys[2], keys[4]]  # shuffled, as a loader gives them
+        out, masks = synth(_images(4), keys=batch)
+        for i, key in enumerate(batch):
+            inside = out[i].permute(1, 2, 0)[masks[i, 0].bool()]
+            if len(inside):
+                expected = palette[keys.index(key) % len(COLOURS)]
+                assert float((inside - expected).abs().max()) < 1e-6
+
+
+def test_release_draw_keeps_empty_masks():
+    """The release keeps a sample whose thresholded Perlin mask is empty (a few % of samples);
+    the augmented draw redraws them."""
+    release = AnomalySynthesizer(SIZE, seed=2, draw="release")
+    augmented = AnomalySynthesizer(SIZE, seed=2)
+    x = _images(400, seed=1)
+    _, m_release = release(x)
+    _, m_augmented = augmented(x)
+    empty = (m_release.flatten(1).amax(1) == 0).float().mean()
+    assert 0.01 <= float(empty) <= 0.15
+    assert float((m_augmented.flatten(1).amax(1) == 0).float().mean()) == 0.0
+    out, masks = release(x[:64])
+    for i in range(64):
+        if masks[i].max() == 0:
+            assert torch.equal(out[i], x[i])  # an empty mask leaves the image good
+
+
+def test_release_masks_are_rotated_images_with_zero_corners():
+    ones = torch.ones(2, 1, SIZE, SIZE)
+    turned = rotate_zero_fill(ones, torch.tensor([0.0, 3.14159265 / 4]))
+    assert torch.allclose(turned[0], ones[0])
+    assert float(turned[1, 0, 0, 0]) == 0.0 and float(turned[1, 0, -1, -1]) == 0.0  # corners zero-filled
+    assert float(turned[1, 0, SIZE // 2, SIZE // 2]) == pytest.approx(1.0)
+    # masks of the release draw: the corners are empty far more often than the centre
+    _, masks = AnomalySynthesizer(SIZE, seed=4, draw="release")(_images(300))
+    corner = masks[:, 0, :4, :4].mean()
+    centre = masks[:, 0, SIZE // 2 - 2:SIZE // 2 + 2, SIZE // 2 - 2:SIZE // 2 + 2].mean()
+    assert float(corner) < 0.5 * float(centre)
+
+
+def test_dtd_is_found_in_both_layouts(tmp_path: Path):
+    torchvision_layout = _fake_dtd(tmp_path / "a", COLOURS)
+    assert find_dtd_images(torchvision_layout) == torchvision_layout / "dtd" / "dtd" / "images"
+    plain = tmp_path / "b"
+    (plain / "images" / "banded").mkdir(parents=True)
+    Image.fromarray(np.full((8, 8, 3), 7, np.uint8)).save(plain / "images" / "banded" / "banded_0001.jpg")
+    assert find_dtd_images(plain) == plain / "images"
+    assert AnomalySynthesizer(SIZE, dtd_root=str(plain)).texture_source == "dtd"
+
+
+def test_dtd_folder_without_images_is_a_clear_error(tmp_path: Path):
+    (tmp_path / "dtd" / "dtd" / "images" / "banded").mkdir(parents=True)
+    with pytest.raises(ThreecadError, match="holds no images"):
+        AnomalySynthesizer(SIZE, dtd_root=str(tmp_path))

@@ -45,3 +45,121 @@ def test_weights_from_path(tmp_path):
     f = FeatureExtractor("resnet18", (8,), str(tmp_path / "w.pth"))
     assert torch.equal(f.stages[0][0].weight, full.conv1.weight)
     assert ref.channels == f.channels
+
+
+# --------------------------------------------------------------------------- the release's student
+def _b0_pair(drop_connect: bool = False):
+    """Our `efficientnet_b0_tf` and lukemelas' EfficientNet-B0 holding the same (random) weights."""
+    lukemelas = pytest.importorskip("efficientnet_pytorch", reason="the `efficientnet_pytorch` reference "
+                                    "is a test-only extra (pip install efficientnet_pytorch)")
+    torch.manual_seed(0)
+    ref = lukemelas.EfficientNet.from_name("efficientnet-b0", **({} if drop_connect else {"drop_connect_rate": 0.0}))
+    ours = FeatureExtractor("efficientnet_b0_tf", (4, 8, 16), "none", trainable=True)
+    # the used part (stem + blocks 0..10) in registration order; shapes must agree one by one
+    ref_items = [(k, v) for k, v in ref.state_dict().items()
+                 if k.startswith(("_conv_stem.", "_bn0.")) or (k.startswith("_blocks.") and int(k.split(".")[1]) <= 10)]
+    our_items = list(ours.state_dict().items())
+    assert len(ref_items) == len(our_items)
+    mapped = {}
+    for (rk, rv), (ok, ov) in zip(ref_items, our_items):
+        assert rv.shape == ov.shape, (rk, ok)
+        mapped[ok] = rv.clone()
+    ours.load_state_dict(mapped)
+    if not drop_connect:
+        for m in ours.modules():
+            if m.__class__.__name__ == "StochasticDepth":
+                m.p = 0.0
+    return ref, ours
+
+
+def _reference_taps(ref, x: torch.Tensor) -> list[torch.Tensor]:
+    """The release's taps: outputs of blocks 2, 4, 10 (`outblocks=[2, 4, 10]`)."""
+    from threecad.backbones import IMAGENET_MEAN, IMAGENET_STD
+
+    mean = torch.tensor(IMAGENET_MEAN, dtype=x.dtype).view(1, 3, 1, 1)
+    y = (x - mean) / torch.tensor(IMAGENET_STD, dtype=x.dtype).view(1, 3, 1, 1)
+    y = ref._swish(ref._bn0(ref._conv_stem(y)))
+    out = []
+    for i, block in enumerate(ref._blocks[:11]):
+        y = block(y, drop_connect_rate=ref._global_params.drop_connect_rate * i / len(ref._blocks))
+        if i in (2, 4, 10):
+            out.append(y)
+    return out
+
+
+def test_release_student_equals_lukemelas_efficientnet_b0():
+    """Same weights, same batch: equal taps in train mode (batch statistics, running-stat update
+    with momentum 0.01) and then in eval mode (running statistics, eps 1e-3). In float64, so
+    that 1e-6 tests the arithmetic, not float32 rounding through 11 blocks (in float32 they
+    agree to about 2e-6 in train mode and 1e-7 in eval mode)."""
+    ref, ours = _b0_pair()
+    ref.double(), ours.double()
+    x = torch.rand(2, 3, 96, 96, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    ref.train(), ours.train()
+    with torch.no_grad():
+        for a, b in zip(_reference_taps(ref, x), ours(x)):
+            assert a.shape == b.shape
+            assert float((a - b).abs().max()) <= 1e-6 * max(1.0, float(a.abs().max()))
+    ref_bn = [m for m in ref.modules() if isinstance(m, torch.nn.BatchNorm2d)][:len(ours.batchnorm_layers())]
+    for a, b in zip(ref_bn, ours.batchnorm_layers()):
+        assert torch.allclose(a.running_mean, b.running_mean, atol=1e-9)
+        assert torch.allclose(a.running_var, b.running_var, atol=1e-9)
+    ref.eval(), ours.eval()
+    with torch.no_grad():
+        for a, b in zip(_reference_taps(ref, x), ours(x)):
+            assert float((a - b).abs().max()) <= 1e-6 * max(1.0, float(a.abs().max()))
+    assert ours.batchnorm_settings() == [{"eps": 1e-3, "momentum": 0.01, "layers": len(ref_bn)}]
+    assert ours.tap_names == ("features.2", "features.3", "features.5") and ours.channels == (24, 40, 112)
+
+
+def test_torchvision_b0_is_not_the_release_student():
+    """The reason for `efficientnet_b0_tf`: torchvision's padding and BatchNorm give other features."""
+    ref, ours = _b0_pair()
+    tv = FeatureExtractor("efficientnet_b0", (4, 8, 16), "none", trainable=True)
+    tv.load_state_dict(ours.state_dict())
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(4))
+    ours.eval(), tv.eval()
+    with torch.no_grad():
+        assert float((ours(x)[0] - tv(x)[0]).abs().max()) > 1e-3
+    assert tv.batchnorm_settings()[0]["eps"] == 1e-5
+
+
+def test_release_student_init_is_pytorch_default():
+    """From scratch, as lukemelas' network (which never re-initialises): conv weights uniform in
+    +-1/sqrt(fan_in) (kaiming_uniform, a=sqrt(5)), BatchNorm 1/0; not torchvision's kaiming fan-out."""
+    torch.manual_seed(0)
+    ours = FeatureExtractor("efficientnet_b0_tf", (4, 8, 16), "none", trainable=True)
+    convs = [m for m in ours.modules() if isinstance(m, torch.nn.Conv2d) and m.weight.numel() >= 4096]
+    assert len(convs) > 10
+    for conv in convs:
+        fan_in = conv.weight[0].numel()
+        bound = 1 / fan_in ** 0.5
+        assert float(conv.weight.abs().max()) <= bound
+        assert float(conv.weight.std()) == pytest.approx(bound / 3 ** 0.5, rel=0.1)
+    lukemelas = pytest.importorskip("efficientnet_pytorch")
+    ref = lukemelas.EfficientNet.from_name("efficientnet-b0")
+    ref_convs = [m for m in ref.modules() if isinstance(m, torch.nn.Conv2d) and m.weight.numel() >= 4096]
+    for a, b in zip(ref_convs, convs):  # the same distribution, layer by layer
+        assert a.weight.shape == b.weight.shape
+        assert float(a.weight.std()) == pytest.approx(float(b.weight.std()), rel=0.1)
+
+
+def test_release_student_keeps_efficientnet_b0_counts():
+    import torchvision
+
+    from threecad.backbones import BACKBONES
+
+    whole = BACKBONES["efficientnet_b0_tf"].build()
+    assert sum(p.numel() for p in whole.parameters()) == 5_288_548
+    used = FeatureExtractor("efficientnet_b0_tf", (4, 8, 16), "none", trainable=True)
+    assert sum(p.numel() for p in used.parameters()) == 851_808
+    assert 851_808 == sum(p.numel() for p in torchvision.models.efficientnet_b0().features[:6].parameters())
+    with pytest.raises(WeightsUnavailable, match="from-scratch student"):
+        resolve_weights("efficientnet_b0_tf", "imagenet")
+
+
+def test_channel_probe_leaves_batchnorm_statistics_alone():
+    f = FeatureExtractor("efficientnet_b0_tf", (4, 8, 16), "none", trainable=True)
+    assert f.training
+    for bn in f.batchnorm_layers():
+        assert int(bn.num_batches_tracked) == 0 and torch.equal(bn.running_mean, torch.zeros_like(bn.running_mean))

@@ -15,6 +15,7 @@ from conftest import make_tiny_dataset
 from threecad.dataset import ThreeCAD
 from threecad.errors import ThreecadError
 from threecad.method import build_config
+from threecad.model_card import model_card
 
 # The official release's per-part parameter counts (counted on its PyTorch model).
 RELEASE_BOTTLENECK = 67_277_824
@@ -30,7 +31,7 @@ RELEASE_UNUSED_CONV = 4096 * 2048 + 2 * 2048
 def small_config(**overrides) -> CFRGConfig:
     """A CFRG small enough for tests: random MobileNetV2 teacher, 64 px."""
     values = dict(teacher="mobilenet_v2", weights="none", image_size=64, batch_size=4, epochs=2,
-                  decoder_blocks=(1, 1, 1), bottleneck_blocks=1, sigma=2.0, seed=3)
+                  decoder_blocks=(1, 1, 1), bottleneck_blocks=1, sigma=2.0, seed=3, textures="procedural")
     values.update(overrides)
     return CFRGConfig(**values)
 
@@ -49,18 +50,30 @@ def loader(dataset, batch_size=4, seed=0):
 
 
 def test_paper_preset_has_release_parameter_counts():
-    config = build_config(CFRG, "paper", {"weights": "none"})
+    """The model card (built on the meta device, no weights) lists the release's part counts."""
+    config = build_config(CFRG, "paper")
     assert (config.teacher, config.student, config.batch_size, config.epochs, config.lr) == (
-        "wide_resnet50_2", "efficientnet_b0", 32, 50, 5e-4)
-    counts = CFRG(config).net.parameter_counts()
-    assert counts["bottleneck"] + RELEASE_UNUSED_CONV == RELEASE_BOTTLENECK
-    assert counts["decoder"] == RELEASE_DECODER
-    assert counts["segmentation"] == RELEASE_SEGMENTATION
-    assert counts["adapters"] == RELEASE_ADAPTERS
+        "wide_resnet50_2", "efficientnet_b0_tf", 32, 50, 5e-4)
+    card = model_card(CFRG, "paper")
+    parts = card["parts"]
+    assert parts["teacher (wide_resnet50_2, used part)"] == {"trainable": 0, "frozen": 24_862_528}
+    assert parts["bottleneck"]["trainable"] + RELEASE_UNUSED_CONV == RELEASE_BOTTLENECK
+    assert parts["decoder"]["trainable"] == RELEASE_DECODER
+    assert parts["segmentation"]["trainable"] == RELEASE_SEGMENTATION
+    assert parts["adapters"]["trainable"] == RELEASE_ADAPTERS
+    assert card["reference_parts"]["student (efficientnet_b0_tf, whole network)"]["trainable"] == \
+        RELEASE_EFFICIENTNET_B0
     # the student is EfficientNet-B0 cut after its last stride-16 block (features[0..5])
     full = torchvision.models.efficientnet_b0(weights=None)
-    assert sum(p.numel() for p in full.parameters()) == RELEASE_EFFICIENTNET_B0
-    assert counts["student"] == sum(p.numel() for p in full.features[:6].parameters())
+    assert parts["student (efficientnet_b0_tf, tapped part)"]["trainable"] == 851_808 == \
+        sum(p.numel() for p in full.features[:6].parameters())
+    # the release's student: lukemelas' BatchNorm settings, tapped after blocks 2, 4 and 10
+    assert card["student_batchnorm"] == [{"eps": 1e-3, "momentum": 0.01, "layers": 33}]
+    assert [(t["layer"], t["stride"], t["channels"]) for t in card["taps"]["student"]] == [
+        ("features.2", 4, 24), ("features.3", 8, 40), ("features.5", 16, 112)]
+    assert [t["channels"] for t in card["taps"]["teacher"]] == [256, 512, 1024]
+    assert card["postprocess"] == {"sigma": 4.0, "mode": "reflect", "score": "max"}
+    assert card["anomalies"] == {"textures": "dtd", "draw": "release"}
 
 
 def fixed_batch(config: CFRGConfig):
@@ -121,7 +134,7 @@ def test_ablation_switches(switch, parts, losses):
     assert set(method.losses(normal, anomalous, masks)) == losses | {"loss"}
     with torch.inference_mode():
         scores, maps = method.predict(normal)
-    assert maps.shape == (4, 64, 64) and torch.equal(scores, maps.flatten(1).amax(1))
+    assert maps.shape == (4, 64, 64) and scores is None
 
 
 def test_guidance_changes_the_segmentation_input():
@@ -154,14 +167,13 @@ def test_fit_predict_save_load(tiny_data, tmp_path):
     images = torch.stack([test[i]["image"] for i in range(len(test))])
     with torch.inference_mode():
         scores, maps = method.predict(images)
-    assert maps.shape == (len(test), 64, 64) and torch.isfinite(maps).all()
-    assert torch.equal(scores, maps.flatten(1).amax(1))
+    assert maps.shape == (len(test), 64, 64) and torch.isfinite(maps).all() and scores is None
     torch.save(method.state_dict(), tmp_path / "cfrg.pt")
     restored = CFRG(small_config(epochs=3))
     restored.load_state_dict(torch.load(tmp_path / "cfrg.pt", weights_only=True))
     with torch.inference_mode():
         scores2, maps2 = restored.predict(images)
-    assert torch.equal(maps, maps2) and torch.equal(scores, scores2)
+    assert torch.equal(maps, maps2) and scores2 is None
     assert restored.info()["texture_source"] == "procedural"
 
 
@@ -231,9 +243,41 @@ def test_cpu_preset_finds_dark_squares(tiny_data):
     labels = [test[i]["label"] for i in range(len(test))]
     masks = torch.stack([test[i]["mask"][0] for i in range(len(test))]) > 0.5
     with torch.inference_mode():
-        scores, maps = method.predict(images)
+        scores, maps = method.postprocess().apply(method.predict(images)[1])  # as the harness does
     assert roc_auc_score(labels, scores.numpy()) >= 0.9
     assert roc_auc_score(masks.flatten().numpy(), maps.flatten().numpy()) >= 0.85
+
+
+def test_paper_run_without_dtd_records_procedural_textures(tiny_data, tmp_path, monkeypatch, caplog):
+    """DTD is looked for in the data home; absent, the run warns once and says so in info()."""
+    import cfrg.method as cfrg_method
+
+    monkeypatch.setenv("THREECAD_DATA_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(cfrg_method, "_warned_no_dtd", [])
+    train, _ = tiny_data
+    config = small_config(epochs=1, textures="dtd")
+    assert (config.draw, config.dtd_root) == ("release", None)  # the paper's defaults
+    assert build_config(CFRG, "paper").textures == "dtd"
+    with caplog.at_level("WARNING", logger="cfrg.method"):
+        for _ in range(2):
+            method = CFRG(config)
+            method.fit(loader(train))
+            assert method.info()["texture_source"] == "procedural"
+    assert sum("DTD not found" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_paper_run_finds_dtd_in_the_data_home(tiny_data, tmp_path, monkeypatch):
+    from test_anomaly_synthesis import _fake_dtd
+
+    colours = {"banded": (255, 0, 0), "dotted": (0, 255, 0), "striped": (0, 0, 255), "woven": (255, 255, 0)}
+    _fake_dtd(tmp_path / "home", colours)  # <home>/dtd/dtd/images: where `threecad download --dataset dtd` puts it
+    monkeypatch.setenv("THREECAD_DATA_HOME", str(tmp_path / "home"))
+    train, _ = tiny_data
+    method = CFRG(small_config(epochs=1, textures="dtd"))
+    method.fit(loader(train))
+    assert method.info()["texture_source"] == "dtd" and method.info()["anomaly_draw"] == "release"
+    with pytest.raises(ThreecadError, match="DTD not found"):  # named explicitly, it must exist
+        CFRG(small_config(epochs=1, textures="dtd", dtd_root=str(tmp_path / "nowhere"))).fit(loader(train))
 
 
 def test_cpu_preset_uses_an_offline_teacher():

@@ -14,16 +14,31 @@ parameters) and moved to the device, so the same seed gives the same sequence of
 on CPU and CUDA (up to floating point). Call it in the main process on whole batches: a
 copy made by a DataLoader worker would repeat the same sequence in every worker.
 
-Every sample is augmented (as the 3CAD release, unlike DRAEM's 50% clean samples). A
-thresholded Perlin field can be empty (coarse scales, low peaks); empty masks are redrawn
-up to `MAX_REDRAWS` times, so an empty mask remains only with probability far below 1e-6
-per sample; such a sample is returned unchanged with an all-zero mask.
+Two ways to draw (`draw=`):
+- "augmented" (default): every texture goes through three random augmentations (DRAEM's
+  manner), DTD textures are picked at random, the Perlin field is evaluated at rotated
+  coordinates (no empty corners), and empty masks are redrawn up to `MAX_REDRAWS` times, so
+  an empty mask remains only with probability far below 1e-6 per sample.
+- "release": as the 3CAD release's data loader draws: the texture of training image `idx`
+  is DTD image `idx % len(DTD)` (DTD's `images/*/*.jpg` in sorted order; `idx` is the
+  image's position among the sorted training paths, passed as `keys`), no augmentation,
+  the Perlin field is rendered unrotated and then rotated as an image by up to 90 degrees
+  with zero-filled corners (bilinear, like imgaug's Affine), and an empty mask is kept: that
+  sample stays a good image with an all-zero mask (about 5 % of samples at 256 px).
+
+Every sample is meant to be augmented either way (as the 3CAD release, unlike DRAEM's 50%
+clean samples).
+
+DTD is found in torchvision's layout (`<root>/dtd/dtd/images/<class>/*.jpg`) or as a plain
+`<root>/images/<class>/*.jpg` (the release's `dtd_path`).
 """
 from __future__ import annotations
 
 import logging
 import math
+import zlib
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -35,6 +50,8 @@ log = logging.getLogger(__name__)
 _hinted_dtd: list[bool] = []  # the DTD hint has been logged in this process
 
 MAX_REDRAWS = 16
+DRAWS = ("augmented", "release")
+DTD_SUFFIXES = (".jpg", ".jpeg", ".png")
 PROCEDURAL_FAMILIES = ("noise", "stripes", "blobs", "checker", "color_shift")
 TEXTURE_AUGMENTATIONS = ("gamma", "brightness", "sharpness", "hue_saturation", "solarize",
                          "posterize", "invert", "autocontrast", "rotate")
@@ -94,20 +111,24 @@ class AnomalySynthesizer:
 
     def __init__(self, image_size: int, dtd_root: str | None = None, beta_max: float = 0.8,
                  perlin_min_scale: int = 0, perlin_max_scale: int = 5, threshold: float = 0.5,
-                 seed: int = 0):
+                 seed: int = 0, draw: str = "augmented", keys: Sequence[str] | None = None):
         if not 0 <= perlin_min_scale <= perlin_max_scale:
             raise ValueError(f"perlin scales must satisfy 0 <= min <= max, got "
                              f"{perlin_min_scale}, {perlin_max_scale}")
         if not 0.0 <= beta_max <= 1.0:
             raise ValueError(f"beta_max must be in [0, 1], got {beta_max}")
+        if draw not in DRAWS:
+            raise ThreecadError(f"anomaly draw must be one of {', '.join(DRAWS)}, got '{draw}'")
+        self.draw = draw
+        # the release's per-image texture: position among the sorted training paths
+        self._key_index = {str(k): i for i, k in enumerate(sorted(str(k) for k in keys))} if keys else {}
         self.image_size = int(image_size)
         self.beta_max = float(beta_max)
         self.perlin_min_scale = int(perlin_min_scale)
         self.perlin_max_scale = int(perlin_max_scale)
         self.threshold = float(threshold)
         self.generator = torch.Generator().manual_seed(int(seed))
-        self._dtd: list = []
-        self._dtd_index: list[tuple[int, int]] = []
+        self._dtd: list[Path] = []
         if dtd_root is None:
             self.texture_source = "procedural"
             # once per process: a run builds one synthesizer per category
@@ -118,31 +139,33 @@ class AnomalySynthesizer:
         else:
             self._open_dtd(dtd_root)
             self.texture_source = "dtd"
-            log.info("anomaly textures: DTD at %s (%d images)", dtd_root, len(self._dtd_index))
+            log.info("anomaly textures: DTD at %s (%d images)", dtd_root, len(self._dtd))
 
     # ----------------------------------------------------------------- textures
     def _open_dtd(self, root: str) -> None:
-        from torchvision.datasets import DTD
-
-        try:
-            self._dtd = [DTD(root, split=s, partition=1, download=False) for s in ("train", "val", "test")]
-        except (RuntimeError, FileNotFoundError) as exc:
+        images = find_dtd_images(root)
+        if images is None:
             raise ThreecadError(
-                f"DTD not found at {root}: torchvision expects {Path(root) / 'dtd' / 'dtd'}/images and "
-                "/labels; download it once with `torchvision.datasets.DTD(root, download=True)`, "
-                "or leave dtd_root unset to use procedural textures") from exc
-        self._dtd_index = [(d, i) for d, ds in enumerate(self._dtd) for i in range(len(ds))]
-        if not self._dtd_index:
-            raise ThreecadError(f"DTD at {root} lists no images; re-download it or leave dtd_root unset")
+                f"DTD not found at {root}: expected {Path(root) / 'dtd' / 'dtd' / 'images'} (torchvision's "
+                f"layout, as `threecad download --dataset dtd` writes) or {Path(root) / 'images'}; "
+                "leave dtd_root unset to use procedural textures")
+        self._dtd = sorted(p for p in images.glob("*/*") if p.suffix.lower() in DTD_SUFFIXES)
+        if not self._dtd:
+            raise ThreecadError(f"DTD at {images} holds no images (<class>/*.jpg); re-download it "
+                                "(`threecad download --dataset dtd`) or leave dtd_root unset")
 
-    def _dtd_textures(self, n: int, size: int, device: torch.device) -> torch.Tensor:
+    def _texture_picks(self, n: int, keys: Sequence[str] | None) -> list[int]:
+        if self.draw == "release" and keys is not None:
+            return [self._key_index.get(str(k), zlib.crc32(str(k).encode())) % len(self._dtd) for k in keys]
+        return torch.randint(len(self._dtd), (n,), generator=self.generator).tolist()
+
+    def _dtd_textures(self, n: int, size: int, device: torch.device, keys: Sequence[str] | None) -> torch.Tensor:
         from PIL import Image
 
-        picks = torch.randint(len(self._dtd_index), (n,), generator=self.generator).tolist()
         out = []
-        for k in picks:
-            d, i = self._dtd_index[k]
-            img = self._dtd[d][i][0].convert("RGB").resize((size, size), Image.BILINEAR)
+        for k in self._texture_picks(n, keys):
+            with Image.open(self._dtd[k]) as img:
+                img = img.convert("RGB").resize((size, size), Image.BILINEAR)
             out.append(torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()))
         return torch.stack(out).to(device).permute(0, 3, 1, 2).float().div_(255.0)
 
@@ -226,10 +249,10 @@ class AnomalySynthesizer:
             return torch.where(invert, 1 - images, shifted).clamp(0, 1)
         raise ValueError(f"unknown texture family {family}")
 
-    def _textures(self, images: torch.Tensor) -> torch.Tensor:
+    def _textures(self, images: torch.Tensor, keys: Sequence[str] | None = None) -> torch.Tensor:
         n, _, size, _ = images.shape
         if self.texture_source == "dtd":
-            tex = self._dtd_textures(n, self.image_size, images.device)
+            tex = self._dtd_textures(n, self.image_size, images.device, keys)
             if self.image_size != size:
                 tex = F.interpolate(tex, size=(size, size), mode="bilinear", align_corners=False)
             return tex
@@ -275,6 +298,16 @@ class AnomalySynthesizer:
         return x
 
     # ----------------------------------------------------------------- masks
+    def _release_masks(self, n: int, size: int, device: torch.device) -> torch.Tensor:
+        """The release's masks: unrotated Perlin noise, rotated as an image (zero corners), > threshold."""
+        lo, hi = self.perlin_min_scale, self.perlin_max_scale
+        tx = torch.randint(lo, hi + 1, (n,), generator=self.generator)
+        ty = torch.randint(lo, hi + 1, (n,), generator=self.generator)
+        angle = self._rand(n, low=-math.pi / 2, high=math.pi / 2)
+        noise = perlin_noise(2 ** tx, 2 ** ty, torch.zeros(n), size, self.generator, device)
+        noise = rotate_zero_fill(noise.unsqueeze(1), angle)
+        return (noise > self.threshold).float()
+
     def _masks(self, n: int, size: int, device: torch.device) -> torch.Tensor:
         lo, hi = self.perlin_min_scale, self.perlin_max_scale
         masks = torch.zeros(n, size, size, device=device)
@@ -294,15 +327,22 @@ class AnomalySynthesizer:
         return masks.unsqueeze(1)
 
     # ----------------------------------------------------------------- public
-    def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """images (N,3,S,S) in [0,1] on any device -> (anomalous (N,3,S,S) in [0,1], masks (N,1,S,S) 0/1)."""
+    def __call__(self, images: torch.Tensor, keys: Sequence[str] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """images (N,3,S,S) in [0,1] on any device -> (anomalous (N,3,S,S) in [0,1], masks (N,1,S,S) 0/1).
+
+        `keys` (the batch's image paths) fix each image's DTD texture under `draw="release"`.
+        """
         if images.dim() != 4 or images.shape[1] != 3 or images.shape[2] != images.shape[3]:
             raise ValueError(f"expected images (N,3,S,S), got {tuple(images.shape)}")
         n, _, size, _ = images.shape
         x = images.float()
         with torch.no_grad():
-            masks = self._masks(n, size, x.device)
-            tex = self._augment(self._textures(x))
+            if self.draw == "release":
+                masks = self._release_masks(n, size, x.device)
+                tex = self._textures(x, keys)
+            else:
+                masks = self._masks(n, size, x.device)
+                tex = self._augment(self._textures(x))
             beta = self._rand(n, 1, 1, 1, high=self.beta_max, device=x.device)
             out = x * (1 - masks) + (1 - beta) * tex * masks + beta * x * masks
         return out.clamp_(0, 1).to(images.dtype), masks.to(images.dtype)
@@ -334,3 +374,23 @@ def _rotate(x: torch.Tensor, angle: torch.Tensor) -> torch.Tensor:
     theta[:, 0, 0], theta[:, 0, 1], theta[:, 1, 0], theta[:, 1, 1] = c, -s, s, c
     grid = F.affine_grid(theta.to(x.device, x.dtype), list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+
+def rotate_zero_fill(x: torch.Tensor, angle: torch.Tensor) -> torch.Tensor:
+    """Rotate each (N,C,H,W) image about its centre by its angle (radians), bilinear, zeros outside."""
+    n = x.shape[0]
+    c, s = angle.cos(), angle.sin()
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0], theta[:, 0, 1], theta[:, 1, 0], theta[:, 1, 1] = c, -s, s, c
+    grid = F.affine_grid(theta.to(x.device, x.dtype), list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def find_dtd_images(root: str | Path) -> Path | None:
+    """DTD's `images` folder under `root`: torchvision's `<root>/dtd/dtd/images`, `<root>/dtd/images`
+    or `<root>/images`; None when there is none."""
+    root = Path(root).expanduser()
+    for candidate in (root / "dtd" / "dtd" / "images", root / "dtd" / "images", root / "images"):
+        if candidate.is_dir():
+            return candidate
+    return None

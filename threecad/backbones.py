@@ -16,9 +16,19 @@ Weights (`weights=`):
 Inputs are images in [0, 1]; each extractor applies its own normalisation, because
 EfficientNet-Lite was trained on (x - 0.5) / 0.5 while torchvision models use ImageNet
 statistics.
+
+`efficientnet_b0_tf` is EfficientNet-B0 as the TensorFlow reference and lukemelas'
+`efficientnet_pytorch` (the 3CAD release's student) build it: BatchNorm eps 1e-3 and
+momentum 0.01 (TensorFlow's decay 0.99), "same" padding (stride-2 convolutions pad one
+pixel less on the top/left than on the bottom/right), PyTorch's default initialisation.
+It is torchvision's module with those three changes, so parameter names and counts are
+torchvision's; fed the same weights it equals lukemelas' network to float precision
+(tested against `efficientnet_pytorch` when installed). torchvision's own `efficientnet_b0`
+(eps 1e-5, momentum 0.1, symmetric padding, Kaiming fan-out init) differs by about 2e-3.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from dataclasses import dataclass
@@ -26,12 +36,24 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from threecad.errors import WeightsUnavailable
 
 log = logging.getLogger(__name__)
 _announced: set[Path] = set()  # weight files already named in the log
+_architecture_only: list[bool] = []  # inside `architecture_only()`: no weights are loaded
+
+
+@contextlib.contextmanager
+def architecture_only():
+    """Build backbones without loading any weights (model cards: counts need no download)."""
+    _architecture_only.append(True)
+    try:
+        yield
+    finally:
+        _architecture_only.pop()
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -47,6 +69,7 @@ class BackboneSpec:
     offline_file: Callable[[], str | None] = lambda: None
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+    no_weights: str | None = None  # why no ImageNet file is offered (random-init-only backbones)
 
 
 def _resnet_stages(m: nn.Module) -> list[tuple[nn.Module, int]]:
@@ -80,6 +103,54 @@ def _tv(name: str) -> Callable[[], nn.Module]:
 
         return getattr(torchvision.models, name)(weights=None)
     return build
+
+
+class SamePadConv2d(nn.Conv2d):
+    """A convolution with TensorFlow's "same" padding: output ceil(in / stride), the odd pixel of
+    padding on the bottom/right (as `efficientnet_pytorch`'s same-padding convolutions)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pads = []
+        for size, k, s, d in zip(x.shape[-2:], self.kernel_size, self.stride, self.dilation):
+            total = max((-(-size // s) - 1) * s + (k - 1) * d + 1 - size, 0)
+            pads.append((total // 2, total - total // 2))
+        (top, bottom), (left, right) = pads
+        if top or bottom or left or right:
+            x = F.pad(x, (left, right, top, bottom))
+        return self._conv_forward(x, self.weight, self.bias)
+
+
+def _same_padding(module: nn.Module) -> None:
+    """Replace every Conv2d under `module` by a SamePadConv2d holding the same parameters."""
+    for name, child in module.named_children():
+        if type(child) is nn.Conv2d:
+            conv = SamePadConv2d(child.in_channels, child.out_channels, child.kernel_size, child.stride,
+                                 padding=0, dilation=child.dilation, groups=child.groups,
+                                 bias=child.bias is not None, device=child.weight.device)
+            conv.weight = child.weight
+            if child.bias is not None:
+                conv.bias = child.bias
+            setattr(module, name, conv)
+        else:
+            _same_padding(child)
+
+
+TF_BN_EPS = 1e-3
+TF_BN_MOMENTUM = 0.01  # PyTorch's momentum = 1 - TensorFlow's decay (0.99)
+
+
+def _build_b0_tf() -> nn.Module:
+    """EfficientNet-B0 as `efficientnet_pytorch` builds it from scratch (see the module docstring)."""
+    import torchvision
+
+    net = torchvision.models.efficientnet_b0(weights=None)
+    _same_padding(net)
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.eps, m.momentum = TF_BN_EPS, TF_BN_MOMENTUM
+        if isinstance(m, (nn.Conv2d, nn.Linear, nn.BatchNorm2d)):
+            m.reset_parameters()  # PyTorch's defaults, as a from-scratch lukemelas network
+    return net
 
 
 def _build_lite0() -> nn.Module:
@@ -118,6 +189,10 @@ BACKBONES: dict[str, BackboneSpec] = {
     "efficientnet_b0": BackboneSpec(
         _tv("efficientnet_b0"), _torchvision_features_stages([2, 2, 4, 8, 16, 16, 32, 32, 32]),
         _TV_BASE + "efficientnet_b0_rwightman-7f5810bc.pth"),
+    "efficientnet_b0_tf": BackboneSpec(
+        _build_b0_tf, _torchvision_features_stages([2, 2, 4, 8, 16, 16, 32, 32, 32]), None,
+        no_weights="it is a from-scratch student (the 3CAD release trains it from random init); "
+                   "use weights=none, or weights=PATH for your own state dict"),
     "mobilenet_v2": BackboneSpec(
         _tv("mobilenet_v2"),
         _torchvision_features_stages([2, 2, 4, 4, 8, 8, 8, 16, 16, 16, 16, 16, 16, 16, 32, 32, 32, 32, 32]),
@@ -147,7 +222,7 @@ def _clean_state(state: dict) -> dict:
 def resolve_weights(name: str, weights: str | os.PathLike | None) -> dict | None:
     """The state dict for `name` under the `weights` rule (see module docstring); None = random."""
     spec = BACKBONES[name]
-    if weights is None or str(weights).lower() in ("none", "random", ""):
+    if _architecture_only or weights is None or str(weights).lower() in ("none", "random", ""):
         return None
     if str(weights).lower() != "imagenet":
         path = Path(weights).expanduser()
@@ -166,6 +241,8 @@ def resolve_weights(name: str, weights: str | os.PathLike | None) -> dict | None
             log.log(logging.DEBUG if path in _announced else logging.INFO, "weights for %s from %s", name, path)
             _announced.add(path)
             return _clean_state(torch.load(path, map_location="cpu", weights_only=True))
+    if spec.no_weights is not None:
+        raise WeightsUnavailable(f"no ImageNet weights are offered for {name}: {spec.no_weights}")
     if spec.weights_url is None:
         raise _missing_weights(name, "the offline package is not installed")
     if os.environ.get("THREECAD_OFFLINE", "") not in ("", "0"):
@@ -201,6 +278,7 @@ class FeatureExtractor(nn.Module):
         self.name = name
         self.strides = tuple(sorted(set(int(s) for s in strides)))
         stages = spec.stages(net)
+        names = {id(m): n for n, m in net.named_modules()}
         available = sorted({s for _, s in stages})
         bad = [s for s in self.strides if s not in available]
         if bad:
@@ -211,15 +289,36 @@ class FeatureExtractor(nn.Module):
         self.stages = nn.ModuleList(m for m, _ in kept)
         # tap after the last stage of each requested stride
         self._taps = {max(i for i, (_, s) in enumerate(kept) if s == stride): stride for stride in self.strides}
+        self.tap_names = tuple(names.get(id(kept[i][0]), "stem") for i in sorted(self._taps))
         self.register_buffer("mean", torch.tensor(spec.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(spec.std).view(1, 3, 1, 1), persistent=False)
         self.trainable = trainable
         if not trainable:
             self.requires_grad_(False)
             self.eval()
+        # The channel probe runs in eval mode: in train mode it would move BatchNorm's running
+        # statistics (and draw stochastic-depth masks) before training starts.
+        mode = self.training
+        super().train(False)
         with torch.no_grad():
             probe = self.forward(torch.zeros(1, 3, 64, 64))
+        super().train(mode)
         self.channels = tuple(int(f.shape[1]) for f in probe)
+
+    def describe_taps(self, image_size: int) -> list[dict]:
+        """The feature taps for the model card: layer name, stride, channels, map side at `image_size`."""
+        return [{"layer": name, "stride": stride, "channels": channels, "size": image_size // stride}
+                for name, stride, channels in zip(self.tap_names, self.strides, self.channels)]
+
+    def batchnorm_layers(self) -> list[nn.modules.batchnorm._BatchNorm]:
+        return [m for m in self.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+    def batchnorm_settings(self) -> list[dict]:
+        """The distinct (eps, momentum) pairs of this extractor's BatchNorm layers, with counts."""
+        seen: dict[tuple, int] = {}
+        for m in self.batchnorm_layers():
+            seen[(m.eps, m.momentum)] = seen.get((m.eps, m.momentum), 0) + 1
+        return [{"eps": eps, "momentum": mom, "layers": n} for (eps, mom), n in seen.items()]
 
     def train(self, mode: bool = True) -> "FeatureExtractor":
         return super().train(mode and self.trainable)

@@ -104,6 +104,11 @@ class Method(abc.ABC):
         """
         return {}
 
+    def reference_parts(self) -> dict[str, nn.Module]:
+        """Networks the reference builds but this method does not (a whole backbone of which only a
+        slice runs), built on the meta device for the model card; never in its total."""
+        return {}
+
     def card_details(self) -> dict[str, Any]:
         """Facts for the model card beyond parts and post-processing (feature taps, shapes)."""
         return {}

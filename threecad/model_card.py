@@ -2,7 +2,8 @@
 
 `threecad methods NAME [--preset P] [--json]` prints the card: description, presets and the
 chosen preset's config, the parameter count of each named part (trainable and frozen), the
-input size, feature taps and the post-processing. The networks are built on PyTorch's
+input size, feature taps and the post-processing; `reference_parts` lists networks the
+reference builds but threecad does not (counted for comparison, outside the total). The networks are built on PyTorch's
 `meta` device with pretrained-weight loading switched off, so a card costs no download and
 almost no memory even for RealNet's half-billion parameters.
 """
@@ -56,8 +57,9 @@ def model_card(method_cls: type[Method], preset: str | None = None,
         "config": config_dict(method.config),
         "input_size": method.config.image_size,
         "parts": parts,
-        "total": {"trainable": sum(p["trainable"] for p in parts.values()),
-                  "frozen": sum(p["frozen"] for p in parts.values())},
+        # parts may overlap (a whole network and the slice of it that runs): count each tensor once
+        "total": count_parameters(torch.nn.ModuleList(method.parts().values())),
+        "reference_parts": {name: count_parameters(module) for name, module in method.reference_parts().items()},
         "postprocess": method.postprocess().as_dict(),
         **method.card_details(),
     }

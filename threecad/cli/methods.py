@@ -48,12 +48,15 @@ def command(name: str | None, preset: str | None, overrides: tuple[str, ...], as
         return
     click.echo(f"{card['name']}: {card['description']}")
     click.echo(f"presets: {', '.join(card['presets'])}; shown: {card['preset']}, input {card['input_size']} px")
-    width = max(len(p) for p in card["parts"])
+    width = max(len(p) for p in [*card["parts"], *card["reference_parts"]])
     click.echo(f"{'part':<{width}}  {'trainable':>13}  {'frozen':>13}")
     for part, counts in card["parts"].items():
         click.echo(f"{part:<{width}}  {_fmt(counts['trainable']):>13}  {_fmt(counts['frozen']):>13}")
     click.echo(f"{'total':<{width}}  {_fmt(card['total']['trainable']):>13}  {_fmt(card['total']['frozen']):>13}")
-    skip = {"name", "description", "presets", "preset", "parts", "total", "input_size"}
+    for part, counts in card["reference_parts"].items():
+        click.echo(f"{part:<{width}}  {_fmt(counts['trainable']):>13}  {_fmt(counts['frozen']):>13}  "
+                   "(reference only, not in the total)")
+    skip = {"name", "description", "presets", "preset", "parts", "total", "input_size", "reference_parts"}
     for key, value in card.items():
         if key not in skip:
             click.echo(f"{key}: {json.dumps(value)}")
