@@ -3,8 +3,16 @@
 Faithful to the paper's defaults in preset `paper`: WideResNet-50 layers 1-3 (strides 4,
 8, 16), the deeper maps upsampled to the layer-1 grid and concatenated, a random subset
 of 550 channels (100 for ResNet-18), per position the mean and covariance + 0.01 I of
-the training embeddings, the Mahalanobis distance at test time, the map upsampled to the
-input and smoothed with a Gaussian of sigma 4; image score = max of the map.
+the training embeddings, the Mahalanobis distance at test time, the map upsampled
+bilinearly to the input. The harness smooths it (`postprocess()`: Gaussian sigma 4, border
+`reflect`, as the reference's scipy gaussian_filter) and scores each image by the max of
+the smoothed map.
+
+PaDiM assumes aligned objects: one Gaussian per grid position. Where the normal layout
+varies from image to image (holes or pockets at new places, a rotated stator), a normal
+part at an unseen position is as far from its position's Gaussian as a defect, and the
+image score (the map's max) lands on it. That, not the cpu preset's backbone, is why
+PaDiM scores low on `threecad synth` categories whose good images move their holes.
 
 Input: 256x256 without the paper's 224 center crop, as the 3CAD runs do (the harness
 evaluates every pixel of the full image). The covariance is accumulated batch by batch
@@ -26,7 +34,7 @@ from threecad.backbones import FeatureExtractor
 from threecad.errors import ThreecadError
 from threecad.harness.devices import single_thread_on_cpu
 from threecad.method import Method, MethodConfig
-from threecad.smoothing import gaussian_smooth
+from threecad.postprocess import PostProcess
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +49,7 @@ class PaDiMConfig(MethodConfig):
     strides: tuple[int, ...] = (4, 8, 16)
     n_features: int = 0  # random channel subset; 0 = the paper's number for the backbone
     epsilon: float = 0.01  # covariance regulariser (times identity)
-    sigma: float = 4.0  # Gaussian smoothing of the map, in input pixels; 0 = none
+    sigma: float = 4.0  # Gaussian smoothing of the map, in input pixels (harness); 0 = none
 
 
 class PaDiM(Method):
@@ -117,7 +125,28 @@ class PaDiM(Method):
             self.mean = mean_c + shift[:, 0]
         log.info("padim: %d positions x %d dims from %d images", self.mean.shape[0], self.mean.shape[1], count)
 
-    def predict(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def parts(self) -> dict[str, torch.nn.Module]:
+        return {self.extractor.part_name(): self.extractor}
+
+    def card_details(self) -> dict[str, Any]:
+        total = sum(self.extractor.channels)
+        details = {
+            "taps": self.extractor.describe_taps(self.config.image_size),
+            "feature_dim": f"{len(self.channel_index)} of {total} channels (random subset, seed {self.config.seed})",
+            "grid": f"stride {min(self.extractor.strides)}: deeper maps upsampled (nearest) to it",
+            "gaussians": f"one per grid position, covariance + {self.config.epsilon:g} I",
+        }
+        if self.config.backbone == "wide_resnet50_2":
+            details["reference_backbone"] = ("the reference runs the whole WideResNet-50-2 (68,883,240 "
+                                             "parameters); only conv1..layer3 reach its features")
+        return details
+
+    def postprocess(self) -> PostProcess:
+        """The reference's scipy gaussian_filter (sigma 4, mode reflect), then the max of the map."""
+        return PostProcess(sigma=self.config.sigma, mode="reflect", score="max")
+
+    def predict(self, images: torch.Tensor) -> tuple[None, torch.Tensor]:
+        """-> (None: the harness scores by the max of the smoothed map, raw maps (N, S, S))."""
         if self.mean is None:
             raise ThreecadError("PaDiM.predict called before fit or load_state_dict")
         images = images.to(self.device, non_blocking=True)
@@ -131,8 +160,7 @@ class PaDiM(Method):
         m2 = (delta * torch.bmm(self.precision, delta)).sum(1).clamp_min_(0)  # (P, n)
         dist = m2.sqrt().T.reshape(n, 1, h, w)
         maps = F.interpolate(dist, size=(height, width), mode="bilinear", align_corners=False)
-        maps = gaussian_smooth(maps[:, 0], self.config.sigma)
-        return maps.flatten(1).amax(1), maps
+        return None, maps[:, 0]
 
     def state_dict(self) -> dict[str, Any]:
         if self.mean is None:

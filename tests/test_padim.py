@@ -1,5 +1,6 @@
 """PaDiM on tiny data: shapes, dark-square defects found, Gaussians and Mahalanobis distances
-against numpy, checkpoint round trip."""
+against numpy, raw maps and the declared
+post-processing, checkpoint round trip, the model card's counts."""
 from __future__ import annotations
 
 import io
@@ -17,6 +18,7 @@ from conftest import make_tiny_dataset
 from threecad.dataset import ThreeCAD
 from threecad.errors import ThreecadError
 from threecad.method import build_config
+from threecad.model_card import model_card
 
 SIZE = 64
 
@@ -42,10 +44,15 @@ def fitted(tiny) -> PaDiM:
 def test_fit_predict_shapes_and_defects_score_higher(fitted, tiny):
     batch = next(iter(_loader(tiny, "test", 100)))
     with torch.inference_mode():
-        scores, maps = fitted.predict(batch["image"])
+        none, raw = fitted.predict(batch["image"])
+    assert none is None  # the harness scores by the max of the smoothed map
+    scores, maps = fitted.postprocess().apply(raw)
     n = len(batch["label"])
     assert scores.shape == (n,) and maps.shape == (n, SIZE, SIZE)
-    assert torch.allclose(scores, maps.flatten(1).amax(1))
+    assert torch.equal(scores, maps.flatten(1).amax(1))
+    from scipy.ndimage import gaussian_filter  # the reference's smoothing, border `reflect`
+    np.testing.assert_allclose(maps[0].numpy(), gaussian_filter(raw[0].numpy(), sigma=fitted.config.sigma),
+                               rtol=1e-5, atol=1e-5 * float(raw[0].abs().max()))
     labels = batch["label"].numpy()
     assert roc_auc_score(labels, scores.numpy()) == 1.0
     masks = batch["mask"][:, 0].bool()
@@ -64,15 +71,11 @@ def test_gaussians_and_distances_match_numpy(fitted, tiny):
         np.testing.assert_allclose(fitted.mean[pos].numpy(), x[pos].mean(0), rtol=1e-4, atol=1e-5)
         cov = np.cov(x[pos], rowvar=False) + 0.01 * np.eye(d)
         np.testing.assert_allclose(fitted.precision[pos].numpy() @ cov, np.eye(d), atol=2e-3)
-    # the map before smoothing is the upsampled Mahalanobis distance
-    fitted.config.sigma = 0.0
-    try:
-        test = next(iter(_loader(tiny, "test", 100)))["image"][:3]
-        with torch.inference_mode():
-            _, maps = fitted.predict(test)
-            e = fitted.embed(test).numpy().astype(np.float64)
-    finally:
-        fitted.config.sigma = 2.0
+    # the raw map is the upsampled Mahalanobis distance
+    test = next(iter(_loader(tiny, "test", 100)))["image"][:3]
+    with torch.inference_mode():
+        _, maps = fitted.predict(test)
+        e = fitted.embed(test).numpy().astype(np.float64)
     dist = np.zeros((3, h, w))
     for i in range(3):
         for pos in range(h * w):
@@ -93,9 +96,18 @@ def test_state_dict_round_trip_gives_identical_maps(fitted, tiny):
     fresh.load_state_dict(torch.load(buf, weights_only=True))
     images = next(iter(_loader(tiny, "test", 100)))["image"]
     with torch.inference_mode():
-        s1, m1 = fitted.predict(images)
-        s2, m2 = fresh.predict(images)
-    assert torch.equal(m1, m2) and torch.equal(s1, s2)
+        _, m1 = fitted.predict(images)
+        _, m2 = fresh.predict(images)
+    assert torch.equal(m1, m2)
+
+
+def test_model_card_counts_the_backbone_part_the_paper_preset_runs():
+    card = model_card(PaDiM, "paper")
+    assert card["parts"] == {"backbone wide_resnet50_2 (used: conv1..layer3)": {"trainable": 0, "frozen": 24_862_528}}
+    assert [(t["layer"], t["channels"]) for t in card["taps"]] == [("layer1", 256), ("layer2", 512), ("layer3", 1024)]
+    assert card["feature_dim"].startswith("550 of 1792")
+    assert card["postprocess"] == {"sigma": 4.0, "mode": "reflect", "score": "max"}
+    assert model_card(PaDiM, "cpu")["config"]["backbone"] == "efficientnet_lite0"
 
 
 def test_channel_subset_by_seed_and_bad_sizes():
@@ -106,3 +118,4 @@ def test_channel_subset_by_seed_and_bad_sizes():
     assert not torch.equal(a.channel_index, other.channel_index)
     with pytest.raises(ThreecadError, match="n_features"):
         PaDiM(build_config(PaDiM, "cpu", {"weights": "none", "n_features": "100000"}))
+

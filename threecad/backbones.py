@@ -310,6 +310,11 @@ class FeatureExtractor(nn.Module):
         return [{"layer": name, "stride": stride, "channels": channels, "size": image_size // stride}
                 for name, stride, channels in zip(self.tap_names, self.strides, self.channels)]
 
+    def part_name(self) -> str:
+        """How a model card names the part of the backbone that runs (cut after the deepest tap)."""
+        return f"backbone {self.name} (used: {'conv1' if self.name.startswith(('resnet', 'wide_resnet')) else 'stem'}" \
+               f"..{self.tap_names[-1]})"
+
     def batchnorm_layers(self) -> list[nn.modules.batchnorm._BatchNorm]:
         return [m for m in self.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
