@@ -2,13 +2,16 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from fake_methods import pythonpath_with, write_distribution
 
@@ -49,7 +52,9 @@ def test_bench_end_to_end(tiny_root, tmp_path, env):
     assert res["mean"]["i_auroc"] == pytest.approx(
         sum(r["metrics"]["i_auroc"] for r in res["categories"].values()) / 2)
     assert res["dataset"]["name"] == "3cad" and len(res["dataset"]["fingerprint"]) == 16
-    state = torch.load(run / "checkpoints" / "ACC.pt", weights_only=True)
+    from threecad.integrity import load_checked
+
+    state = load_checked(run / "checkpoints" / "ACC.pt")
     assert state["mean"].shape == (3, 32, 32)
     assert (run / "pictures" / "ACC.png").stat().st_size > 1000
     md = (run / "results.md").read_text()
@@ -113,3 +118,123 @@ def test_bad_options_are_one_line_errors(tiny_root, tmp_path, monkeypatch):
         assert message in proc.stderr and "Traceback" not in proc.stderr
     proc = threecad(["bench", "--method", "meandsit", "--root", str(tiny_root)], None)
     assert proc.exit_code == 2 and "Did you mean 'meandist'" in proc.stderr
+
+
+# ------------------------------------------------------------------ in-process checks (CliRunner)
+
+
+@pytest.fixture
+def cli(tmp_path, monkeypatch):
+    """Run `threecad ARGS` in this process, with meandist registered; returns the click Result."""
+    from click.testing import CliRunner
+
+    from threecad.cli import main
+
+    monkeypatch.syspath_prepend(str(write_distribution(tmp_path / "site")))
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    monkeypatch.setenv("THREECAD_CACHE", str(tmp_path / "cache"))
+
+    def invoke(*args: str, code: int = 0):
+        result = CliRunner().invoke(main, list(args))
+        assert result.exit_code == code, result.output + result.stderr
+        return result
+    return invoke
+
+
+def fast(root, out, *more):
+    return ["bench", "--method", "meandist", "--root", str(root), "--out", str(out), "--device", "cpu",
+            "--eval-size", "64", "--pictures", "0", *more]
+
+
+def test_checkpoint_is_checked_and_categories_in_catalog_order(cli, tiny_root, tmp_path):
+    from threecad.integrity import load_checked, sum_path
+
+    run = tmp_path / "run"
+    out = cli(*fast(tiny_root, run, "--category", "CS,ACC")).output
+    assert "on 2 categories of" in out
+    res = json.loads((run / "results.json").read_text())
+    assert list(res["categories"]) == ["ACC", "CS"]  # the catalog's order, not the order asked
+    ckpt = run / "checkpoints" / "ACC.pt"
+    assert sum_path(ckpt).is_file()
+    assert load_checked(ckpt)["mean"].shape == (3, 32, 32)
+    one = cli(*fast(tiny_root, tmp_path / "one", "--category", "CS")).output
+    assert "on 1 category of" in one
+
+
+def test_all_empty_masks_give_undefined_pixel_metrics(cli, tiny_root, tmp_path):
+    for mask in tiny_root.glob("*/ground_truth/*/*.png"):
+        Image.fromarray(np.zeros((64, 64), np.uint8)).save(mask)
+    run = tmp_path / "run"
+    out = cli(*fast(tiny_root, run, "--category", "ACC")).output
+    rec = json.loads((run / "categories" / "ACC.json").read_text())
+    assert rec["status"] == "ok"
+    assert rec["metrics"]["p_auroc"] is None and rec["metrics"]["au_pro"] is None
+    assert isinstance(rec["metrics"]["i_auroc"], float)
+    assert "p_auroc: no defect" in rec["notes"]
+    assert "p_auroc -" in out
+    res = json.loads((run / "results.json").read_text())
+    assert "p_auroc" not in res["mean"] and res["mean"]["i_auroc"] == rec["metrics"]["i_auroc"]
+
+
+def test_layout_errors_refused_unless_allowed(cli, tiny_root, tmp_path, monkeypatch):
+    """An unreadable folder (simulated: root ignores chmod) would silently drop its images."""
+    import errno
+
+    hidden = tiny_root / "Copper_Stator" / "test" / "bump"
+    real_scandir = os.scandir
+
+    def scandir(p="."):
+        if Path(os.fspath(p)) == hidden:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.fspath(p))
+        return real_scandir(p)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    result = cli(*fast(tiny_root, tmp_path / "refused"), code=2)
+    assert "--allow-layout-problems" in result.stderr and str(hidden) in result.stderr
+    assert not (tmp_path / "refused").exists()
+    run = tmp_path / "run"
+    cli(*fast(tiny_root, run, "--allow-layout-problems", "--category", "ACC"))  # CS's problem is not ACC's
+    assert json.loads((run / "results.json").read_text())["dataset"]["layout_problems"] == 0
+    cli(*fast(tiny_root, tmp_path / "run2", "--allow-layout-problems"))
+    res = json.loads((tmp_path / "run2" / "results.json").read_text())
+    assert res["dataset"]["layout_problems"] == 1 and res["categories"]["CS"]["n_test"] == 6
+
+
+def test_split_manifest_is_announced_and_recorded(cli, tiny_root, tmp_path):
+    import hashlib
+
+    plain = tmp_path / "plain"
+    cli(*fast(tiny_root, plain))
+    cli("split", "--root", str(tiny_root))
+    manifest = tiny_root / "split.csv"
+    run = tmp_path / "run"
+    out = cli(*fast(tiny_root, run)).output
+    assert f"using split manifest {manifest.resolve()} (val 2 images)" in out
+    res = json.loads((run / "results.json").read_text())
+    before = json.loads((plain / "results.json").read_text())["dataset"]
+    assert res["dataset"]["split"]["sha256"] == hashlib.sha256(manifest.read_bytes()).hexdigest()
+    assert res["dataset"]["split"]["path"] == str(manifest.resolve())
+    assert before["split"] is None and res["dataset"]["files_fingerprint"] == before["fingerprint"]
+    assert res["dataset"]["fingerprint"] != before["fingerprint"] and len(res["dataset"]["fingerprint"]) == 16
+    assert res["categories"]["ACC"]["n_train"] == 5 and res["categories"]["ACC"]["n_val"] == 1
+    # the plain run cannot be resumed on the root that now carries a split
+    assert "different dataset" in cli(*fast(tiny_root, plain, "--resume"), code=2).stderr
+
+
+def test_progress_logs_at_a_steady_pace_without_a_terminal(caplog):
+    from threecad.progress import LogProgress, progress
+
+    now = [0.0]
+    caplog.set_level(logging.INFO, logger="threecad.progress")
+    with LogProgress(total=10, desc="ACC test", unit="batch", interval=30, clock=lambda: now[0]) as bar:
+        for _ in range(10):
+            now[0] += 10
+            bar.update(1)
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == ["ACC test: 3/10 batch after 30 s (0.1 batch/s), about 70 s left",
+                     "ACC test: 6/10 batch after 60 s (0.1 batch/s), about 40 s left",
+                     "ACC test: 9/10 batch after 90 s (0.1 batch/s), about 10 s left",
+                     "ACC test: 10/10 batch done in 100.0 s (0.1 batch/s)"]
+    caplog.clear()
+    assert list(progress(range(5), desc="x", terminal=False)) == [0, 1, 2, 3, 4]
+    assert [r.getMessage().split(" done")[0] for r in caplog.records] == ["x: 5/5 it"]

@@ -26,14 +26,19 @@ from threecad.cli.common import category_option, resolve_root, root_option
               show_default=True, help="Exact metrics, or streaming in fixed memory (auto: by test-set size).")
 @click.option("--pictures", type=int, default=6, show_default=True,
               help="Hardest good and defective images pictured per category (0: none).")
-def command(method, root, categories, preset, sets, device, protocol, out, resume, eval_size, metrics_mode, pictures):
+@click.option("--allow-layout-problems", is_flag=True,
+              help="Run on a root with layout errors (missing or unreadable masks and images); "
+                   "warned, and their count recorded in results.json.")
+def command(method, root, categories, preset, sets, device, protocol, out, resume, eval_size, metrics_mode, pictures,
+            allow_layout_problems):
     """Fit and evaluate METHOD on each category; write a run directory and print the table."""
     from threecad.harness import BenchSpec, run_benchmark
     from threecad.method import parse_set_options
 
     spec = BenchSpec(method=method, root=resolve_root(root), categories=tuple(categories), preset=preset,
                      overrides=parse_set_options(sets), device=device, protocol=protocol, out=out,
-                     resume=resume, eval_size=eval_size, metrics_mode=metrics_mode, pictures=pictures)
+                     resume=resume, eval_size=eval_size, metrics_mode=metrics_mode, pictures=pictures,
+                     allow_layout_problems=allow_layout_problems)
     results, code = run_benchmark(spec, echo=click.echo)
     run_dir = Path(out) if out else None
     click.echo("")

@@ -8,17 +8,26 @@ Layout of RUN_DIR:
   pictures/<ABBR>.png      highest-scored good and lowest-scored defective test images
   work/<ABBR>/             the method's scratch (epoch checkpoints), removed on success
   results.json, results.csv, results.md   aggregates, rewritten after every category
+  .lock, .lock.owner       held by the running `threecad bench` (flock) and its pid
+
+The lock is held for the whole run, so two commands never write one directory: without
+it, two runs into the same --out both "succeed" with their records mixed.
 """
 from __future__ import annotations
 
 import json
+import logging
 import math
+import os
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from threecad.errors import ThreecadError
 from threecad.fsutil import atomic_write_json, atomic_write_text
+
+log = logging.getLogger(__name__)
 
 MAIN_METRICS = ("i_auroc", "i_ap", "i_f1max", "p_auroc", "p_ap", "p_f1max", "au_pro")
 SCHEMA = "threecad.run/1"
@@ -50,16 +59,42 @@ class RunDir:
     def work_dir(self, abbr: str) -> Path:
         return self.path / "work" / abbr
 
+    @property
+    def lock_file(self) -> Path:
+        return self.path / ".lock"
+
     # records
     def read_spec(self) -> dict[str, Any] | None:
-        return json.loads(self.spec_file.read_text()) if self.spec_file.is_file() else None
+        """run.json, or None when there is none; a damaged one is a one-line error."""
+        f = self.spec_file
+        if not f.is_file():
+            return None
+        try:
+            spec = json.loads(f.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ThreecadError(f"{f} is damaged (not valid JSON: {exc}); move {self.path} aside "
+                                "or choose another --out") from None
+        except OSError as exc:
+            raise ThreecadError(f"cannot read {f}: {exc.strerror or exc}") from None
+        if not isinstance(spec, dict) or not {"method", "config", "run_id"} <= set(spec):
+            raise ThreecadError(f"{f} is damaged (not a threecad run description); move {self.path} "
+                                "aside or choose another --out")
+        return spec
 
     def write_spec(self, spec: dict[str, Any]) -> None:
         atomic_write_json(self.spec_file, spec)
 
     def read_category(self, abbr: str) -> dict[str, Any] | None:
+        """The category's record; None when absent, or damaged (then it is run again)."""
         f = self.category_file(abbr)
-        return json.loads(f.read_text()) if f.is_file() else None
+        if not f.is_file():
+            return None
+        try:
+            record = json.loads(f.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            log.warning("%s cannot be read (%s); %s will run again", f, exc, abbr)
+            return None
+        return record if isinstance(record, dict) else None
 
     def write_category(self, abbr: str, record: dict[str, Any]) -> None:
         atomic_write_json(self.category_file(abbr), record)
@@ -71,6 +106,13 @@ class RunDir:
         self.write_category(abbr, record)
         return record
 
+    def read_results(self) -> dict[str, Any] | None:
+        try:
+            data = json.loads((self.path / "results.json").read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            return None
+        return data if isinstance(data, dict) else None
+
     # aggregates
     def write_results(self, spec: dict[str, Any], categories: dict[str, dict[str, Any]],
                       extra: dict[str, Any]) -> dict[str, Any]:
@@ -80,6 +122,53 @@ class RunDir:
         atomic_write_text(self.path / "results.csv", long_table(results).to_csv(index=False))
         atomic_write_text(self.path / "results.md", markdown(results))
         return results
+
+
+class RunLock:
+    """An exclusive, non-blocking lock on a run directory for the whole run.
+
+    flock through `filelock` (the kernel drops it when the process dies, so a killed run
+    leaves no stale lock); the holder's pid goes to `.lock.owner`, a separate file because
+    some filelock versions truncate the lock file when a contender opens it.
+    """
+
+    def __init__(self, run: RunDir):
+        from filelock import FileLock
+
+        self.run = run
+        self.owner_file = run.path / ".lock.owner"
+        self._lock = FileLock(str(run.lock_file))
+
+    def acquire(self) -> None:
+        from filelock import Timeout
+
+        try:
+            self._lock.acquire(timeout=0)
+        except Timeout:
+            try:
+                pid = self.owner_file.read_text().split()[0]
+            except (OSError, IndexError):
+                pid = "unknown"
+            raise ThreecadError(f"{self.run.path} is in use by another threecad bench (pid {pid})") from None
+        except OSError as exc:
+            raise ThreecadError(f"cannot lock the run directory {self.run.path}: "
+                                f"{(exc.strerror or str(exc)).lower()}") from None
+        try:
+            atomic_write_text(self.owner_file, f"{os.getpid()}\n")
+        except OSError as exc:
+            self._lock.release()
+            raise ThreecadError(f"cannot write to the run directory {self.run.path}: "
+                                f"{(exc.strerror or str(exc)).lower()}") from None
+
+    def release(self) -> None:
+        self._lock.release()
+
+    def __enter__(self) -> "RunLock":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
 
 
 def mean_metrics(categories: dict[str, dict[str, Any]], protocol: str) -> dict[str, float]:
