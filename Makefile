@@ -23,7 +23,7 @@ test: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/threecad synth --out $(DEMO_DATA) --scale 0.01 --max-size 256 --seed 0 --force
-	$(VENV)/bin/threecad bench --method cfrg --root $(DEMO_DATA) --preset cpu --device cpu --out $(DEMO_RUN)
+	$(VENV)/bin/threecad bench --method cfrg --root $(DEMO_DATA) --preset cpu --device cpu --out $(DEMO_RUN) --resume
 
 clean:
 	rm -rf $(DEMO_DATA) $(DEMO_RUN) .pytest_cache

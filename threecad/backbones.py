@@ -232,7 +232,14 @@ def resolve_weights(name: str, weights: str | os.PathLike | None) -> dict | None
         path = Path(weights).expanduser()
         if not path.is_file():
             raise WeightsUnavailable(f"weights file {path} does not exist")
-        return _clean_state(torch.load(path, map_location="cpu", weights_only=True))
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - any unreadable file ends in the same one-line refusal
+            raise WeightsUnavailable(f"the weights file {path} cannot be read as a PyTorch state dict "
+                                     f"({type(exc).__name__}: {exc})") from None
+        if not isinstance(state, dict):
+            raise WeightsUnavailable(f"the weights file {path} holds a {type(state).__name__}, not a state dict")
+        return _clean_state(state)
     candidates = []
     if spec.weights_url:
         candidates.append(Path(torch.hub.get_dir()) / "checkpoints" / spec.weights_url.rsplit("/", 1)[1])

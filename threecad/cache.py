@@ -28,7 +28,7 @@ from typing import Callable
 
 import numpy as np
 from filelock import FileLock
-from tqdm.auto import tqdm
+from threecad.progress import progress_bar
 
 from threecad import integrity
 from threecad.errors import ThreecadError
@@ -136,7 +136,7 @@ def _build(path: Path, shape: tuple[int, ...], load_item: Callable[[int], np.nda
         def fill(i: int) -> None:
             out[i] = load_item(i)
 
-        with tqdm(total=n, desc=desc, unit="img", leave=False, disable=None) as bar:
+        with progress_bar(total=n, desc=desc, unit="img") as bar:
             if workers == 1 or n < PARALLEL_MIN_ITEMS:
                 for i in range(n):
                     fill(i)

@@ -16,10 +16,10 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from threecad import integrity
 from threecad.errors import ThreecadError
+from threecad.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -209,7 +209,7 @@ def train_epochs(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, 
     selected = start
     last: dict[str, float] = {}
     total = n_batches * (epochs - start) if n_batches else None
-    with tqdm(total=total, desc=desc, unit="step", disable=None, dynamic_ncols=True) as bar:
+    with progress_bar(total=total, desc=desc, unit="step") as bar:
         for epoch in range(start, epochs):
             model.train()
             sums: dict[str, float] = {}

@@ -22,6 +22,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from threecad.errors import ThreecadError
@@ -172,15 +173,17 @@ class RunLock:
 
 
 def mean_metrics(categories: dict[str, dict[str, Any]], protocol: str) -> dict[str, float]:
-    """Mean over the finished categories; 3cad-paper rounds each value to 3 decimals first, as the paper."""
+    """Mean over the finished categories (numpy's summation, as the release's np.mean);
+    3cad-paper rounds each value to 3 decimals first, as the paper. The leaderboard's run
+    check recomputes the mean with this same function."""
     out: dict[str, float] = {}
-    ok = [c for c in categories.values() if c.get("status") == "ok"]
+    ok = [c for c in categories.values() if c.get("status") == "ok" and isinstance(c.get("metrics"), dict)]
     for metric in MAIN_METRICS:
         values = [c["metrics"][metric] for c in ok if _finite(c["metrics"].get(metric))]
         if protocol == "3cad-paper":
             values = [round(v, 3) for v in values]
         if values:
-            out[metric] = sum(values) / len(values)
+            out[metric] = float(np.mean(values))
     return out
 
 

@@ -35,6 +35,7 @@ from torch.utils.data import DataLoader
 from threecad.catalog import Category, resolve_categories
 from threecad.errors import DatasetError, ThreecadError
 from threecad.harness import devices
+from threecad.smoothing import release_blur
 from threecad.harness.memory import PeakMemory
 from threecad.harness.pictures import HardestImages
 from threecad.harness.rundir import MAIN_METRICS, RunDir, RunLock
@@ -449,7 +450,8 @@ def _run_category(method_cls: type[Method], config, data: CategoryData, device: 
                     scores, maps = post.apply(maps, scores)
                 maps = F.interpolate(maps[:, None], size=(spec.eval_size, spec.eval_size),
                                      mode="bilinear", align_corners=False)[:, 0].cpu()
-                scores = None if scores is None else scores.float().cpu()
+                # 3cad-paper: the release scores every image by the max of its blurred map; none is passed
+                scores = None if scores is None or spec.protocol != "standard" else scores.float().cpu()
             devices.synchronize(device)
             if i > 0 or len(test_loader) == 1:  # the first batch is warm-up
                 infer_s += time.perf_counter() - t1
@@ -457,7 +459,12 @@ def _run_category(method_cls: type[Method], config, data: CategoryData, device: 
             masks = batch["mask"][:, 0] > 0.5
             evaluator.update(maps, masks, scores=scores, labels=batch["label"],
                              defect_types=list(batch["defect_type"]))
-            shown = scores if scores is not None else maps.flatten(1).amax(dim=1)
+            if scores is not None:
+                shown = scores
+            elif spec.protocol == "standard":
+                shown = maps.flatten(1).amax(dim=1)
+            else:  # the score the release gives: max of the map after its blur
+                shown = torch.from_numpy(release_blur(maps.double().numpy()).reshape(len(maps), -1).max(axis=1))
             hardest.update(images, maps, masks, shown, batch["label"], list(batch["path"]))
     computed = evaluator.compute()
     # None: the data cannot define the metric (e.g. no defect pixel at all); `notes` says why

@@ -67,17 +67,10 @@ def _finite(v: Any) -> bool:
 
 
 def records_mean(records: dict[str, dict[str, Any]], protocol: str) -> dict[str, float]:
-    """The run's mean as the harness defines it (`rundir.mean_metrics`): over ok categories,
-    finite values only, each rounded to 3 decimals first under 3cad-paper."""
-    out: dict[str, float] = {}
-    ok = [r for r in records.values() if r.get("status") == "ok" and isinstance(r.get("metrics"), dict)]
-    for metric in METRICS:
-        values = [r["metrics"][metric] for r in ok if _finite(r["metrics"].get(metric))]
-        if protocol == "3cad-paper":
-            values = [round(v, 3) for v in values]
-        if values:
-            out[metric] = sum(values) / len(values)
-    return out
+    """The run's mean as the harness computes it, from the category records."""
+    from threecad.harness.rundir import mean_metrics
+
+    return mean_metrics(records, protocol)
 
 
 def _check_finished(results_path: Path, data: dict[str, Any], run_dir: Path) -> None:
