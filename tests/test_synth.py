@@ -373,3 +373,96 @@ def test_size_estimate_covers_the_tree(small_tree):
     assert written < writer.estimate_bytes(jobs) < 4 * written
     full = writer.estimate_bytes(writer.plan(THREECAD, 1.0, 0, None))
     assert 25e9 < full < 40e9  # README: about 25 GB on disk at scale 1.0
+
+
+# --- output identity across speed work (issue #15) -----------------------------------------
+# Digests of a fixed plan, recorded from the code before the speed-ups (commit 6b554f9):
+# per category, the files (sha256 of each, with its path) and the decoded pixels. Output
+# bytes depend on the library versions (numpy's float32 maths, Pillow's resize and its
+# bundled zlib-ng), so the digests are checked where those match the recording's.
+GOLDEN_VERSIONS = {"numpy": "2.4.6", "PIL": "13.0.0", "scipy": "1.17.1"}
+GOLDEN_TREE = {  # generate(scale=0.003, seed=21, max_size=128, min_train=0): (files, pixels)
+    "ACC": ("08ca0dc6798c52ae7d84b934", "5191fe89ca7b88ba4ad97b71"),
+    "AI": ("a95f047f3a037fca2ac61ccf", "0edef8cf20d38d32bb42c19f"),
+    "AMF": ("f6f15a34c81bf7a50deeb75d", "8e6593a2d2731a7d2242d7da"),
+    "ANMF": ("319db3c00cadbee9e0185d2a", "19ba1358f6d448ac1e05a57a"),
+    "ANI": ("944a7aab8746da6e81bc4f37", "d28003f5b3117e105bdd19bf"),
+    "AP": ("cc9d1dcd1893055407fde82c", "06f841301c7d0b21636f10c5"),
+    "CS": ("865e5cd6c216e0c1aea4433f", "925edd317355427714222beb"),
+    "IS": ("7ada5f9cb072f5d281616caf", "b31cb7874be95b7d0b32e927"),
+}
+GOLDEN_MARKER = "2a3bd06795d19cfa60b003d9"
+GOLDEN_NATIVE = {  # the first train image and two defective ones of distinct types, up to 520 px
+    "ACC": ("1c74462a9c8ea1ada0a0f8da", "d42b9e326da26fd8071a4f16"),
+    "AI": ("ae717631caa12e7c17360f7f", "cb977ff287106abb9d15ced6"),
+    "AMF": ("2a75123398926b68dc22f606", "d13599ff42a62360c1287786"),
+    "ANMF": ("4d4a38ddb50a595cf3f70314", "19f4a3b1676c402b49c64bb1"),
+    "ANI": ("f1b963d54b2091cbf8b72c5a", "91ecf6745de8cb1f277c532e"),
+    "AP": ("4752ed011c84e846a75d891d", "6f6368ba1925136b5e5f08f5"),
+    "CS": ("a667b7d40a5dff1a6f4e0a96", "7df8a00e085df0007489c8c4"),
+    "IS": ("3dfcc0c50af296a4b8337126", "c6b47c6a7350b074317062c7"),
+}
+
+
+def _file_digest(root: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*")):
+        if p.is_file():
+            digest = hashlib.sha256(p.read_bytes()).digest()
+            h.update(p.relative_to(root).as_posix().encode() + b"\0" + digest)
+    return h.hexdigest()[:24]
+
+
+def _pixel_digest(root: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*.png")):
+        with Image.open(p) as im:
+            h.update(p.relative_to(root).as_posix().encode() + im.mode.encode() + np.asarray(im).tobytes())
+    return h.hexdigest()[:24]
+
+
+def _golden_versions_differ() -> str | None:
+    import PIL
+    import scipy
+    have = {"numpy": np.__version__, "PIL": PIL.__version__, "scipy": scipy.__version__}
+    if have != GOLDEN_VERSIONS:
+        return f"digests recorded with {GOLDEN_VERSIONS}, this environment has {have}"
+    return None
+
+
+def test_output_identical_to_the_code_before_the_speedups(tmp_path):
+    """Same seed, same files as before the speed work: the whole writer at small sizes
+    (images, masks, sidecars, marker), and a few images at up to 520 px per category
+    (regions that must survive the resize to 256, every kind's effect)."""
+    why = _golden_versions_differ()
+    if why:
+        pytest.skip(why)
+    root = generate(tmp_path / "t", scale=0.003, seed=21, max_size=128, workers=1, progress=False,
+                    min_train=0)
+    got = {c.abbreviation: (_file_digest(root / c.folder), _pixel_digest(root / c.folder)) for c in THREECAD}
+    assert got == GOLDEN_TREE
+    assert hashlib.sha256((root / "synthetic.json").read_bytes()).hexdigest()[:24] == GOLDEN_MARKER
+    native = {}
+    for cat in THREECAD:
+        jobs = plan_category(cat, 0.02, 11, 520, 0)
+        picked, labels = [jobs[0]], set()
+        for j in jobs:
+            if j.regions and j.label not in labels and len(labels) < 2:
+                picked.append(j)
+                labels.add(j.label)
+        base = tmp_path / "native" / cat.folder
+        for j in picked:
+            (base / j.relpath).parent.mkdir(parents=True, exist_ok=True)
+            (base / j.mask_relpath).parent.mkdir(parents=True, exist_ok=True)
+            writer.write_job(j, str(base.parent))
+        native[cat.abbreviation] = (_file_digest(base), _pixel_digest(base))
+    assert native == GOLDEN_NATIVE
+
+
+def test_worker_allocator_settings_apply_only_where_glibc_has_them():
+    """The pool's initializer tunes glibc malloc in a fresh process (never the caller's)."""
+    code = "import threecad.synth.writer as w; print(w.tune_allocator())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    import platform
+    expected = "True" if platform.libc_ver()[0] == "glibc" else "False"
+    assert out.strip() == expected

@@ -20,6 +20,7 @@ from threecad.synth.noise import (coverage, fractal_noise, grid_coords, periodic
 
 Edges = frozenset[str]  # which edges a scene must show: "outer" (outline), "inner" (hole rim)
 NO_EDGES: Edges = frozenset()
+BAND = 64  # rows per step of the full-image blends: a band's temporaries stay in cache
 
 
 @dataclass
@@ -40,26 +41,62 @@ def _rgb(lum: np.ndarray, color) -> np.ndarray:
     return lum[None] * np.asarray(color, np.float32)[:, None, None]
 
 
+def _bbox(weight: np.ndarray) -> tuple[slice, slice] | None:
+    """Rows and columns that hold a non-zero weight, or None when there is none."""
+    rows = np.flatnonzero(weight.any(axis=1))
+    if rows.size == 0:
+        return None
+    cols = np.flatnonzero(weight[rows[0]:rows[-1] + 1].any(axis=0))
+    return slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
+
+
 def _mix(base: np.ndarray, top, weight: np.ndarray) -> np.ndarray:
     """Blend `top` (an image or a grey level) over `base` in place, float32 throughout.
 
     Only the rows and columns where the weight is non-zero are touched, which keeps the
-    many small layers (bevels, holes, seams) cheap.
+    many small layers (bevels, holes, seams) cheap; the work goes in bands of BAND rows,
+    so that the temporaries stay in cache (the arithmetic per pixel is unchanged).
     """
     weight = np.asarray(weight, np.float32)
-    rows = np.flatnonzero(weight.any(axis=1))
-    cols = np.flatnonzero(weight.any(axis=0))
-    if rows.size == 0:
+    box = _bbox(weight)
+    if box is None:
         return base
-    sl = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
-    wt = weight[sl][None]
-    b = base[(slice(None),) + sl]
-    if np.isscalar(top) or np.ndim(top) == 0:
-        b += (np.float32(top) - b) * wt
-    else:
-        t = np.asarray(top, np.float32)[(slice(None),) + sl] - b
-        t *= wt
-        b += t
+    scalar = np.isscalar(top) or np.ndim(top) == 0
+    top = np.float32(top) if scalar else np.asarray(top, np.float32)
+    rows, cols = box
+    for r in range(rows.start, rows.stop, BAND):
+        sl = (slice(r, min(r + BAND, rows.stop)), cols)
+        wt = weight[sl][None]
+        b = base[(slice(None),) + sl]
+        if scalar:
+            b += (top - b) * wt
+        else:
+            t = top[(slice(None),) + sl] - b
+            t *= wt
+            b += t
+    return base
+
+
+def _mix_tinted(base: np.ndarray, lum: np.ndarray, color, weight: np.ndarray) -> np.ndarray:
+    """`_mix(base, _rgb(lum, color), weight)` without making the (3, H, W) layer: the same
+    float32 arithmetic per pixel and channel, done only inside the weight's box."""
+    lum = np.asarray(lum, np.float32)
+    weight = np.asarray(weight, np.float32)
+    box = _bbox(weight)
+    if box is None:
+        return base
+    color = np.asarray(color, np.float32)
+    rows, cols = box
+    for r in range(rows.start, rows.stop, BAND):
+        sl = (slice(r, min(r + BAND, rows.stop)), cols)
+        wt = weight[sl]
+        layer = lum[sl]
+        for c in range(3):
+            b = base[(c,) + sl]
+            t = layer * color[c]
+            t -= b
+            t *= wt
+            b += t
     return base
 
 
@@ -85,12 +122,25 @@ def _lighting(rng: np.random.Generator, yy, xx, h: int, w: int, strength: float)
     phi = rng.uniform(0, 2 * math.pi)
     grad = ((xx - w / 2) / w * math.cos(phi) + (yy - h / 2) / h * math.sin(phi))
     hy, hx = rng.uniform(0.2, 0.8) * h, rng.uniform(0.2, 0.8) * w
-    spot = np.exp(-(((yy - hy) / h) ** 2 + ((xx - hx) / w) ** 2) * rng.uniform(1.5, 4.0))
-    return (1.0 + strength * (grad + 0.8 * (spot - 0.5))).astype(np.float32)
+    # 1 + strength * (grad + 0.8 * (spot - 0.5)) with spot = exp(-(dy^2 + dx^2) * k), in place
+    spot = ((yy - hy) / h) ** 2 + ((xx - hx) / w) ** 2
+    np.negative(spot, out=spot)
+    spot *= rng.uniform(1.5, 4.0)
+    np.exp(spot, out=spot)
+    spot -= 0.5
+    spot *= 0.8
+    spot += grad
+    spot *= strength
+    spot += 1.0
+    return spot.astype(np.float32, copy=False)
 
 
 def _background(rng: np.random.Generator, shape, s: float, level: float) -> np.ndarray:
-    return (level * (1.0 + 0.25 * smooth_noise(rng, shape, s / 4))).astype(np.float32)
+    out = smooth_noise(rng, shape, s / 4)  # level * (1 + 0.25 * noise), in place
+    out *= 0.25
+    out += 1.0
+    out *= level
+    return out.astype(np.float32, copy=False)
 
 
 def _pick(rng: np.random.Generator, palette: list[tuple[float, tuple[float, float, float]]]):
@@ -102,7 +152,9 @@ def _pick(rng: np.random.Generator, palette: list[tuple[float, tuple[float, floa
 
 def _chamfer(sdf: np.ndarray, width: float) -> np.ndarray:
     """Weight of the bevel band just inside an outline (sdf negative inside)."""
-    return (smoothstep(-width - 1.0, -width + 1.0, sdf) * coverage(sdf)).astype(np.float32)
+    out = smoothstep(-width - 1.0, -width + 1.0, sdf)
+    out *= coverage(sdf)
+    return out.astype(np.float32, copy=False)
 
 
 def _hole_disks(yy, xx, centers, radii):
@@ -121,7 +173,8 @@ def _polar(rng: np.random.Generator, h: int, w: int, jitter: float = 0.02):
     yy, xx = grid_coords(h, w)
     cy = h / 2 + rng.uniform(-jitter, jitter) * s
     cx = w / 2 + rng.uniform(-jitter, jitter) * s
-    r = np.sqrt((yy - cy) ** 2 + (xx - cx) ** 2)
+    r = (yy - cy) ** 2 + (xx - cx) ** 2
+    np.sqrt(r, out=r)
     theta = np.arctan2(yy - cy, xx - cx)
     return s, yy, xx, cy, cx, r, theta
 
@@ -148,10 +201,10 @@ def camera_cover(rng: np.random.Generator, h: int, w: int, edges: Edges = NO_EDG
     spec = 1.25 + 0.35 * np.cos(2 * (theta - phi)) + 0.1 * turning
     img = _rgb(_background(rng, (h, w), s, 0.07), (1.0, 1.0, 1.02))
     lens = 0.035 + 0.05 * np.exp(-((r - r_in * 0.55) / (r_in * 0.08)) ** 2) * (1 + np.cos(theta - phi)) / 2
-    img = _mix(img, _rgb(lens, (0.9, 0.95, 1.1)), coverage(r - r_in))
-    img = _mix(img, _rgb(face, color), ring)
+    img = _mix_tinted(img, lens, (0.9, 0.95, 1.1), coverage(r - r_in))
+    img = _mix_tinted(img, face, color, ring)
     bevel_color = tuple(min(1.0, 0.45 + 0.55 * c) for c in color)
-    img = _mix(img, _rgb(spec * 0.7, bevel_color), np.maximum(outer_bevel, inner_bevel) * ring)
+    img = _mix_tinted(img, spec * 0.7, bevel_color, np.maximum(outer_bevel, inner_bevel) * ring)
     part = (r < r_out - 0.5) & (r > r_in + 0.5)
     return Scene(img, part, (r_out - r).astype(np.float32), (r - r_in).astype(np.float32),
                  streak_axis=1, center=(cy, cx))
@@ -220,13 +273,13 @@ def _shell(rng: np.random.Generator, h: int, w: int, palette, brushed: bool,
     body = coverage(outline)
     if holes is not None:
         body = body * (1 - coverage(holes))
-    img = _mix(img, _rgb(lum, color), body)
+    img = _mix_tinted(img, lum, color, body)
     bevel_color = tuple(min(1.0, 0.5 + 0.5 * c) for c in color)
     glint = 1.1 + 0.25 * smooth_noise(rng, (h, w), s / 5)
     bevel = _chamfer(outline, max(2.0, s * 0.02))
     if holes is not None:
         bevel = np.maximum(bevel, _chamfer(-holes, max(1.5, s * 0.01)) * coverage(outline))
-    img = _mix(img, _rgb(glint * 0.8, bevel_color), bevel)
+    img = _mix_tinted(img, glint * 0.8, bevel_color, bevel)
     part = outline < -0.5
     inner = None
     if holes is not None:
@@ -302,7 +355,7 @@ def _camera_bump(rng: np.random.Generator, scene: Scene) -> Scene:
     img = _mix(img, 0.82, _chamfer(sdf, max(1.5, s * 0.01)) * 0.6)
     inner_lens = 0.05 + 0.1 * np.exp(-(np.minimum(*[np.sqrt((yy - a) ** 2 + (xx - b) ** 2)
                                                    for a, b in lens_c]) / (half * 0.12)) ** 2)
-    img = _mix(img, _rgb(inner_lens, (0.85, 0.9, 1.1)), coverage(lens))
+    img = _mix_tinted(img, inner_lens, (0.85, 0.9, 1.1), coverage(lens))
     img = _mix(img, 0.2, _chamfer(-lens, max(1.5, s * 0.012)) * coverage(sdf))
     scene.image = img
     scene.part &= lens > 1.5
@@ -335,8 +388,8 @@ def _middle_frame(rng: np.random.Generator, h: int, w: int, palette, corner: boo
                      / max(2.0, s / rng.uniform(60, 120)))
     lum_plate = 0.72 * _lighting(rng, yy, xx, h, w, 0.2) + 0.03 * milling + 0.02 * _grain(rng, (h, w), s)
     img = _rgb(_background(rng, (h, w), s, 0.05), (1, 1, 1))
-    img = _mix(img, _rgb(lum_rail, color), rail)
-    img = _mix(img, _rgb(lum_plate, color), plate)
+    img = _mix_tinted(img, lum_rail, color, rail)
+    img = _mix_tinted(img, lum_plate, color, plate)
     shadow = np.exp(-((inner_edge - rail_w * 0.04) / max(1.5, s * 0.008)) ** 2) * plate
     img *= (1 - 0.5 * shadow)[None]
     img = _mix(img, 0.93, _chamfer(outline, max(1.5, s * 0.012)) * 0.8)
@@ -372,7 +425,7 @@ def _middle_frame(rng: np.random.Generator, h: int, w: int, palette, corner: boo
             part &= ~(band > 0.01)
     if holes is not None:
         part &= holes > 0.5
-    return Scene(img.astype(np.float32), part, (-outline).astype(np.float32),
+    return Scene(img.astype(np.float32, copy=False), part, (-outline).astype(np.float32),
                  None if holes is None else holes, streak_axis=1)
 
 
@@ -412,13 +465,13 @@ def copper_stator(rng: np.random.Generator, h: int, w: int, edges: Edges = NO_ED
     lam = 0.48 + 0.04 * np.sin(2 * math.pi * r / max(2.0, s / 300)) + 0.03 * _grain(rng, (h, w), s)
     yoke = coverage(r - r_out) * (1 - coverage(r - r_yoke))
     img = _rgb(_background(rng, (h, w), s, 0.05), (1, 1, 1))
-    img = _mix(img, _rgb(lam, (0.55, 0.56, 0.58)), yoke)
+    img = _mix_tinted(img, lam, (0.55, 0.56, 0.58), yoke)
     slot = coverage(r - r_yoke) * (1 - coverage(r - r_bore))
-    img = _mix(img, _rgb(0.09 + 0.05 * (1 - across), (1.0, 0.9, 0.8)), slot)
+    img = _mix_tinted(img, 0.09 + 0.05 * (1 - across), (1.0, 0.9, 0.8), slot)
     img = _mix(img, copper, bundle_cov)
     img = _mix(img, 0.85, _chamfer(r - r_out, max(1.5, s * 0.006)) * 0.7)
     part = bundle_cov > 0.99
-    return Scene(img.astype(np.float32), part, None, None, streak_axis=1, center=(cy, cx))
+    return Scene(img.astype(np.float32, copy=False), part, None, None, streak_axis=1, center=(cy, cx))
 
 
 def iron_stator(rng: np.random.Generator, h: int, w: int, edges: Edges = NO_EDGES) -> Scene:
@@ -439,19 +492,19 @@ def iron_stator(rng: np.random.Generator, h: int, w: int, edges: Edges = NO_EDGE
            + 0.025 * _grain(rng, (h, w), s) + 0.02 * smooth_noise(rng, (h, w), s / 10))
     img = _rgb(_background(rng, (h, w), s, 0.05), (1, 1, 1))
     slot_fill = 0.05 + 0.03 * smooth_noise(rng, (h, w), s / 30)
-    img = _mix(img, _rgb(slot_fill, (1, 1, 1)), coverage(slot_sdf) * (1 - coverage(annulus)))
+    img = _mix_tinted(img, slot_fill, (1, 1, 1), coverage(slot_sdf) * (1 - coverage(annulus)))
     liner = np.clip(1 - np.abs(slot_sdf + max(1.5, s * 0.004)) / max(1.0, s * 0.004), 0, 1)
-    img = _mix(img, _rgb(np.full_like(r, 0.85), (0.95, 0.92, 0.78)), liner * (1 - coverage(annulus)))
-    img = _mix(img, _rgb(lum, (0.56, 0.57, 0.6)), iron)
+    img = _mix_tinted(img, np.full_like(r, 0.85), (0.95, 0.92, 0.78), liner * (1 - coverage(annulus)))
+    img = _mix_tinted(img, lum, (0.56, 0.57, 0.6), iron)
     # weld seams across the outer rim
     weld_phase = theta * (6 / (2 * math.pi)) + rng.uniform(0, 1)
     seam_px = np.abs(weld_phase - np.round(weld_phase)) * 2 * math.pi * r / 6  # pixels from a seam
     weld = np.clip(1 - seam_px / max(1.5, s * 0.006), 0, 1)
     weld *= smoothstep(r_out - 0.035 * s, r_out - 0.01 * s, r) * iron
-    img = _mix(img, _rgb(0.3 + 0.1 * _grain(rng, (h, w), s), (0.9, 0.85, 0.8)), weld)
+    img = _mix_tinted(img, 0.3 + 0.1 * _grain(rng, (h, w), s), (0.9, 0.85, 0.8), weld)
     img = _mix(img, 0.85, _chamfer(iron_sdf, max(1.2, s * 0.004)) * 0.5)
     part = (iron_sdf < -0.5) & (weld < 0.05)
-    return Scene(img.astype(np.float32), part, (-iron_sdf).astype(np.float32), None,
+    return Scene(img.astype(np.float32, copy=False), part, (-iron_sdf).astype(np.float32), None,
                  streak_axis=1, center=(cy, cx))
 
 
@@ -475,7 +528,10 @@ def render_scene(category: str, rng: np.random.Generator, h: int, w: int,
     that will carry warping defects; parts that always show them ignore it.
     """
     scene = RENDERERS[category](rng, h, w, edges)
-    scene.image = np.clip(scene.image, 0.0, 1.0).astype(np.float32, copy=False)
+    if scene.image.dtype == np.float32:
+        np.clip(scene.image, 0.0, 1.0, out=scene.image)
+    else:
+        scene.image = np.clip(scene.image, 0.0, 1.0).astype(np.float32)
     if not scene.part.any():  # a degenerate tiny layout: let defects go anywhere
         scene.part = np.ones((h, w), bool)
     return scene

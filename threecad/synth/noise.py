@@ -49,13 +49,25 @@ def periodic_noise(rng: np.random.Generator, theta: np.ndarray, harmonics: int =
 
 
 def smoothstep(edge0: float, edge1: float, x: np.ndarray) -> np.ndarray:
-    t = np.clip((x - edge0) / (edge1 - edge0), 0.0, 1.0)
-    return t * t * (3.0 - 2.0 * t)
+    """t * t * (3 - 2 t) with t = clip((x - edge0) / (edge1 - edge0), 0, 1).
+
+    Computed in place in one result and one scratch array: the same floating-point steps
+    as the plain expression, without its five full-size temporaries.
+    """
+    t = np.subtract(x, edge0)
+    t /= edge1 - edge0
+    np.clip(t, 0.0, 1.0, out=t)
+    k = np.multiply(t, 2.0)
+    np.subtract(3.0, k, out=k)
+    t *= t
+    t *= k
+    return t
 
 
 def coverage(sdf: np.ndarray) -> np.ndarray:
     """Anti-aliased fill from a signed distance (negative inside): 1 inside, 0 outside."""
-    return np.clip(0.5 - sdf, 0.0, 1.0)
+    out = np.subtract(0.5, sdf)
+    return np.clip(out, 0.0, 1.0, out=out)
 
 
 def rounded_rect_sdf(yy: np.ndarray, xx: np.ndarray, cy: float, cx: float,
@@ -64,9 +76,14 @@ def rounded_rect_sdf(yy: np.ndarray, xx: np.ndarray, cy: float, cx: float,
     radius = min(radius, half_h, half_w)
     qy = np.abs(yy - cy) - (half_h - radius)
     qx = np.abs(xx - cx) - (half_w - radius)
-    outside = np.sqrt(np.maximum(qy, 0) ** 2 + np.maximum(qx, 0) ** 2)
-    inside = np.minimum(np.maximum(qy, qx), 0)
-    return (outside + inside - radius).astype(np.float32)
+    # outside + inside - radius, in place (the same steps as the plain expression)
+    out = np.square(np.maximum(qy, 0)) + np.square(np.maximum(qx, 0))
+    np.sqrt(out, out=out)
+    inside = np.maximum(qy, qx)
+    np.minimum(inside, 0, out=inside)
+    out += inside
+    out -= radius
+    return out.astype(np.float32, copy=False)
 
 
 def grid_coords(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:

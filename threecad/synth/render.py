@@ -27,6 +27,7 @@ VISIBLE_AT = 256  # regions must survive a nearest-neighbour resize to this size
 SENSOR_NOISE = 0.006  # camera noise, in units of full scale
 _EIGHT = np.ones((3, 3), bool)
 _TRIES = 48
+_BAND = 64  # rows per step of the final conversion (keeps it in cache)
 
 
 @dataclass(frozen=True)
@@ -181,9 +182,25 @@ def render_job(job: ImageJob) -> Rendered:
         regions.sort(key=lambda r: (r.y, r.x))
         mask = full.astype(np.uint8) * 255
     noise = rng.standard_normal((h, w), dtype=np.float32) * SENSOR_NOISE
-    img += noise[None]
-    np.clip(img, 0.0, 1.0, out=img)
-    img *= 255.0
-    img += 0.5
-    out = np.ascontiguousarray(img.astype(np.uint8).transpose(1, 2, 0))
-    return Rendered(out, mask, regions)
+    return Rendered(_finish(img, noise), mask, regions)
+
+
+def _finish(img: np.ndarray, noise: np.ndarray) -> np.ndarray:
+    """(3, H, W) float image plus sensor noise -> (H, W, 3) uint8, rounded half up.
+
+    Done a band of rows and a channel at a time, straight into the interleaved result:
+    the float32 steps per pixel are those of the whole-image version, without its four
+    full-size passes and the separate transpose.
+    """
+    _, h, w = img.shape
+    out = np.empty((h, w, 3), np.uint8)
+    for r in range(0, h, _BAND):
+        rows = slice(r, min(r + _BAND, h))
+        for c in range(3):
+            ch = img[c, rows]
+            ch += noise[rows]
+            np.clip(ch, 0.0, 1.0, out=ch)
+            ch *= 255.0
+            ch += 0.5
+            out[rows, :, c] = ch  # float -> uint8 truncates, as astype does
+    return out
