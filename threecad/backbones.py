@@ -189,6 +189,9 @@ BACKBONES: dict[str, BackboneSpec] = {
     "efficientnet_b0": BackboneSpec(
         _tv("efficientnet_b0"), _torchvision_features_stages([2, 2, 4, 8, 16, 16, 32, 32, 32]),
         _TV_BASE + "efficientnet_b0_rwightman-7f5810bc.pth"),
+    "efficientnet_b4": BackboneSpec(  # UniAD and CRAD (threecad/efficientnet_taps.py tap its blocks)
+        _tv("efficientnet_b4"), _torchvision_features_stages([2, 2, 4, 8, 16, 16, 32, 32, 32]),
+        _TV_BASE + "efficientnet_b4_rwightman-23ab8bcd.pth"),
     "efficientnet_b0_tf": BackboneSpec(
         _build_b0_tf, _torchvision_features_stages([2, 2, 4, 8, 16, 16, 32, 32, 32]), None,
         no_weights="it is a from-scratch student (the 3CAD release trains it from random init); "

@@ -1,0 +1,406 @@
+"""UniAD (You et al., NeurIPS 2022): one transformer reconstructs the frozen features of all
+categories, with tricks that stop it from copying its input.
+
+A frozen EfficientNet-B4 gives blocks 1, 5, 9 and 21 (lukemelas indices), aligned to stride
+16 and concatenated (272 channels, 14x14 tokens at 224 px). A transformer (4 encoder + 4
+decoder layers, post-norm) rebuilds them, and the anomaly map is the L2 distance between
+features and reconstruction. Three devices keep the transformer from learning the
+identity, which would rebuild anomalies as well as normal regions:
+- neighbour-masked attention: a token may not attend to its own 7x7 neighbourhood (in the
+  encoder and both decoder attentions);
+- layer-wise learned queries: each decoder layer starts from its own learned embedding, not
+  from the previous layer's output (which enters only as the cross-attention's keys/values);
+- feature jittering: Gaussian noise scaled by each token's norm is added to the input
+  tokens during training (the target stays clean).
+
+UniAD is a unified method: the paper trains one model on all categories
+(`unified_by_default = True`, for the harness's `--setting unified`); it fits on whatever
+training loader it gets, so the per-category setting works as well.
+
+Preset `paper` is the reference's MVTec config: 224 px, ImageNet normalisation, batch 8
+(per GPU; the README trains on 8 GPUs), AdamW lr 1e-4 betas (0.9, 0.999) wd 1e-4, 1000
+epochs, StepLR(800, x0.1) stepped as the reference does (`step(epoch)` after each epoch,
+so the decay lands one epoch late: epoch 802 is the first at 1e-5), gradient norm clipped
+to 0.1, jitter scale 20 with probability 1, xavier_uniform init, seed 133. The map leaves
+`predict` upsampled x16 (bilinear, corners aligned) and unsmoothed; the image score is the
+max of the map averaged over 16x16 windows (`postprocess`).
+
+Departures: torchvision's EfficientNet-B4 ImageNet weights instead of lukemelas' port (see
+`threecad.efficientnet_taps`), and the network stops after block 21 instead of running the
+head. Model selection is the last epoch, as the reference's evaluation (it loads
+`ckpt.pth.tar`; its `ckpt_best` is picked on the test set and is not used here).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from threecad.efficientnet_taps import NAME as B4, align_features, frozen_taps
+from threecad.errors import ThreecadError
+from threecad.method import Method, MethodConfig
+from threecad.postprocess import PostProcess
+from threecad.training import LoopResult, check_selection, seed_everything, train_epochs
+
+
+# --------------------------------------------------------------------------- shared training helpers
+def delayed_step_lr(optimizer: torch.optim.Optimizer, step_size: int, gamma: float) -> torch.optim.lr_scheduler.LambdaLR:
+    """StepLR as UniAD/CRAD drive it: `scheduler.step(epoch)` after each epoch puts the decay one epoch late.
+
+    Stepped once per epoch by `train_epochs`, epoch e (0-based) trains at
+    lr * gamma ** ((e - 1) // step_size) (epoch 0 at lr).
+    """
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: gamma ** (max(e - 1, 0) // step_size))
+
+
+def clip_gradients(optimizer: torch.optim.Optimizer, max_norm: float) -> None:
+    """Clip the global gradient norm of the optimiser's parameters before every step.
+
+    A step pre-hook runs inside `GradScaler.step`, after the gradients are unscaled, so
+    the norm is that of the true gradients (as the references clip before `optimizer.step`).
+    """
+    if max_norm <= 0:
+        return
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+
+    def hook(_optimizer, _args, _kwargs) -> None:
+        torch.nn.utils.clip_grad_norm_(params, max_norm)
+
+    optimizer.register_step_pre_hook(hook)
+
+
+class FeatureCache:
+    """The frozen backbone's features of each training image, computed once (keyed by path).
+
+    Valid because the backbone is frozen and UniAD/CRAD train without augmentation: every
+    epoch would compute the same tensors. Held on the host; a batch without paths is computed.
+    """
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self.store: dict[str, torch.Tensor] = {}
+
+    def get(self, batch: dict, compute) -> torch.Tensor:
+        images, paths = batch["image"], batch.get("path")
+        if not self.enabled or paths is None:
+            return compute(images)
+        missing = [i for i, p in enumerate(paths) if p not in self.store]
+        if missing:
+            for i, f in zip(missing, compute(images[missing])):
+                self.store[paths[i]] = f.detach().to("cpu", copy=True)
+        return torch.stack([self.store[p] for p in paths]).to(images.device, non_blocking=True)
+
+
+# --------------------------------------------------------------------------- the network
+def neighbour_mask(h: int, w: int, size: int, device=None) -> torch.Tensor:
+    """(h*w, h*w) additive attention mask: -inf where the key lies in the query's size x size neighbourhood."""
+    ys, xs = torch.meshgrid(torch.arange(h, device=device), torch.arange(w, device=device), indexing="ij")
+    ys, xs = ys.flatten(), xs.flatten()
+    near = ((ys[:, None] - ys[None]).abs() <= size // 2) & ((xs[:, None] - xs[None]).abs() <= size // 2)
+    return torch.zeros(h * w, h * w, device=device).masked_fill(near, float("-inf"))
+
+
+class LearnedPositions(nn.Module):
+    """DETR's learned 2-D position embedding: a row and a column table, concatenated (x first)."""
+
+    def __init__(self, h: int, w: int, dim: int):
+        super().__init__()
+        self.h, self.w = h, w
+        self.row = nn.Embedding(h, dim // 2)
+        self.col = nn.Embedding(w, dim // 2)
+        nn.init.uniform_(self.row.weight)
+        nn.init.uniform_(self.col.weight)
+
+    def forward(self) -> torch.Tensor:
+        x = self.col.weight[None].expand(self.h, -1, -1)
+        y = self.row.weight[:, None].expand(-1, self.w, -1)
+        return torch.cat([x, y], dim=-1).flatten(0, 1)  # (h*w, dim)
+
+
+class EncoderLayer(nn.Module):
+    """Post-norm self-attention + FFN; positions added to queries and keys only."""
+
+    def __init__(self, dim: int, heads: int, ffn: int, dropout: float):
+        super().__init__()
+        self.attn = nn.MultiheadAttention(dim, heads, dropout=dropout)
+        self.ffn = nn.Sequential(nn.Linear(dim, ffn), nn.ReLU(), nn.Dropout(dropout), nn.Linear(ffn, dim))
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.drop1, self.drop2 = nn.Dropout(dropout), nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        q = x + pos
+        x = self.norm1(x + self.drop1(self.attn(q, q, x, attn_mask=mask, need_weights=False)[0]))
+        return self.norm2(x + self.drop2(self.ffn(x)))
+
+
+class DecoderLayer(nn.Module):
+    """A decoder layer that starts from its own learned queries (UniAD's layer-wise queries).
+
+    Self-attention: queries -> encoder output; cross-attention: -> the previous layer's output.
+    """
+
+    def __init__(self, tokens: int, dim: int, heads: int, ffn: int, dropout: float):
+        super().__init__()
+        self.queries = nn.Embedding(tokens, dim)
+        self.attn1 = nn.MultiheadAttention(dim, heads, dropout=dropout)
+        self.attn2 = nn.MultiheadAttention(dim, heads, dropout=dropout)
+        self.ffn = nn.Sequential(nn.Linear(dim, ffn), nn.ReLU(), nn.Dropout(dropout), nn.Linear(ffn, dim))
+        self.norm1, self.norm2, self.norm3 = nn.LayerNorm(dim), nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.drop1, self.drop2, self.drop3 = nn.Dropout(dropout), nn.Dropout(dropout), nn.Dropout(dropout)
+
+    def forward(self, prev: torch.Tensor, memory: torch.Tensor, pos: torch.Tensor,
+                mask1: torch.Tensor | None, mask2: torch.Tensor | None) -> torch.Tensor:
+        t = self.queries.weight[:, None].expand(-1, memory.shape[1], -1)
+        t = self.norm1(t + self.drop1(self.attn1(t + pos, memory + pos, memory, attn_mask=mask1,
+                                                 need_weights=False)[0]))
+        t = self.norm2(t + self.drop2(self.attn2(t + pos, prev + pos, prev, attn_mask=mask2,
+                                                 need_weights=False)[0]))
+        return self.norm3(t + self.drop3(self.ffn(t)))
+
+
+class UniADReconstruction(nn.Module):
+    """input_proj -> masked transformer (encoder, layer-wise-query decoder) -> output_proj."""
+
+    def __init__(self, channels: int, h: int, w: int, hidden: int, heads: int, encoder_layers: int,
+                 decoder_layers: int, ffn: int, dropout: float, neighbour: int):
+        super().__init__()
+        self.h, self.w, self.neighbour = h, w, neighbour
+        self.input_proj = nn.Linear(channels, hidden)
+        self.output_proj = nn.Linear(hidden, channels)
+        self.pos_embed = LearnedPositions(h, w, hidden)
+        self.encoder = nn.ModuleList(EncoderLayer(hidden, heads, ffn, dropout) for _ in range(encoder_layers))
+        self.decoder = nn.ModuleList(DecoderLayer(h * w, hidden, heads, ffn, dropout) for _ in range(decoder_layers))
+        self.decoder_norm = nn.LayerNorm(hidden)
+        for m in self.modules():  # the reference's xavier_uniform on every Linear (attention out_proj included)
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens (h*w, N, C) -> reconstruction (h*w, N, C)."""
+        x = self.input_proj(tokens)
+        pos = self.pos_embed()[:, None].to(x.dtype)
+        mask = neighbour_mask(self.h, self.w, self.neighbour, x.device).to(x.dtype) if self.neighbour > 0 else None
+        for layer in self.encoder:
+            x = layer(x, pos, mask)
+        out = x
+        for layer in self.decoder:
+            out = layer(out, x, pos, mask, mask)
+        return self.output_proj(self.decoder_norm(out))
+
+
+def jitter(tokens: torch.Tensor, scale: float, prob: float) -> torch.Tensor:
+    """UniAD's feature jitter: with probability `prob`, add N(0,1) * ||token|| / C * scale."""
+    if scale <= 0 or float(torch.rand(())) > prob:
+        return tokens
+    norms = tokens.norm(dim=-1, keepdim=True) / tokens.shape[-1]
+    return tokens + torch.randn_like(tokens) * norms * scale
+
+
+# --------------------------------------------------------------------------- the method
+@dataclass
+class UniADConfig(MethodConfig):
+    image_size: int = 224
+    batch_size: int = 8  # per process (the README: 8 GPUs x 8)
+    seed: int = 133
+    backbone: str = B4  # frozen; efficientnet_b4 is tapped by block, any threecad backbone by stride
+    weights: str = "imagenet"  # backbone weights: imagenet | none | PATH to a state dict
+    blocks: tuple[int, ...] = (1, 5, 9, 21)  # lukemelas block indices (efficientnet_b4)
+    strides: tuple[int, ...] = (2, 4, 8, 16)  # taps of any other backbone
+    out_stride: int = 16  # MFCN: every tap resized to this stride
+    hidden_dim: int = 256
+    heads: int = 8
+    encoder_layers: int = 4
+    decoder_layers: int = 4
+    ffn_dim: int = 1024
+    dropout: float = 0.1
+    neighbour_size: int = 7  # masked neighbourhood side in tokens; 0 = no mask
+    jitter_scale: float = 20.0  # 0 = no feature jitter
+    jitter_prob: float = 1.0
+    epochs: int = 1000
+    lr: float = 1e-4
+    beta1: float = 0.9
+    beta2: float = 0.999
+    weight_decay: float = 1e-4
+    lr_step: int = 800  # epochs between x lr_gamma decays
+    lr_gamma: float = 0.1
+    clip_norm: float = 0.1  # max global gradient norm; 0 = no clipping
+    score_pool: int = 16  # image score: max of the map averaged over score_pool x score_pool windows
+    select: str = "last"  # last epoch, or "val": lowest reconstruction loss on the validation split
+    cache_features: bool = False  # keep each training image's backbone features after epoch 1 (host memory)
+
+    def validate(self) -> None:
+        check_selection(self.select)
+        for key in ("hidden_dim", "heads", "encoder_layers", "decoder_layers", "ffn_dim", "epochs", "lr_step",
+                    "out_stride", "score_pool"):
+            if getattr(self, key) < 1:
+                raise ThreecadError(f"config {key}={getattr(self, key)}: must be at least 1")
+        if self.hidden_dim % self.heads or self.hidden_dim % 2:
+            raise ThreecadError(f"config hidden_dim={self.hidden_dim}: must be even and a multiple of heads={self.heads}")
+        if not 0 <= self.dropout < 1 or not 0 <= self.jitter_prob <= 1 or self.jitter_scale < 0:
+            raise ThreecadError(f"config dropout={self.dropout}, jitter_prob={self.jitter_prob}, "
+                                f"jitter_scale={self.jitter_scale}: need 0 <= dropout < 1, 0 <= jitter_prob <= 1, "
+                                "jitter_scale >= 0")
+        taps = self.strides if self.backbone != B4 else (16,)
+        deepest = max(max(taps), self.out_stride)
+        if self.image_size % deepest:
+            raise ThreecadError(f"config image_size={self.image_size}: must be a multiple of {deepest} "
+                                "(the deepest feature stride)")
+        side = self.image_size // self.out_stride
+        if self.neighbour_size < 0 or (self.neighbour_size and (side - 1 + 1) // 2 <= self.neighbour_size // 2):
+            raise ThreecadError(f"config neighbour_size={self.neighbour_size}: masks every token of the "
+                                f"{side}x{side} token grid at image_size={self.image_size}; use a smaller "
+                                "neighbourhood or a larger image")
+        if self.score_pool > self.image_size:
+            raise ThreecadError(f"config score_pool={self.score_pool}: larger than image_size={self.image_size}")
+
+
+class UniADNet(nn.Module):
+    def __init__(self, cfg: UniADConfig):
+        super().__init__()
+        self.backbone = frozen_taps(cfg.backbone, cfg.blocks, cfg.strides, cfg.weights)
+        side = cfg.image_size // cfg.out_stride
+        self.out_stride = cfg.out_stride
+        self.reconstruction = UniADReconstruction(
+            sum(self.backbone.channels), side, side, cfg.hidden_dim, cfg.heads, cfg.encoder_layers,
+            cfg.decoder_layers, cfg.ffn_dim, cfg.dropout, cfg.neighbour_size)
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return align_features(self.backbone(images), self.backbone.strides, self.out_stride)
+
+    def forward(self, images: torch.Tensor, jitter_scale: float = 0.0,
+                jitter_prob: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+        """images -> (aligned features, reconstruction), both (N, C, h, w)."""
+        feats = self.features(images)
+        return feats, self.reconstruct(feats, jitter_scale, jitter_prob)
+
+    def reconstruct(self, feats: torch.Tensor, jitter_scale: float = 0.0, jitter_prob: float = 0.0) -> torch.Tensor:
+        n, c, h, w = feats.shape
+        tokens = feats.flatten(2).permute(2, 0, 1)  # (h*w, N, C)
+        if jitter_scale > 0:  # the caller asks for it in training only
+            tokens = jitter(tokens, jitter_scale, jitter_prob)
+        return self.reconstruction(tokens).permute(1, 2, 0).reshape(n, c, h, w)
+
+
+class UniAD(Method):
+    name = "uniad"
+    description = "UniAD: a unified transformer rebuilds frozen EfficientNet features (one model for all categories)"
+    config_class = UniADConfig
+    unified_by_default = True  # the paper trains one model on all categories
+    presets = {
+        "paper": {},
+        # Offline EfficientNet-Lite0 tapped at strides 4/8/16 aligned to 8 at 128 px: 16x16
+        # tokens, as many as the paper's 14x14 (stride 16 would leave 8x8 tokens of 16 px,
+        # too coarse for small defects), the 7x7 mask as the paper; a 2+2-layer transformer
+        # of width 128, lr 1e-3 for the few epochs; features cached (frozen, no augmentation).
+        "cpu": {"backbone": "efficientnet_lite0", "image_size": 128, "batch_size": 8, "strides": (4, 8, 16),
+                "out_stride": 8, "hidden_dim": 128, "heads": 4, "encoder_layers": 2, "decoder_layers": 2,
+                "ffn_dim": 256, "epochs": 60, "lr": 1e-3, "lr_step": 1000, "cache_features": True},
+    }
+
+    def __init__(self, config: UniADConfig, device: str | torch.device = "cpu", amp: bool = False):
+        super().__init__(config, device, amp)
+        self.work_dir = None  # set by the harness: where the epoch checkpoint lives
+        with torch.random.fork_rng(devices=[]):  # the same initial weights for the same seed
+            torch.manual_seed(config.seed)
+            self.net = UniADNet(config).to(self.device)
+        self._loop: LoopResult | None = None
+
+    def _loss(self, images: torch.Tensor, train: bool, feats: torch.Tensor | None = None) -> torch.Tensor:
+        cfg = self.config
+        with self.autocast():
+            feats = self.net.features(images) if feats is None else feats
+            rec = self.net.reconstruct(feats, cfg.jitter_scale if train else 0.0, cfg.jitter_prob)
+        return F.mse_loss(rec.float(), feats.float())
+
+    def fit(self, train_loader, val_loader=None) -> None:
+        cfg = self.config
+        seed_everything(cfg.seed)
+        params = self.net.reconstruction
+        optimizer = torch.optim.AdamW(params.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
+                                      weight_decay=cfg.weight_decay)
+        clip_gradients(optimizer, cfg.clip_norm)
+        scheduler = delayed_step_lr(optimizer, cfg.lr_step, cfg.lr_gamma)
+        scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp)
+        cache = FeatureCache(cfg.cache_features)
+
+        def step(batch: dict) -> dict[str, torch.Tensor]:
+            feats = cache.get(batch, self._features)
+            return {"loss": self._loss(batch["image"], train=True, feats=feats)}
+
+        def validate(batches) -> float:
+            total, n = 0.0, 0
+            for batch in batches:
+                total += float(self._loss(batch["image"], train=False)) * len(batch["image"])
+                n += len(batch["image"])
+            return total / max(n, 1)
+
+        self._loop = train_epochs(params, optimizer, scheduler, scaler, step, train_loader, epochs=cfg.epochs,
+                                  device=self.device, channels_last=False, work_dir=self.work_dir,
+                                  select=cfg.select, validate=validate, val_loader=val_loader, desc="uniad")
+        self.net.eval()
+
+    def _features(self, images: torch.Tensor) -> torch.Tensor:
+        with self.autocast():
+            return self.net.features(images)
+
+    def predict(self, images: torch.Tensor) -> tuple[None, torch.Tensor]:
+        self.net.eval()
+        with self.autocast():
+            feats, rec = self.net(images)
+        dist = (rec.float() - feats.float()).pow(2).sum(dim=1, keepdim=True).sqrt()
+        maps = F.interpolate(dist, size=images.shape[-2:], mode="bilinear", align_corners=True)
+        return None, maps[:, 0]
+
+    def postprocess(self) -> PostProcess:
+        return PostProcess(sigma=0.0, score="mean_pool_max", pool=self.config.score_pool, pool_pad=0)
+
+    def parts(self) -> dict[str, nn.Module]:
+        rec = self.net.reconstruction
+        transformer = nn.ModuleList([rec.encoder, rec.decoder, rec.decoder_norm])
+        return {f"backbone ({self.config.backbone}, used part)": self.net.backbone,
+                "neck (MFCN)": nn.Module(),
+                "reconstruction: transformer": transformer,
+                "reconstruction: input_proj": rec.input_proj,
+                "reconstruction: output_proj": rec.output_proj,
+                "reconstruction: pos_embed": rec.pos_embed}
+
+    def card_details(self) -> dict[str, Any]:
+        cfg = self.config
+        side = cfg.image_size // cfg.out_stride
+        notes = ["reconstruction = transformer + input_proj + output_proj + pos_embed "
+                 f"({sum(p.numel() for p in self.net.reconstruction.parameters()):,} parameters)"]
+        if cfg.backbone == B4:
+            notes.append("backbone: stem + blocks 0..21 of EfficientNet-B4 (3,635,984 parameters at any size); the "
+                         "reference builds and runs the whole network (19,341,616, head and classifier "
+                         "included) and uses only these taps; threecad stops after block 21")
+            notes.append("backbone weights: torchvision's ImageNet file, not lukemelas' TensorFlow port")
+        return {"taps": self.net.backbone.describe_taps(cfg.image_size),
+                "aligned": {"stride": cfg.out_stride, "channels": sum(self.net.backbone.channels),
+                            "size": side, "tokens": side * side},
+                "notes": notes}
+
+    def state_dict(self) -> dict[str, Any]:
+        state = {"config": dataclasses.asdict(self.config), "model": self.net.reconstruction.state_dict()}
+        if str(self.config.weights).lower() in ("none", "random", ""):  # a random backbone travels along
+            state["backbone"] = self.net.backbone.state_dict()
+        return state
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.net.reconstruction.load_state_dict(state["model"])
+        if "backbone" in state:
+            self.net.backbone.load_state_dict(state["backbone"])
+        self.net.eval()
+
+    def info(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"backbone": self.config.backbone, "feature_channels": sum(self.net.backbone.channels),
+                               "trainable_parameters": sum(p.numel() for p in self.net.reconstruction.parameters())}
+        if self._loop is not None:
+            out.update(selected_epoch=self._loop.selected_epoch, selection=self.config.select,
+                       resumed_after_epoch=self._loop.resumed_after, final_train_losses=self._loop.last_losses)
+        return out
