@@ -70,7 +70,6 @@ from threecad.training import LoopResult, check_selection, seed_everything, trai
 log = logging.getLogger(__name__)
 
 TEXTURES = ("dtd", "procedural")
-_warned_no_dtd: list[bool] = []
 
 
 # --------------------------------------------------------------------------- reconstruction UNet
@@ -479,23 +478,9 @@ class RealNet(Method):
 
     # ------------------------------------------------------------------ anomalies
     def _texture_root(self) -> str | None:
-        from threecad.anomaly_synthesis import find_dtd_images
-        from threecad.datahome import default_dtd_root
+        from threecad.anomaly_synthesis import texture_root
 
-        cfg = self.config
-        if cfg.textures == "procedural":
-            return None
-        if cfg.dtd_root:
-            return cfg.dtd_root
-        home = default_dtd_root()
-        if find_dtd_images(home) is not None:
-            return str(home)
-        if not _warned_no_dtd:
-            log.warning("realnet: DTD not found at %s (`threecad download --dataset dtd`); using procedural "
-                        "anomaly textures, so this run is not the paper's setting (texture_source: procedural)",
-                        home)
-            _warned_no_dtd.append(True)
-        return None
+        return texture_root(self.config.textures, self.config.dtd_root, "realnet")
 
     def _anomaly_source(self, seed: int):
         cfg = self.config

@@ -47,7 +47,6 @@ log = logging.getLogger(__name__)
 
 MAP_SOURCES = ("recovery", "student")
 TEXTURES = ("dtd", "procedural")
-_warned_no_dtd: list[bool] = []  # the missing-DTD warning has been given in this process
 
 
 @dataclass
@@ -124,24 +123,9 @@ class CFRG(Method):
 
     # ------------------------------------------------------------------ training
     def _texture_root(self) -> str | None:
-        """Where DTD is, or None for procedural textures (warned once when DTD was wanted)."""
-        from threecad.anomaly_synthesis import find_dtd_images
-        from threecad.datahome import default_dtd_root
+        from threecad.anomaly_synthesis import texture_root
 
-        cfg = self.config
-        if cfg.textures == "procedural":
-            return None
-        if cfg.dtd_root:  # named explicitly: it must be there (the synthesizer says so otherwise)
-            return cfg.dtd_root
-        home = default_dtd_root()
-        if find_dtd_images(home) is not None:
-            return str(home)
-        if not _warned_no_dtd:
-            log.warning("cfrg: DTD not found at %s (`threecad download --dataset dtd`); using procedural "
-                        "anomaly textures, so this run is not the paper's setting (texture_source: procedural)",
-                        home)
-            _warned_no_dtd.append(True)
-        return None
+        return texture_root(self.config.textures, self.config.dtd_root, "cfrg")
 
     def _synthesizer(self, seed: int, dtd_root: str | None, keys=None):
         from threecad.anomaly_synthesis import AnomalySynthesizer

@@ -250,15 +250,15 @@ def test_cpu_preset_finds_dark_squares(tiny_data):
 
 def test_paper_run_without_dtd_records_procedural_textures(tiny_data, tmp_path, monkeypatch, caplog):
     """DTD is looked for in the data home; absent, the run warns once and says so in info()."""
-    import cfrg.method as cfrg_method
+    import threecad.anomaly_synthesis as synthesis
 
     monkeypatch.setenv("THREECAD_DATA_HOME", str(tmp_path / "home"))
-    monkeypatch.setattr(cfrg_method, "_warned_no_dtd", [])
+    monkeypatch.setattr(synthesis, "_warned_no_dtd", set())
     train, _ = tiny_data
     config = small_config(epochs=1, textures="dtd")
     assert (config.draw, config.dtd_root) == ("release", None)  # the paper's defaults
     assert build_config(CFRG, "paper").textures == "dtd"
-    with caplog.at_level("WARNING", logger="cfrg.method"):
+    with caplog.at_level("WARNING", logger="threecad.anomaly_synthesis"):
         for _ in range(2):
             method = CFRG(config)
             method.fit(loader(train))

@@ -394,3 +394,31 @@ def find_dtd_images(root: str | Path) -> Path | None:
         if candidate.is_dir():
             return candidate
     return None
+
+
+_warned_no_dtd: set[str] = set()  # methods that have warned about a missing DTD in this process
+
+
+def texture_root(textures: str, dtd_root: str | None, method: str) -> str | None:
+    """Where a method's synthesizer takes its textures from: a DTD folder, or None (procedural).
+
+    `textures="procedural"` asks for procedural textures. An explicit `dtd_root` must hold
+    DTD (the synthesizer refuses it otherwise). Else DTD is looked for in the data home
+    (`threecad download --dataset dtd`); when it is not there the run goes on with procedural
+    textures and warns once per method and process, because such a run is not the paper's
+    setting (methods record `texture_source` in their info).
+    """
+    from threecad.datahome import default_dtd_root
+
+    if textures == "procedural":
+        return None
+    if dtd_root:
+        return dtd_root
+    home = default_dtd_root()
+    if find_dtd_images(home) is not None:
+        return str(home)
+    if method not in _warned_no_dtd:
+        log.warning("%s: DTD not found at %s (`threecad download --dataset dtd`); using procedural anomaly "
+                    "textures, so this run is not the paper's setting (texture_source: procedural)", method, home)
+        _warned_no_dtd.add(method)
+    return None
