@@ -20,6 +20,9 @@ from threecad.cli.common import category_option, resolve_root, root_option
               help="Evaluation protocol; 3cad-paper reproduces the official release's metrics.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Run directory. Default: runs/<method>-<preset>-<time>.")
+@click.option("--setting", type=click.Choice(["per-category", "unified"]), default="per-category",
+              show_default=True, help="per-category: one model per category; unified: one model fitted on "
+                                      "the union of the categories' training images, evaluated per category.")
 @click.option("--resume", is_flag=True, help="Finish a run directory: skip categories already done.")
 @click.option("--eval-size", type=int, default=256, show_default=True, help="Side of the evaluation grid.")
 @click.option("--metrics", "metrics_mode", type=click.Choice(["auto", "exact", "streaming"]), default="auto",
@@ -29,8 +32,8 @@ from threecad.cli.common import category_option, resolve_root, root_option
 @click.option("--allow-layout-problems", is_flag=True,
               help="Run on a root with layout errors (missing or unreadable masks and images); "
                    "warned, and their count recorded in results.json.")
-def command(method, root, categories, preset, sets, device, protocol, out, resume, eval_size, metrics_mode, pictures,
-            allow_layout_problems):
+def command(method, root, categories, preset, sets, device, protocol, out, setting, resume, eval_size, metrics_mode,
+            pictures, allow_layout_problems):
     """Fit and evaluate METHOD on each category; write a run directory and print the table."""
     from threecad.harness import BenchSpec, run_benchmark
     from threecad.method import parse_set_options
@@ -38,7 +41,7 @@ def command(method, root, categories, preset, sets, device, protocol, out, resum
     spec = BenchSpec(method=method, root=resolve_root(root), categories=tuple(categories), preset=preset,
                      overrides=parse_set_options(sets), device=device, protocol=protocol, out=out,
                      resume=resume, eval_size=eval_size, metrics_mode=metrics_mode, pictures=pictures,
-                     allow_layout_problems=allow_layout_problems)
+                     allow_layout_problems=allow_layout_problems, setting=setting)
     results, code = run_benchmark(spec, echo=click.echo)
     run_dir = Path(out) if out else None
     click.echo("")

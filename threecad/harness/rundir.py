@@ -5,6 +5,8 @@ Layout of RUN_DIR:
   categories/<ABBR>.json   one record per category, written atomically when it finishes
   failures/<ABBR>.txt      the traceback of a failed category
   checkpoints/<ABBR>.pt    the method's state_dict (load with weights_only=True)
+  checkpoints/unified.pt   --setting unified: the one model's state_dict, and unified.json its
+                           fit facts (seconds, images, categories); written before any evaluation
   pictures/<ABBR>.png      highest-scored good and lowest-scored defective test images
   work/<ABBR>/             the method's scratch (epoch checkpoints), removed on success
   results.json, results.csv, results.md   aggregates, rewritten after every category
@@ -32,6 +34,8 @@ log = logging.getLogger(__name__)
 
 MAIN_METRICS = ("i_auroc", "i_ap", "i_f1max", "p_auroc", "p_ap", "p_f1max", "au_pro")
 SCHEMA = "threecad.run/1"
+UNIFIED_NOTE = ("Setting unified: one model fitted once on the training images of {categories} together, "
+                "then evaluated on each category's test set; every fit time below is that one shared fit.")
 PAPER_CAVEAT = ("Protocol 3cad-paper computes PRO per defective image and ignores false positives "
                 "on good images, as the official release does; compare it only with the paper.")
 
@@ -53,6 +57,22 @@ class RunDir:
 
     def checkpoint_file(self, abbr: str) -> Path:
         return self.path / "checkpoints" / f"{abbr}.pt"
+
+    @property
+    def unified_checkpoint_file(self) -> Path:
+        return self.path / "checkpoints" / "unified.pt"
+
+    @property
+    def unified_fit_file(self) -> Path:
+        return self.path / "checkpoints" / "unified.json"
+
+    def read_unified_fit(self) -> dict[str, Any] | None:
+        """The unified fit's facts; None when absent or damaged (then the model is fitted again)."""
+        try:
+            facts = json.loads(self.unified_fit_file.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            return None
+        return facts if isinstance(facts, dict) else None
 
     def picture_file(self, abbr: str) -> Path:
         return self.path / "pictures" / f"{abbr}.png"
@@ -210,10 +230,13 @@ def markdown(results: dict[str, Any]) -> str:
     """The paper's wide layout: metrics as rows, categories as columns, then Mean (percent)."""
     cats = [a for a, r in results["categories"].items() if r.get("status") == "ok"]
     header = ["Metric", *cats, "Mean"]
+    setting = results.get("setting", "per-category")
     lines = [f"# {results['method']} ({results['preset']}) on {results['dataset']['name']}",
              "",
-             f"Protocol `{results['protocol']}`, evaluation size {results['eval_size']}, "
+             f"Protocol `{results['protocol']}`, setting `{setting}`, evaluation size {results['eval_size']}, "
              f"device {results['device']}, run `{results['run_id']}`.", ""]
+    if setting == "unified":
+        lines += [f"> {UNIFIED_NOTE.format(categories=', '.join(results.get('unified_categories') or cats))}", ""]
     if results["protocol"] == "3cad-paper":
         lines += [f"> {PAPER_CAVEAT}", ""]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]

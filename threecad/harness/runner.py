@@ -11,6 +11,13 @@ the test set streamed into the Evaluator (throughput timed after a warm-up batch
 device synchronisation), peak host and device memory, a checked checkpoint, pictures, and
 an atomic per-category record, so that `--resume` skips what finished and a failure in
 one category does not stop the others.
+
+Two settings, as the field reports both (UniAD, ADer, MambaAD): `per-category` (one model
+per category, the default) and `unified` (one model fitted once on the union of the chosen
+categories' training images, then each category's test set evaluated on its own, so the
+table, records and leaderboard rows keep their per-category shape). In `unified` the one
+checkpoint (`checkpoints/unified.pt`, with its fit facts beside it) is written before any
+category is evaluated, so `--resume` loads it instead of fitting again.
 """
 from __future__ import annotations
 
@@ -30,7 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
+from torch.utils.data import ConcatDataset, DataLoader
 
 from threecad.catalog import Category, resolve_categories
 from threecad.errors import DatasetError, ThreecadError
@@ -39,7 +46,8 @@ from threecad.smoothing import release_blur
 from threecad.harness.memory import PeakMemory
 from threecad.harness.pictures import HardestImages
 from threecad.harness.rundir import MAIN_METRICS, RunDir, RunLock
-from threecad.integrity import save_checked
+from threecad.fsutil import atomic_write_json
+from threecad.integrity import load_checked, save_checked
 from threecad.layout import fingerprint, layout_errors, scan_root
 from threecad.method import Method, MethodConfig, build_config, config_dict
 from threecad.progress import progress
@@ -47,10 +55,14 @@ from threecad.registry import load_method
 
 log = logging.getLogger(__name__)
 PROTOCOLS = ("standard", "3cad-paper")
+SETTINGS = ("per-category", "unified")
 EXACT_PIXEL_LIMIT = 250_000_000  # above this many test pixels, `auto` metrics stream
 MIN_EVAL_SIZE = 16
 # run.json and a --resume must agree on these (compared in config_dict's canonical form)
-RESUME_KEYS = ("method", "preset", "config", "protocol", "eval_size", "dataset")
+RESUME_KEYS = ("method", "preset", "config", "protocol", "eval_size", "dataset", "setting", "unified_categories")
+# run.json files written before the unified setting existed say nothing: they ran per category
+SPEC_DEFAULTS = {"setting": "per-category", "unified_categories": None}
+UNIFIED_WORK = "_unified"  # the unified fit's scratch folder under work/
 
 
 @dataclass
@@ -70,6 +82,7 @@ class BenchSpec:
     metrics_mode: str = "auto"  # exact | streaming | auto
     pictures: int = 6
     allow_layout_problems: bool = False  # run on a root with layout errors (warned, counted)
+    setting: str = "per-category"  # or "unified": one model fitted on the union of the categories
 
 
 @dataclass
@@ -100,6 +113,7 @@ class Plan:
     data: dict[str, CategoryData]  # the categories still to run
     manifest: Any  # the checked split manifest (DataFrame) or None
     split_note: str | None
+    setting: str = "per-category"
 
 
 def seed_everything(seed: int) -> None:
@@ -158,9 +172,14 @@ def prepare(spec: BenchSpec) -> Plan:
         raise ThreecadError(f"--eval-size {spec.eval_size}: must be an integer of at least {MIN_EVAL_SIZE}")
     if not isinstance(spec.pictures, int) or spec.pictures < 0:
         raise ThreecadError(f"--pictures {spec.pictures}: must be 0 or more")
+    if spec.setting not in SETTINGS:
+        raise ThreecadError(f"unknown --setting '{spec.setting}'; valid: {', '.join(SETTINGS)}")
     device = devices.pick_device(spec.device)
     devices.configure_threads(device)
     method_cls = load_method(spec.method)
+    if spec.setting == "unified" and not getattr(method_cls, "supports_unified", True):
+        raise ThreecadError(f"method '{method_cls.name}' cannot run in --setting unified (one model for all "
+                            "categories); run it with --setting per-category")
     preset = spec.preset or ("paper" if device.type == "cuda" else "cpu")
     if spec.preset is None:
         log.info("preset %s (default for %s)", preset, device.type)
@@ -193,8 +212,10 @@ def prepare(spec: BenchSpec) -> Plan:
     run_spec = {
         "method": method_cls.name, "preset": preset, "config": config_dict(config),
         "protocol": spec.protocol, "eval_size": spec.eval_size, "dataset": dataset,
-        "seed": config.seed, "device": str(device),
+        "setting": spec.setting, "seed": config.seed, "device": str(device),
     }
+    if spec.setting == "unified":  # the union the one model is fitted on: part of what the run is
+        run_spec["unified_categories"] = [c.abbreviation for c in categories]
     out = Path(spec.out).expanduser() if spec.out else Path("runs") / _run_id(method_cls.name, preset)
     if out.exists() and not out.is_dir():
         raise ThreecadError(f"--out {out} is a file, not a folder")
@@ -209,11 +230,13 @@ def prepare(spec: BenchSpec) -> Plan:
                 done[cat.abbreviation] = record
     if len(done) < len(categories):  # a finished run resumed builds nothing
         check_method(method_cls, config)
-    data = {cat.abbreviation: _datasets(cat, scan, root, config, spec.eval_size, manifest)
-            for cat in categories if cat.abbreviation not in done}
+    # unified: a refit needs every category's training images, finished or not
+    unfinished = [c for c in categories if c.abbreviation not in done]
+    needed = categories if spec.setting == "unified" and unfinished else unfinished
+    data = {cat.abbreviation: _datasets(cat, scan, root, config, spec.eval_size, manifest) for cat in needed}
     return Plan(method_cls=method_cls, config=config, preset=preset, device=device, root=root, scan=scan,
                 categories=categories, run_spec=run_spec, out=out, previous=previous, done=done,
-                data=data, manifest=manifest, split_note=split_note)
+                data=data, manifest=manifest, split_note=split_note, setting=spec.setting)
 
 
 def check_method(method_cls: type[Method], config: MethodConfig) -> None:
@@ -250,14 +273,26 @@ def check_resumable(previous: dict[str, Any] | None, run_spec: dict[str, Any], r
         return
     if not resume:
         raise ThreecadError(f"{out} already holds a run; pass --resume to finish it, or choose another --out")
-    diff = [k for k in RESUME_KEYS if previous.get(k) != run_spec.get(k)]
+    diff = [k for k in RESUME_KEYS if spec_value(previous, k) != spec_value(run_spec, k)]
+    if "setting" in diff and "unified_categories" in diff:  # one difference, said once
+        diff.remove("unified_categories")
     if diff:
         detail = ""
         if "config" in diff:
             old, new = previous.get("config") or {}, run_spec["config"]
             keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
             detail = f" (config {', '.join(f'{k}: {old.get(k)!r} then, {new.get(k)!r} now' for k in keys[:3])})"
+        if "unified_categories" in diff and "setting" not in diff:
+            detail += f" (categories {','.join(previous.get('unified_categories') or [])} then; pass them again)"
+        if "setting" in diff:
+            detail += (f" (setting {spec_value(previous, 'setting')} then, {run_spec.get('setting')} now; "
+                       f"pass --setting {spec_value(previous, 'setting')})")
         raise ThreecadError(f"cannot resume {out}: it was run with a different {', '.join(diff)}{detail}")
+
+
+def spec_value(spec: dict[str, Any], key: str) -> Any:
+    """A run.json or results.json field, with the value older runs meant when they lack it."""
+    return spec.get(key, SPEC_DEFAULTS.get(key))
 
 
 def _layout_problems(scan, categories: list[Category]) -> list:
@@ -347,48 +382,69 @@ def _execute(plan: Plan, spec: BenchSpec, run: RunDir, echo) -> tuple[dict[str, 
         run_spec["run_id"] = plan.out.name if spec.out is None else _run_id(plan.method_cls.name, plan.preset)
         run_spec["started"] = _now()
         run.write_spec(run_spec)
+    unified = plan.setting == "unified"
     echo(f"{plan.method_cls.name} ({plan.preset}) on {_plural(len(plan.categories), 'category')} of "
-         f"{plan.root} -> {plan.out}  [{plan.device}]")
+         f"{plan.root} -> {plan.out}  [{plan.device}]" + ("  one model for all (--setting unified)" if unified else ""))
+    if not unified and getattr(plan.method_cls, "unified_by_default", False):
+        echo(f"note: {plan.method_cls.name} is meant to train one model for all categories; "
+             "--setting unified does that (per-category is the default)")
     if plan.split_note:
         echo(plan.split_note)
 
     records: dict[str, dict[str, Any]] = {}
-    ran = False
+    todo: list[Category] = []
     for cat in plan.categories:
         done = plan.done.get(cat.abbreviation)
         if done is not None and run.read_category(cat.abbreviation) == done:
             echo(f"{cat.abbreviation}: done before, skipped (--resume)")
             records[cat.abbreviation] = done
-            continue
+        else:
+            todo.append(cat)
+    fitted = _unified_model(plan, spec, run, echo) if unified and todo else None
+    for cat in todo:
         data = plan.data.get(cat.abbreviation) or _datasets(cat, plan.scan, plan.root, plan.config,
                                                             spec.eval_size, plan.manifest)
-        ran = True
         try:
-            record = _run_category(plan.method_cls, plan.config, data, plan.device, spec, run)
+            if isinstance(fitted, BaseException):
+                raise fitted
+            if unified:
+                record = _evaluate_unified(plan, fitted, data, spec, run)
+            else:
+                record = _run_category(plan.method_cls, plan.config, data, plan.device, spec, run)
             run.write_category(cat.abbreviation, record)
-            shutil.rmtree(run.work_dir(cat.abbreviation), ignore_errors=True)
+            if not unified:
+                shutil.rmtree(run.work_dir(cat.abbreviation), ignore_errors=True)
             m = record["metrics"]
             echo(f"{cat.abbreviation}: " + "  ".join(f"{k} {_pct(m[k])}" for k in MAIN_METRICS if k in m)
-                 + f"  (fit {record['timings']['fit_s']:.1f}s, {record['timings']['infer_images_per_s']:.1f} img/s)"
+                 + f"  (fit {record['timings']['fit_s']:.1f}s{' shared' if unified else ''}, "
+                 + f"{record['timings']['infer_images_per_s']:.1f} img/s)"
                  + (f"  [{record['notes']}]" if record.get("notes") else ""))
         except ThreecadError:
             raise
         except Exception as exc:  # noqa: BLE001 - one category's failure must not stop the others
             log.error("%s failed: %s", cat.abbreviation, exc)
-            record = run.write_failure(cat.abbreviation, f"{type(exc).__name__}: {exc}", traceback.format_exc())
+            tb = "".join(traceback.format_exception(exc))
+            record = run.write_failure(cat.abbreviation, f"{type(exc).__name__}: {exc}", tb)
             echo(f"{cat.abbreviation}: FAILED ({record['error']}); traceback in {run.failure_file(cat.abbreviation)}")
         records[cat.abbreviation] = record
-        run.write_results(run_spec, records, _extra())
+        run.write_results(run_spec, _ordered(plan, records), _extra())
+    records = _ordered(plan, records)
+    ran = bool(todo)
     previous_results = run.read_results()
     if (not ran and previous_results is not None and previous_results.get("finished")
             and previous_results.get("categories") == records
-            and all(previous_results.get(k) == run_spec.get(k) for k in (*RESUME_KEYS, "run_id"))):
+            and all(spec_value(previous_results, k) == spec_value(run_spec, k) for k in (*RESUME_KEYS, "run_id"))):
         results = previous_results  # a finished run, resumed: nothing to do, nothing rewritten
         echo("nothing left to run: every category finished before")
     else:
         results = run.write_results(run_spec, records, {**_extra(), "finished": _now()})
     failed = [a for a, r in records.items() if r.get("status") != "ok"]
     return results, int(bool(failed))
+
+
+def _ordered(plan: Plan, records: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Records in the catalog's order (a resumed unified run finishes them out of order)."""
+    return {c.abbreviation: records[c.abbreviation] for c in plan.categories if c.abbreviation in records}
 
 
 def _pct(v: Any) -> str:
@@ -407,86 +463,206 @@ def _loader(dataset, batch_size: int, device: torch.device, shuffle: bool, seed:
                       pin_memory=device.type == "cuda", persistent_workers=workers > 0, generator=gen)
 
 
-def _run_category(method_cls: type[Method], config, data: CategoryData, device: torch.device,
-                  spec: BenchSpec, run: RunDir) -> dict[str, Any]:
-    from threecad.metrics import Evaluator
-
-    cat, train, val, test = data.category, data.train, data.val, data.test
+def _new_method(method_cls: type[Method], config, device: torch.device, work_dir: Path) -> Method:
     seed_everything(config.seed)
     method = method_cls(config, device=device, amp=device.type == "cuda")
-    post = method.postprocess()
-    method.work_dir = run.work_dir(cat.abbreviation)
+    method.work_dir = work_dir
+    return method
+
+
+def _fit(method: Method, config, train, val, device: torch.device, label: str) -> float:
+    """Fit on `train` (shuffled) and `val`; returns the seconds it took (device synchronised)."""
     train_loader = _loader(train, config.batch_size, device, True, config.seed)
     val_loader = _loader(val, config.batch_size, device, False, config.seed) if val is not None else None
-    log.info("%s: fitting on %s", cat.abbreviation, _plural(len(train), "image"))
+    log.info("%s: fitting on %s", label, _plural(len(train), "image"))
+    devices.synchronize(device)
+    t0 = time.perf_counter()
+    method.fit(train_loader, val_loader)
+    devices.synchronize(device)
+    return time.perf_counter() - t0
 
+
+@dataclass
+class Evaluation:
+    """One category's test set, predicted and scored."""
+
+    metrics: dict[str, Any]
+    notes: str
+    breakdowns: dict[str, Any]
+    infer_images_per_s: float
+    mode: str
+    hardest: HardestImages
+
+
+@dataclass
+class UnifiedModel:
+    """The one model of a unified run, fitted here or loaded from its checkpoint by --resume."""
+
+    method: Method
+    facts: dict[str, Any]  # fit_s, n_train, n_val, categories, memory: as in checkpoints/unified.json
+    loaded: bool
+
+
+def _unified_model(plan: Plan, spec: BenchSpec, run: RunDir, echo) -> UnifiedModel | BaseException:
+    """Load the unified checkpoint on --resume when it is intact, else fit on the union of the
+    categories' training images and write the checkpoint before any category is evaluated.
+
+    A fit that fails is returned (not raised): every category still to run records it.
+    """
+    abbrs = [c.abbreviation for c in plan.categories]
+    if plan.previous is not None:
+        loaded = _load_unified(plan, run, abbrs)
+        if loaded is not None:
+            echo(f"unified model loaded from {run.unified_checkpoint_file.relative_to(run.path)} "
+                 f"(fitted before in {loaded.facts['fit_s']:.1f}s; not fitted again)")
+            return loaded
+    datas = [plan.data.get(c.abbreviation) or _datasets(c, plan.scan, plan.root, plan.config, spec.eval_size,
+                                                         plan.manifest) for c in plan.categories]
+    train = ConcatDataset([d.train for d in datas])
+    vals = [d.val for d in datas if d.val is not None]
+    val = ConcatDataset(vals) if vals else None
+    work = run.work_dir(UNIFIED_WORK)
+    try:
+        method = _new_method(plan.method_cls, plan.config, plan.device, work)
+        with PeakMemory(plan.device) as mem:
+            fit_s = _fit(method, plan.config, train, val, plan.device, f"unified ({', '.join(abbrs)})")
+        facts = {"fit_s": fit_s, "n_train": len(train), "n_val": len(val) if val is not None else 0,
+                 "categories": abbrs, "memory": {"peak_host_rss_mb": mem.host_mb, "peak_device_mb": mem.device_mb},
+                 "method_info": _jsonable(method.info())}
+        save_checked(method.state_dict(), run.unified_checkpoint_file)  # first the model, then its facts
+        atomic_write_json(run.unified_fit_file, facts)
+    except ThreecadError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - recorded as every remaining category's failure
+        log.error("unified fit failed: %s", exc)
+        return exc
+    shutil.rmtree(work, ignore_errors=True)
+    echo(f"unified: one model fitted on {_plural(len(train), 'training image')} of "
+         f"{_plural(len(abbrs), 'category')} in {fit_s:.1f}s")
+    return UnifiedModel(method, facts, loaded=False)
+
+
+def _load_unified(plan: Plan, run: RunDir, abbrs: list[str]) -> UnifiedModel | None:
+    """The checkpoint of an interrupted unified run, or None (then it is fitted again)."""
+    ckpt, facts = run.unified_checkpoint_file, run.read_unified_fit()
+    if facts is None or not ckpt.is_file():
+        log.info("no complete unified checkpoint in %s; fitting again", run.path)
+        return None
+    if facts.get("categories") != abbrs or not isinstance(facts.get("fit_s"), (int, float)):
+        log.warning("%s does not describe this run's categories; fitting again", run.unified_fit_file)
+        return None
+    try:
+        state = load_checked(ckpt)
+        method = _new_method(plan.method_cls, plan.config, plan.device, run.work_dir(UNIFIED_WORK))
+        method.load_state_dict(state)
+    except Exception as exc:  # noqa: BLE001 - a damaged checkpoint is refitted, not trusted
+        log.warning("unified checkpoint %s not used (%s); fitting again", ckpt, exc)
+        return None
+    return UnifiedModel(method, facts, loaded=True)
+
+
+def _evaluate_unified(plan: Plan, model: UnifiedModel, data: CategoryData, spec: BenchSpec,
+                      run: RunDir) -> dict[str, Any]:
+    cat = data.category
+    post = model.method.postprocess()
+    with PeakMemory(plan.device) as mem:
+        ev = _evaluate(model.method, post, plan.config, data.test, plan.device, spec, cat.abbreviation)
+    fit_mem = model.facts.get("memory") or {}
+    device_peaks = [v for v in (fit_mem.get("peak_device_mb"), mem.device_mb) if v is not None]
+    memory = {"peak_host_rss_mb": max(mem.host_mb, fit_mem.get("peak_host_rss_mb") or 0.0),
+              "peak_device_mb": max(device_peaks) if device_peaks else None}
+    record = _record(plan.method_cls, model.method, post, cat, ev, spec, run, fit_s=model.facts["fit_s"],
+                     memory=memory, n_train=model.facts["n_train"], n_val=model.facts["n_val"],
+                     n_test=len(data.test), checkpoint=run.unified_checkpoint_file)
+    record.update({"fit_shared": True, "fit_loaded": model.loaded, "n_train_category": len(data.train),
+                   "unified_categories": model.facts["categories"]})
+    return record
+
+
+def _run_category(method_cls: type[Method], config, data: CategoryData, device: torch.device,
+                  spec: BenchSpec, run: RunDir) -> dict[str, Any]:
+    cat, train, val, test = data.category, data.train, data.val, data.test
+    method = _new_method(method_cls, config, device, run.work_dir(cat.abbreviation))
+    post = method.postprocess()
     with PeakMemory(device) as mem:
-        devices.synchronize(device)
-        t0 = time.perf_counter()
-        method.fit(train_loader, val_loader)
-        devices.synchronize(device)
-        fit_s = time.perf_counter() - t0
+        fit_s = _fit(method, config, train, val, device, cat.abbreviation)
+        ev = _evaluate(method, post, config, test, device, spec, cat.abbreviation)
+    ckpt = run.checkpoint_file(cat.abbreviation)
+    save_checked(method.state_dict(), ckpt)  # with its checksum: load it with integrity.load_checked
+    return _record(method_cls, method, post, cat, ev, spec, run, fit_s=fit_s,
+                   memory={"peak_host_rss_mb": mem.host_mb, "peak_device_mb": mem.device_mb},
+                   n_train=len(train), n_val=len(val) if val is not None else 0, n_test=len(test), checkpoint=ckpt)
 
-        pixels = len(test) * spec.eval_size ** 2
-        mode = spec.metrics_mode if spec.metrics_mode != "auto" else (
-            "exact" if pixels <= EXACT_PIXEL_LIMIT else "streaming")
-        evaluator = Evaluator(protocol=spec.protocol, mode=mode)
-        hardest = HardestImages(spec.pictures)
-        infer_s, infer_n = 0.0, 0
-        test_loader = _loader(test, config.batch_size, device, False, config.seed)
-        batches = progress(test_loader, desc=f"{cat.abbreviation} test", unit="batch")
-        for i, batch in enumerate(batches):
-            images = batch["image"]
-            devices.synchronize(device)
-            t1 = time.perf_counter()
-            x = images.to(device, non_blocking=True)
-            if config.image_size != spec.eval_size:
-                x = F.interpolate(x, size=(config.image_size, config.image_size), mode="bilinear",
-                                  antialias=True, align_corners=False)
-            with torch.inference_mode():
-                scores, maps = method.predict(x)
-                maps = maps.float()
-                if spec.protocol == "standard":  # 3cad-paper: the Evaluator blurs the raw map, as the release
-                    scores, maps = post.apply(maps, scores)
-                maps = F.interpolate(maps[:, None], size=(spec.eval_size, spec.eval_size),
-                                     mode="bilinear", align_corners=False)[:, 0].cpu()
-                # 3cad-paper: the release scores every image by the max of its blurred map; none is passed
-                scores = None if scores is None or spec.protocol != "standard" else scores.float().cpu()
-            devices.synchronize(device)
-            if i > 0 or len(test_loader) == 1:  # the first batch is warm-up
-                infer_s += time.perf_counter() - t1
-                infer_n += len(images)
-            masks = batch["mask"][:, 0] > 0.5
-            evaluator.update(maps, masks, scores=scores, labels=batch["label"],
-                             defect_types=list(batch["defect_type"]))
-            if scores is not None:
-                shown = scores
-            elif spec.protocol == "standard":
-                shown = maps.flatten(1).amax(dim=1)
-            else:  # the score the release gives: max of the map after its blur
-                shown = torch.from_numpy(release_blur(maps.double().numpy()).reshape(len(maps), -1).max(axis=1))
-            hardest.update(images, maps, masks, shown, batch["label"], list(batch["path"]))
+
+def _record(method_cls: type[Method], method: Method, post, cat: Category, ev: Evaluation, spec: BenchSpec,
+            run: RunDir, *, fit_s: float, memory: dict[str, Any], n_train: int, n_val: int, n_test: int,
+            checkpoint: Path) -> dict[str, Any]:
+    """The category's record (pictures rendered): what categories/<ABBR>.json holds."""
+    if spec.pictures > 0:
+        ev.hardest.render(run.picture_file(cat.abbreviation),
+                          f"{method_cls.name} on {cat.abbreviation} ({cat.folder})")
+    return {
+        "status": "ok", "metrics": ev.metrics, "notes": ev.notes, "breakdowns": _jsonable(ev.breakdowns),
+        "timings": {"fit_s": fit_s, "infer_images_per_s": ev.infer_images_per_s},
+        "memory": memory,
+        "n_train": n_train, "n_val": n_val, "n_test": n_test,
+        "metrics_mode": ev.mode, "method_info": _jsonable(method.info()),
+        "postprocess": post.as_dict() if spec.protocol == "standard" else {"release_blur_sigma": 4.0},
+        "checkpoint": str(checkpoint.relative_to(run.path)),
+        "picture": str(run.picture_file(cat.abbreviation).relative_to(run.path)) if spec.pictures > 0 else None,
+    }
+
+
+def _evaluate(method: Method, post, config, test, device: torch.device, spec: BenchSpec, label: str) -> Evaluation:
+    """Predict the test set, streamed into the Evaluator (throughput timed after a warm-up batch)."""
+    from threecad.metrics import Evaluator
+
+    pixels = len(test) * spec.eval_size ** 2
+    mode = spec.metrics_mode if spec.metrics_mode != "auto" else (
+        "exact" if pixels <= EXACT_PIXEL_LIMIT else "streaming")
+    evaluator = Evaluator(protocol=spec.protocol, mode=mode)
+    hardest = HardestImages(spec.pictures)
+    infer_s, infer_n = 0.0, 0
+    test_loader = _loader(test, config.batch_size, device, False, config.seed)
+    batches = progress(test_loader, desc=f"{label} test", unit="batch")
+    for i, batch in enumerate(batches):
+        images = batch["image"]
+        devices.synchronize(device)
+        t1 = time.perf_counter()
+        x = images.to(device, non_blocking=True)
+        if config.image_size != spec.eval_size:
+            x = F.interpolate(x, size=(config.image_size, config.image_size), mode="bilinear",
+                              antialias=True, align_corners=False)
+        with torch.inference_mode():
+            scores, maps = method.predict(x)
+            maps = maps.float()
+            if spec.protocol == "standard":  # 3cad-paper: the Evaluator blurs the raw map, as the release
+                scores, maps = post.apply(maps, scores)
+            maps = F.interpolate(maps[:, None], size=(spec.eval_size, spec.eval_size),
+                                 mode="bilinear", align_corners=False)[:, 0].cpu()
+            # 3cad-paper: the release scores every image by the max of its blurred map; none is passed
+            scores = None if scores is None or spec.protocol != "standard" else scores.float().cpu()
+        devices.synchronize(device)
+        if i > 0 or len(test_loader) == 1:  # the first batch is warm-up
+            infer_s += time.perf_counter() - t1
+            infer_n += len(images)
+        masks = batch["mask"][:, 0] > 0.5
+        evaluator.update(maps, masks, scores=scores, labels=batch["label"],
+                         defect_types=list(batch["defect_type"]))
+        if scores is not None:
+            shown = scores
+        elif spec.protocol == "standard":
+            shown = maps.flatten(1).amax(dim=1)
+        else:  # the score the release gives: max of the map after its blur
+            shown = torch.from_numpy(release_blur(maps.double().numpy()).reshape(len(maps), -1).max(axis=1))
+        hardest.update(images, maps, masks, shown, batch["label"], list(batch["path"]))
     computed = evaluator.compute()
     # None: the data cannot define the metric (e.g. no defect pixel at all); `notes` says why
     metrics = {k: None if computed[k] is None else float(computed[k]) for k in MAIN_METRICS if k in computed}
-    notes = str(computed.get("notes") or "")
-    breakdowns = {k: v for k, v in computed.items() if k not in MAIN_METRICS and k != "notes"}
-
-    ckpt = run.checkpoint_file(cat.abbreviation)
-    save_checked(method.state_dict(), ckpt)  # with its checksum: load it with integrity.load_checked
-    if spec.pictures > 0:
-        hardest.render(run.picture_file(cat.abbreviation),
-                       f"{method_cls.name} on {cat.abbreviation} ({cat.folder})")
-    return {
-        "status": "ok", "metrics": metrics, "notes": notes, "breakdowns": _jsonable(breakdowns),
-        "timings": {"fit_s": fit_s, "infer_images_per_s": infer_n / infer_s if infer_s > 0 else float("nan")},
-        "memory": {"peak_host_rss_mb": mem.host_mb, "peak_device_mb": mem.device_mb},
-        "n_train": len(train), "n_val": len(val) if val is not None else 0, "n_test": len(test),
-        "metrics_mode": mode, "method_info": _jsonable(method.info()),
-        "postprocess": post.as_dict() if spec.protocol == "standard" else {"release_blur_sigma": 4.0},
-        "checkpoint": str(ckpt.relative_to(run.path)),
-        "picture": str(run.picture_file(cat.abbreviation).relative_to(run.path)) if spec.pictures > 0 else None,
-    }
+    return Evaluation(metrics=metrics, notes=str(computed.get("notes") or ""),
+                      breakdowns={k: v for k, v in computed.items() if k not in MAIN_METRICS and k != "notes"},
+                      infer_images_per_s=infer_n / infer_s if infer_s > 0 else float("nan"), mode=mode,
+                      hardest=hardest)
 
 
 def _jsonable(obj: Any) -> Any:
