@@ -563,3 +563,21 @@ def test_a_real_benchmark_run_is_accepted_and_a_killed_one_refused(tiny_root, tm
     edit_results(run, lambda d: d.pop("finished"))
     with pytest.raises(LeaderboardError, match="has no 'finished' time"):
         submit_run(run, table, replace=True)
+
+
+def test_variant_marks_unified_runs_and_procedural_textures():
+    from pathlib import Path
+
+    import pytest
+
+    from threecad.leaderboard.runs import variant_of
+    from threecad.leaderboard.schema import LeaderboardError
+
+    dtd = {"ACC": {"method_info": {"texture_source": "dtd"}}}
+    procedural = {"ACC": {"method_info": {"texture_source": "dtd"}}, "AI": {"method_info": {"texture_source": "procedural"}}}
+    f = Path("results.json")
+    assert variant_of(f, {}, "paper", dtd) == "paper"
+    assert variant_of(f, {"setting": "unified"}, "cpu", {"ACC": {"method_info": {}}}) == "cpu-unified"
+    assert variant_of(f, {"setting": "per-category"}, "paper", procedural) == "paper-procedural"
+    with pytest.raises(LeaderboardError, match="setting"):
+        variant_of(f, {"setting": "sideways"}, "paper", dtd)

@@ -95,6 +95,9 @@ def _check_spec(results_path: Path, data: dict[str, Any], run_dir: Path) -> None
             raise LeaderboardError(
                 f"{results_path}: {key} is {data.get(key)!r} but {spec_path} says {spec.get(key)!r}; "
                 "the summary does not belong to this run directory.")
+    if spec.get("setting", "per-category") != data.get("setting", "per-category"):
+        raise LeaderboardError(f"{results_path}: setting is {data.get('setting')!r} but {spec_path} says "
+                               f"{spec.get('setting')!r}; the summary does not belong to this run directory.")
 
 
 def _read_records(run_dir: Path) -> dict[str, dict[str, Any]]:

@@ -130,6 +130,24 @@ def _format(value: float, digits: int) -> str:
     return text.rstrip("0").rstrip(".") if "." in text else text
 
 
+SETTINGS = ("per-category", "unified")
+
+
+def variant_of(path: Path, data: dict[str, Any], preset: str, records: dict[str, dict[str, Any]]) -> str:
+    """The row's variant: the preset, marked when the run is not that preset's usual setting.
+
+    A unified run (one model for all categories) gets `-unified`; a run whose synthetic
+    anomalies used procedural textures instead of DTD gets `-procedural`, so that such a row
+    never passes for the paper's setting.
+    """
+    setting = data.get("setting", "per-category")
+    if setting not in SETTINGS:
+        raise _fail(path, "setting", f"unknown setting {setting!r}; known: {', '.join(SETTINGS)}")
+    variant = preset + ("-unified" if setting == "unified" else "")
+    sources = {str((r.get("method_info") or {}).get("texture_source")) for r in records.values()}
+    return variant + ("-procedural" if "procedural" in sources else "")
+
+
 def rows_from_run(run_dir: str | Path) -> RunRows:
     """Leaderboard rows of one finished, intact run: each category and the Mean, per known metric.
 
@@ -171,6 +189,7 @@ def rows_from_run(run_dir: str | Path) -> RunRows:
     }
 
     categories = check_run(run_dir, path, data).records  # equal to results.json's, all status ok
+    common["variant"] = variant_of(path, data, variant, categories)
     result = RunRows(rows=pd.DataFrame(columns=list(COLUMNS)), run_id=run_id)
     values: dict[str, dict[str, float]] = {}  # category -> metric -> percent
     unknown_metrics: set[str] = set()
