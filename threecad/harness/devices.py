@@ -62,8 +62,13 @@ def loader_workers(device: torch.device) -> int:
 
 
 def configure_threads(device: torch.device) -> None:
+    """On the CPU use every core, unless OMP_NUM_THREADS asks for fewer (a shared machine)."""
     if device.type == "cpu":
-        torch.set_num_threads(cpu_count())
+        try:
+            wanted = int(os.environ.get("OMP_NUM_THREADS", "0"))
+        except ValueError:
+            wanted = 0
+        torch.set_num_threads(wanted if wanted > 0 else cpu_count())
 
 
 def hardware(device: torch.device) -> str:
