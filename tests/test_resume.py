@@ -33,8 +33,10 @@ def fast_overrides(cls) -> dict[str, str]:
     """Settings that make a method's cpu preset run in seconds on 64 px images."""
     names = {f.name for f in dataclasses.fields(cls.config_class)}
     out = {"image_size": "64"}
-    if "epochs" in names:
-        out["epochs"] = "1"
+    # training lengths, however a method counts them: one pass, or two steps
+    short = {"epochs": "1", "meta_epochs": "1", "gan_epochs": "1", "steps": "2", "student_steps": "1",
+             "steps_per_checkpoint": "1", "afs_batches": "1"}
+    out.update({k: v for k, v in short.items() if k in names})
     return out
 
 
