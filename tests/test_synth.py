@@ -24,7 +24,9 @@ from threecad.catalog import THREECAD, table1
 from threecad.cli import main
 from threecad.errors import ThreecadError
 from threecad.layout import scan_root
-from threecad.synth import DEFECT_TYPES, KIND_SIZES, generate, plan_category, render_job
+from threecad.synth import (DEFECT_TYPES, KIND_SIZES, category_layout, generate, plan_category,
+                            render_job, render_scene)
+from threecad.synth.render import image_rng
 
 from refusal import assert_refused
 
@@ -288,6 +290,12 @@ def test_bad_min_train_is_refused(tmp_path, value):
                    names="--min-train", watch=[tmp_path])
 
 
+@pytest.mark.parametrize("value", ["-1", "197"])
+def test_bad_min_test_good_is_refused(tmp_path, value):
+    assert_refused(["synth", "--out", str(tmp_path / "d"), "--scale", "0.01", "--min-test-good", value],
+                   names="--min-test-good", watch=[tmp_path])
+
+
 def test_min_train_floor_only_appends_training_images():
     for cat in THREECAD:
         base = plan_category(cat, 0.01, 9, 128)
@@ -302,8 +310,26 @@ def test_min_train_floor_only_appends_training_images():
         assert [j.name for j in extra] == [f"{i:06d}.png" for i in range(n_base, n_train)]
     cs = next(c for c in THREECAD if c.abbreviation == "CS")
     assert sum(j.split == "train" for j in plan_category(cs, 0.01, 9, 128)) == 4  # the reported case
-    for cat in THREECAD:  # never at full scale, whatever the floor
-        assert plan_category(cat, 1.0, 0, None, min_train=409) == plan_category(cat, 1.0, 0, None)
+    for cat in THREECAD:  # never at full scale, whatever the floors
+        assert plan_category(cat, 1.0, 0, None, min_train=409, min_test_good=196) == \
+            plan_category(cat, 1.0, 0, None)
+
+
+def test_min_test_good_floor_only_appends_good_test_images():
+    """At scale 0.01 some categories had 2 good test images: an image AUROC of nothing."""
+    for cat in THREECAD:
+        base = plan_category(cat, 0.01, 9, 128, 16)
+        floored = plan_category(cat, 0.01, 9, 128, 16, min_test_good=8)
+        good = lambda jobs: [j for j in jobs if j.split == "test" and not j.regions]  # noqa: E731
+        n_base, n_good = len(good(base)), len(good(floored))
+        assert n_good == max(8, n_base) and n_good >= 8
+        assert good(floored)[:n_base] == good(base)  # the scaled ones unchanged, the extras after
+        assert [j.name for j in good(floored)[n_base:]] == [f"{i:06d}.png" for i in range(n_base, n_good)]
+        assert [j for j in floored if j.split == "train" or j.regions] == \
+            [j for j in base if j.split == "train" or j.regions]
+    counts = {c.abbreviation: sum(j.split == "test" and not j.regions for j in plan_category(c, 0.01, 9, 128))
+              for c in THREECAD}
+    assert min(counts.values()) == 2  # the reported case, without the floor (CS)
 
 
 def test_floor_adds_files_and_changes_nothing_else(tmp_path, caplog):
@@ -331,7 +357,83 @@ def test_floor_adds_files_and_changes_nothing_else(tmp_path, caplog):
 def test_full_scale_marker_has_no_floor():
     cats = [c for c in THREECAD if c.abbreviation == "CS"]
     jobs = plan_category(cats[0], 1.0, 0, None)
-    assert "min_train" not in writer.marker(cats, jobs, 1.0, 0, None, 16)
+    info = writer.marker(cats, jobs, 1.0, 0, None, 16, 8)
+    assert "min_train" not in info and "min_test_good" not in info and info["version"] == "2"
+
+
+def test_test_good_floor_adds_good_test_files_only(tmp_path):
+    kw = dict(scale=0.004, seed=4, max_size=32, categories=["CS"], workers=1, progress=False)
+    bare = generate(tmp_path / "bare", min_test_good=0, **kw)
+    floored = generate(tmp_path / "floored", **kw)  # the default floor, 8
+    a = {p.relative_to(bare).as_posix() for p in bare.rglob("*") if p.is_file()}
+    b = {p.relative_to(floored).as_posix() for p in floored.rglob("*") if p.is_file()}
+    assert a < b and sorted(b - a) == [f"Copper_Stator/test/good/{i:06d}.png" for i in range(1, 8)]
+    info = json.loads((floored / "synthetic.json").read_text())
+    assert info["min_test_good"] == 8 and info["counts"]["CS"]["test_good"] == 8
+    assert "min_test_good" not in json.loads((bare / "synthetic.json").read_text())
+    assert not scan_root(floored).problems
+
+
+# --- one product per category (generator version 2) ----------------------------------------
+# Mean pairwise correlation of the first 8 train images per category (scale 0.01, 64 px,
+# seed 0, training floor 16), resized to 64x64 grey. Version 1 drew a new layout per image;
+# version 2 draws one per category. Measured: (version 1, version 2).
+ALIGNMENT = {"ACC": (0.615, 0.933), "AI": (0.142, 0.887), "AMF": (0.671, 0.878),
+             "ANMF": (0.492, 0.708), "ANI": (0.096, 0.917), "AP": (0.083, 0.814),
+             "CS": (0.622, 0.809), "IS": (0.625, 0.795)}
+# Mean pairwise IoU of Scene.part over the same images, at 64x64: version 1 0.48 (CS) to
+# 0.95 (AMF); version 2 0.65 (IS, 36 fine teeth) to 0.97.
+PART_IOU = {"CS": 0.7, "IS": 0.6}  # the rest: 0.9
+
+
+def _grey64(image: np.ndarray) -> np.ndarray:
+    g = np.asarray(Image.fromarray(image).convert("L").resize((64, 64), Image.BILINEAR), np.float64).ravel()
+    return (g - g.mean()) / (g.std() + 1e-9)
+
+
+def _mean_pairwise(values: list, fn) -> float:
+    return float(np.mean([fn(a, b) for i, a in enumerate(values) for b in values[i + 1:]]))
+
+
+def test_images_of_a_category_show_one_product():
+    """Good images of a category line up (correlation) and their parts overlap (IoU), as in
+    3CAD, where each category is one product in a fixed pose."""
+    for cat in THREECAD:
+        jobs = [j for j in plan_category(cat, 0.01, 0, 64, 16) if j.split == "train"][:8]
+        grey = [_grey64(render_job(j).image) for j in jobs]
+        corr = _mean_pairwise(grey, lambda a, b: float(np.mean(a * b)))
+        v1, v2 = ALIGNMENT[cat.abbreviation]
+        assert corr > (v1 + v2) / 2, (cat.abbreviation, corr)
+        parts = []
+        for j in jobs:
+            scene = render_scene(j.category, image_rng(j), j.height, j.width,
+                                 layout=category_layout(j.category, j.layout_stream))
+            small = Image.fromarray(scene.part.astype(np.uint8) * 255).resize((64, 64), Image.NEAREST)
+            parts.append(np.asarray(small) > 127)
+        iou = _mean_pairwise(parts, lambda a, b: (a & b).sum() / max(1, (a | b).sum()))
+        assert iou > PART_IOU.get(cat.abbreviation, 0.9), (cat.abbreviation, iou)
+
+
+def test_layout_depends_on_seed_and_category_only():
+    cats = {c.abbreviation: c for c in THREECAD}
+    jobs = plan_category(cats["AP"], 0.01, 3, 64, 16)
+    assert len({j.layout_stream for j in jobs}) == 1
+    assert jobs[0].layout_stream != plan_category(cats["AP"], 0.01, 4, 64)[0].layout_stream
+    assert jobs[0].layout_stream != plan_category(cats["AI"], 0.01, 3, 64)[0].layout_stream
+    assert category_layout("AP", (3, 5, 97)) == category_layout("AP", (3, 5, 97))  # frozen, cached
+
+
+@pytest.mark.parametrize("abbr", sorted(DEFECT_TYPES))
+def test_every_layout_shows_the_edges_its_defects_need(abbr):
+    """Good and defective images show one product, so every layout of a category with
+    warping holds an outline and a rim in view, at every size, for many seeds."""
+    edges = frozenset(e for e in ("outer", "inner") if f"{e}_warping" in DEFECT_TYPES[abbr])
+    ci = [c.abbreviation for c in THREECAD].index(abbr)
+    for seed in range(24 if edges else 3):
+        layout = category_layout(abbr, (seed, ci, 97))
+        for h, w in ((32, 32), (40, 64), (64, 36)):
+            scene = render_scene(abbr, np.random.default_rng(seed), h, w, edges, layout)  # raises if not
+            assert scene.part.shape == (h, w) and scene.part.mean() > 0.05
 
 
 def _dead_pid() -> int:
@@ -376,31 +478,32 @@ def test_size_estimate_covers_the_tree(small_tree):
 
 
 # --- output identity across speed work (issue #15) -----------------------------------------
-# Digests of a fixed plan, recorded from the code before the speed-ups (commit 6b554f9):
-# per category, the files (sha256 of each, with its path) and the decoded pixels. Output
+# Digests of a fixed plan, recorded from generator version 2 (one layout per category; the
+# version-1 digests came from the code before the speed-ups, commit 6b554f9): per
+# category, the files (sha256 of each, with its path) and the decoded pixels. Output
 # bytes depend on the library versions (numpy's float32 maths, Pillow's resize and its
 # bundled zlib-ng), so the digests are checked where those match the recording's.
 GOLDEN_VERSIONS = {"numpy": "2.4.6", "PIL": "13.0.0", "scipy": "1.17.1"}
-GOLDEN_TREE = {  # generate(scale=0.003, seed=21, max_size=128, min_train=0): (files, pixels)
-    "ACC": ("08ca0dc6798c52ae7d84b934", "5191fe89ca7b88ba4ad97b71"),
-    "AI": ("a95f047f3a037fca2ac61ccf", "0edef8cf20d38d32bb42c19f"),
-    "AMF": ("f6f15a34c81bf7a50deeb75d", "8e6593a2d2731a7d2242d7da"),
-    "ANMF": ("319db3c00cadbee9e0185d2a", "19ba1358f6d448ac1e05a57a"),
-    "ANI": ("944a7aab8746da6e81bc4f37", "d28003f5b3117e105bdd19bf"),
-    "AP": ("cc9d1dcd1893055407fde82c", "06f841301c7d0b21636f10c5"),
-    "CS": ("865e5cd6c216e0c1aea4433f", "925edd317355427714222beb"),
-    "IS": ("7ada5f9cb072f5d281616caf", "b31cb7874be95b7d0b32e927"),
+GOLDEN_TREE = {  # generate(scale=0.003, seed=21, max_size=128, min_train=0, min_test_good=0): (files, pixels)
+    "ACC": ("c2407022f20a9487ae54431e", "5f52fe542d1051cc60c7ffc3"),
+    "AI": ("238d0421be95fe133610a1db", "09c7487a30379df04005a51b"),
+    "AMF": ("5fbde4746c2e8fc5b2815863", "78bbe5123576b236d8d7c0d3"),
+    "ANMF": ("73fc1c2a3f6360478c35c2cf", "933a9e493e42aa1ac53beece"),
+    "ANI": ("daafe64f28bcfb16f4c1923f", "5b9636c2484a8ec775b78f9b"),
+    "AP": ("e0d73c7c1380cd54cdd9061e", "38ec4971771f4370dfb3f3e7"),
+    "CS": ("8f2af67e798672e2d3365ba9", "c0f0cb6d2fa35294b528c36a"),
+    "IS": ("179781f5bc3667b059e1b91f", "2c81f8413deb6d19e7bab0be"),
 }
-GOLDEN_MARKER = "2a3bd06795d19cfa60b003d9"
+GOLDEN_MARKER = "7855fad28b79b70af30ed138"
 GOLDEN_NATIVE = {  # the first train image and two defective ones of distinct types, up to 520 px
-    "ACC": ("1c74462a9c8ea1ada0a0f8da", "d42b9e326da26fd8071a4f16"),
-    "AI": ("ae717631caa12e7c17360f7f", "cb977ff287106abb9d15ced6"),
-    "AMF": ("2a75123398926b68dc22f606", "d13599ff42a62360c1287786"),
-    "ANMF": ("4d4a38ddb50a595cf3f70314", "19f4a3b1676c402b49c64bb1"),
-    "ANI": ("f1b963d54b2091cbf8b72c5a", "91ecf6745de8cb1f277c532e"),
-    "AP": ("4752ed011c84e846a75d891d", "6f6368ba1925136b5e5f08f5"),
-    "CS": ("a667b7d40a5dff1a6f4e0a96", "7df8a00e085df0007489c8c4"),
-    "IS": ("3dfcc0c50af296a4b8337126", "c6b47c6a7350b074317062c7"),
+    "ACC": ("a77ed2310fbefc8733b4c2ed", "c505e304522ba4c60f6648d3"),
+    "AI": ("8efd1448fcf83e2f5650139c", "3b473a34e984c23fd1139a74"),
+    "AMF": ("20dc802b096394de382f6830", "e86aad5898fe7c4c3429a646"),
+    "ANMF": ("f0ead9c4486cf6285ccbb6aa", "a5ae4c0de419e73ec852b8e4"),
+    "ANI": ("0c2f16403e42b6dc0fbee451", "d7af29016f78e787eeba0037"),
+    "AP": ("aa218c695313f99b967a3029", "0366c256e27ec6993c67ed00"),
+    "CS": ("00772d006e376424560f2f82", "178cfd61b1d876bba9cfb7da"),
+    "IS": ("58ed57c5a4ba2deaf5785f1d", "e2d663382472a6b64f1266bd"),
 }
 
 
@@ -430,15 +533,15 @@ def _golden_versions_differ() -> str | None:
     return None
 
 
-def test_output_identical_to_the_code_before_the_speedups(tmp_path):
-    """Same seed, same files as before the speed work: the whole writer at small sizes
+def test_output_identical_to_the_recorded_digests(tmp_path):
+    """Same seed, same files as recorded (generator version 2): the whole writer at small sizes
     (images, masks, sidecars, marker), and a few images at up to 520 px per category
     (regions that must survive the resize to 256, every kind's effect)."""
     why = _golden_versions_differ()
     if why:
         pytest.skip(why)
     root = generate(tmp_path / "t", scale=0.003, seed=21, max_size=128, workers=1, progress=False,
-                    min_train=0)
+                    min_train=0, min_test_good=0)
     got = {c.abbreviation: (_file_digest(root / c.folder), _pixel_digest(root / c.folder)) for c in THREECAD}
     assert got == GOLDEN_TREE
     assert hashlib.sha256((root / "synthetic.json").read_bytes()).hexdigest()[:24] == GOLDEN_MARKER

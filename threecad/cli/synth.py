@@ -28,17 +28,22 @@ from threecad.cli.common import category_option
                    "16: Copper_Stator has 4 at scale 0.01, too few to learn from); the images "
                    "the scale gives are unchanged, the extra ones are appended. 0 turns it off. "
                    "Never applied at --scale 1.0, which stays Table 1 exactly.")
+@click.option("--min-test-good", type=int, default=None, metavar="N",
+              help="Below --scale 1.0, give every category at least N good test images (default "
+                   "8: some categories have 2 at scale 0.01, too few for an image AUROC); "
+                   "appended like --min-train's. 0 turns it off. Never applied at --scale 1.0.")
 @click.option("--workers", type=int, default=None,
               help="Processes that render images. Default: the number of CPUs.")
 @click.option("--force", is_flag=True, help="Replace --out if it is not empty.")
 def command(out: Path, scale: float, seed: int, categories: tuple[str, ...], max_size: int | None,
-            min_train: int | None, workers: int | None, force: bool) -> None:
+            min_train: int | None, min_test_good: int | None, workers: int | None, force: bool) -> None:
     """Write a synthetic 3CAD dataset.
 
     The tree has 3CAD's layout (<Folder>/train/good, test/<type>, ground_truth/<type> with
     the image's file name), a defect_regions.csv per category (one row per defect region:
     its type, a pixel inside it and its area) and synthetic.json describing the run.
     An image with several defect types is filed under the type with the most regions.
+    Every image of a category shows the same product (one layout per category and seed).
     """
     from threecad.fsutil import WriteError, check_writable, write_error
     from threecad.wording import plural
@@ -49,7 +54,8 @@ def command(out: Path, scale: float, seed: int, categories: tuple[str, ...], max
         check_writable(out, folder=True)  # refuse before rendering anything
     try:
         root = generate(out, scale=scale, seed=seed, categories=categories, max_size=max_size,
-                        workers=workers, force=force, progress=None, min_train=min_train)
+                        workers=workers, force=force, progress=None, min_train=min_train,
+                        min_test_good=min_test_good)
     except WriteError:
         raise
     except OSError as exc:  # the tree is built beside --out and moved into place

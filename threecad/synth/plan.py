@@ -8,14 +8,21 @@ type: at least 2 train images, 1 test-good image and one defective image per typ
 
 Below scale 1.0 a floor of training images per category (`min_train`, 16 by default in
 `generate`) keeps the smallest categories learnable: Copper_Stator has 4 training images
-at scale 0.01. The extra images are appended after the scaled ones, with their sizes
-drawn from a stream of their own, so every image the scale alone would give is the same,
-byte for byte; the floor never applies at scale 1.0, which stays Table 1 exactly.
+at scale 0.01. A floor of good test images (`min_test_good`, 8 by default in `generate`)
+keeps an image AUROC meaningful: at scale 0.01 some categories have 2 good test images.
+The extra images are appended after the scaled ones of their split, with their sizes
+drawn from a stream of their own per floor, so every image the scale alone would give is
+the same, byte for byte; the floors never apply at scale 1.0, which stays Table 1 exactly.
 
 A defective image is filed under its dominant type: the type with the most regions. The
 plan always gives that type strictly more regions than any other type in the image, so
 the folder is never a tie. The plan is drawn from (seed, category) alone, and each image
 from (seed, category, split, index), so it does not matter which process renders it.
+
+Every image of a category shows the same product (generator version 2): its layout (the
+part's geometry and material, see appearance.py) comes from the stream (seed, category,
+_LAYOUT_STREAM), which `ImageJob.layout_stream` names; an image's own stream only moves,
+lights and textures it a little. As in 3CAD, where a category is one product in one pose.
 """
 from __future__ import annotations
 
@@ -30,6 +37,8 @@ from threecad.synth.kinds import DEFECT_TYPES
 SPLIT_CODES = {"train": 0, "test_good": 1, "test_defect": 2}
 _PLAN_STREAM = 99  # keeps the plan's random stream apart from the images'
 _FLOOR_STREAM = 98  # sizes of the training images added by the floor, apart from the plan's
+_LAYOUT_STREAM = 97  # the category's layout (the product every image shows), apart from both
+_TEST_FLOOR_STREAM = 96  # sizes of the good test images added by their floor
 
 
 @dataclass(frozen=True)
@@ -58,6 +67,11 @@ class ImageJob:
     @property
     def pixels(self) -> int:
         return self.height * self.width
+
+    @property
+    def layout_stream(self) -> tuple[int, int, int]:
+        """The random stream of the category's layout: the same for all its images."""
+        return (self.seed[0], self.seed[1], _LAYOUT_STREAM)
 
 
 def scaled_count(n: int, scale: float, minimum: int) -> int:
@@ -150,12 +164,25 @@ def train_floor(n_train: int, scale: float, min_train: int) -> int:
     return max(0, min_train - n_train) if scale < 1.0 else 0
 
 
+def test_good_floor(n_good: int, scale: float, min_test_good: int) -> int:
+    """Good test images the floor adds to a category that has `n_good` at `scale` (0 at 1.0)."""
+    return max(0, min_test_good - n_good) if scale < 1.0 else 0
+
+
+def _append(heights: np.ndarray, widths: np.ndarray, at: int,
+            extra: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """The sizes with `extra` (heights, widths) inserted before position `at`."""
+    return (np.concatenate([heights[:at], extra[0], heights[at:]]),
+            np.concatenate([widths[:at], extra[1], widths[at:]]))
+
+
 def plan_category(cat: Category, scale: float, seed: int, max_size: int | None,
-                  min_train: int = 0) -> list[ImageJob]:
+                  min_train: int = 0, min_test_good: int = 0) -> list[ImageJob]:
     """Every image of one category, in a fixed order: train, test good, test defective.
 
-    Below scale 1.0 the category gets at least `min_train` training images (see the module
-    docstring); the images the scale alone gives are unchanged by the floor.
+    Below scale 1.0 the category gets at least `min_train` training images and
+    `min_test_good` good test images (see the module docstring); the images the scale
+    alone gives are unchanged by the floors.
     """
     row = table1().loc[cat.abbreviation]
     ci = _category_index(cat)
@@ -167,15 +194,19 @@ def plan_category(cat: Category, scale: float, seed: int, max_size: int | None,
     heights, widths = _sizes(rng, row, n_train + n_good + n_def)
     regions = _defect_regions(rng, cat.abbreviation, n_def, row)
     n_extra = train_floor(n_train, scale, min_train)
+    n_extra_good = test_good_floor(n_good, scale, min_test_good)
+    if n_extra_good:  # first, at the later position, so that the train floor's index holds
+        floor_rng = np.random.default_rng(np.random.SeedSequence([seed, ci, _TEST_FLOOR_STREAM]))
+        extra = _draw_sizes(floor_rng, row, n_extra_good)
+        heights, widths = _append(heights, widths, n_train + n_good, extra)
     if n_extra:
         floor_rng = np.random.default_rng(np.random.SeedSequence([seed, ci, _FLOOR_STREAM]))
-        extra_h, extra_w = _draw_sizes(floor_rng, row, n_extra)
-        heights = np.concatenate([heights[:n_train], extra_h, heights[n_train:]])
-        widths = np.concatenate([widths[:n_train], extra_w, widths[n_train:]])
+        heights, widths = _append(heights, widths, n_train, _draw_sizes(floor_rng, row, n_extra))
     jobs: list[ImageJob] = []
     counters: dict[str, int] = {}
     k = 0
-    for split, n in (("train", n_train + n_extra), ("test_good", n_good), ("test_defect", n_def)):
+    for split, n in (("train", n_train + n_extra), ("test_good", n_good + n_extra_good),
+                     ("test_defect", n_def)):
         for i in range(n):
             h, w = _cap(int(heights[k]), int(widths[k]), max_size)
             k += 1

@@ -15,7 +15,7 @@ import numpy as np
 from scipy import ndimage
 
 from threecad.errors import ThreecadError
-from threecad.synth.appearance import render_scene
+from threecad.synth.appearance import category_layout, render_scene
 from threecad.synth.effects import apply_effect
 from threecad.synth.footprints import FOOTPRINTS, Canvas, Footprint
 from threecad.synth.kinds import KIND_SIZES
@@ -46,6 +46,7 @@ class Rendered:
 
 
 def image_rng(job: ImageJob) -> np.random.Generator:
+    """The image's own stream: its pose, light and texture about the category's layout, its defects."""
     return np.random.default_rng(np.random.SeedSequence(list(job.seed)))
 
 
@@ -149,7 +150,8 @@ def render_job(job: ImageJob) -> Rendered:
     h, w = job.height, job.width
     kinds = {t for t, _ in job.regions}
     edges = frozenset(e for e in ("outer", "inner") if f"{e}_warping" in kinds)
-    scene = render_scene(job.category, rng, h, w, edges)
+    layout = category_layout(job.category, job.layout_stream)  # the category's product, drawn once
+    scene = render_scene(job.category, rng, h, w, edges, layout)
     img = scene.image
     regions: list[Region] = []
     mask = None

@@ -33,12 +33,13 @@ from threecad.catalog import Category, resolve_categories, table1
 from threecad.errors import ThreecadError
 from threecad.fsutil import atomic_write_json
 from threecad.synth.kinds import DEFECT_TYPES
-from threecad.synth.plan import ImageJob, plan_category, scaled_count, train_floor
+from threecad.synth.plan import ImageJob, plan_category, scaled_count, test_good_floor, train_floor
 from threecad.synth.render import render_job
 
 log = logging.getLogger(__name__)
 
-GENERATOR_VERSION = "1"
+# 2: one product layout per category (see appearance.py); 1 drew a new layout per image.
+GENERATOR_VERSION = "2"
 DATASET_NAME = "3cad-synthetic"
 MARKER = "synthetic.json"
 SIDECAR = "defect_regions.csv"
@@ -48,6 +49,9 @@ MIN_MAX_SIZE = 32
 MAX_SCALE = 1.0  # Table 1's counts; nothing larger exists to imitate
 # Floor of training images per category below scale 1.0 (Copper_Stator has 4 at 0.01).
 DEFAULT_MIN_TRAIN = 16
+# Floor of good test images per category below scale 1.0: at 0.01 some categories have 2,
+# too few for an image AUROC to mean anything.
+DEFAULT_MIN_TEST_GOOD = 8
 # Bytes on disk per pixel at PNG level 1, measured: images 1.17-1.43 at native sizes (up to
 # 2.0 at 32 px, where the per-file block below dominates anyway), masks under 0.01 (0.14
 # at 32 px). Used only to refuse a run that cannot fit, never to size anything.
@@ -101,7 +105,7 @@ def tune_allocator() -> bool:
 
 
 def _check_args(scale: float, seed: int, max_size: int | None, workers: int | None,
-                min_train: int | None = None) -> None:
+                min_train: int | None = None, min_test_good: int | None = None) -> None:
     if (isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale)
             or not 0 < scale <= MAX_SCALE):
         raise ThreecadError(f"--scale must be above 0 and at most {MAX_SCALE} (1.0 = the paper's "
@@ -117,6 +121,12 @@ def _check_args(scale: float, seed: int, max_size: int | None, workers: int | No
         if isinstance(min_train, bool) or not isinstance(min_train, int) or not 0 <= min_train <= most:
             raise ThreecadError(f"--min-train must be a whole number from 0 to {most} (the smallest "
                                 f"category's training images at scale 1.0), got {min_train!r}")
+    if min_test_good is not None:
+        most = int(table1()["test_good"].min())
+        if (isinstance(min_test_good, bool) or not isinstance(min_test_good, int)
+                or not 0 <= min_test_good <= most):
+            raise ThreecadError(f"--min-test-good must be a whole number from 0 to {most} (the smallest "
+                                f"category's good test images at scale 1.0), got {min_test_good!r}")
 
 
 def _prepare_out(out: Path, force: bool) -> None:
@@ -134,8 +144,9 @@ def _prepare_out(out: Path, force: bool) -> None:
 
 
 def plan(categories: Sequence[Category], scale: float, seed: int, max_size: int | None,
-         min_train: int = 0) -> list[ImageJob]:
-    return [job for cat in categories for job in plan_category(cat, scale, seed, max_size, min_train)]
+         min_train: int = 0, min_test_good: int = 0) -> list[ImageJob]:
+    return [job for cat in categories
+            for job in plan_category(cat, scale, seed, max_size, min_train, min_test_good)]
 
 
 def estimate_bytes(jobs: Sequence[ImageJob]) -> int:
@@ -264,13 +275,16 @@ def _write_sidecars(rows: list[dict], categories: Sequence[Category], root: Path
 def generate(out: str | os.PathLike, scale: float = 1.0, seed: int = 0,
              categories: Iterable[str] | str | None = None, max_size: int | None = None,
              workers: int | None = None, force: bool = False, progress: bool | None = None,
-             min_train: int | None = None) -> Path:
+             min_train: int | None = None, min_test_good: int | None = None) -> Path:
     """Write a synthetic 3CAD dataset to `out` and return its path.
 
     scale 1.0 (the largest) reproduces the paper's Table 1 (27,039 images, long side up to
     1024 px); smaller scales keep every category and defect type, and give each category at
-    least `min_train` training images (default DEFAULT_MIN_TRAIN; 0 turns the floor off;
-    never applied at scale 1.0). `max_size` caps the long side.
+    least `min_train` training images (default DEFAULT_MIN_TRAIN) and `min_test_good` good
+    test images (default DEFAULT_MIN_TEST_GOOD); 0 turns a floor off, and neither applies
+    at scale 1.0. Every image of a category shows the same product (one layout per
+    category and seed), moved, lit and textured a little differently. `max_size` caps the
+    long side.
     `categories` takes abbreviations or folder names (None or "all" = all 8). `workers`
     defaults to the CPU count. A non-empty `out` is refused unless `force`, which replaces
     it. The same arguments always give the same bytes.
@@ -279,14 +293,16 @@ def generate(out: str | os.PathLike, scale: float = 1.0, seed: int = 0,
     caller runs threads); a script calling this must do so under
     `if __name__ == "__main__":`, as multiprocessing requires.
     """
-    _check_args(scale, seed, max_size, workers, min_train)
+    _check_args(scale, seed, max_size, workers, min_train, min_test_good)
     cats = resolve_categories(categories)
     out = Path(out).expanduser()
     _prepare_out(out, force)
-    if min_train is not None and scale >= MAX_SCALE and min_train:
-        log.warning("--min-train is ignored at --scale 1.0: the full scale is Table 1 exactly")
+    for name, value in (("--min-train", min_train), ("--min-test-good", min_test_good)):
+        if value and scale >= MAX_SCALE:
+            log.warning("%s is ignored at --scale 1.0: the full scale is Table 1 exactly", name)
     floor = DEFAULT_MIN_TRAIN if min_train is None else min_train
-    jobs = plan(cats, float(scale), seed, max_size, floor)
+    good_floor = DEFAULT_MIN_TEST_GOOD if min_test_good is None else min_test_good
+    jobs = plan(cats, float(scale), seed, max_size, floor, good_floor)
     stale = stale_temporaries(out)
     check_free_space(out, jobs, reclaimable=sum(_tree_bytes(p) for p in stale))
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -301,7 +317,7 @@ def generate(out: str | os.PathLike, scale: float = 1.0, seed: int = 0,
                  ",".join(c.abbreviation for c in cats), out, workers)
         rows = _run(jobs, tmp, workers, progress)
         _write_sidecars(rows, cats, tmp)
-        atomic_write_json(tmp / MARKER, marker(cats, jobs, scale, seed, max_size, floor))
+        atomic_write_json(tmp / MARKER, marker(cats, jobs, scale, seed, max_size, floor, good_floor))
         _publish(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -310,11 +326,11 @@ def generate(out: str | os.PathLike, scale: float = 1.0, seed: int = 0,
 
 
 def marker(categories: Sequence[Category], jobs: list[ImageJob], scale: float, seed: int,
-           max_size: int | None, min_train: int = 0) -> dict:
+           max_size: int | None, min_train: int = 0, min_test_good: int = 0) -> dict:
     """The contents of synthetic.json: how the tree was made, so tools can name it.
 
-    `min_train` is recorded only when the floor added images, so that a tree the floor
-    did not change is byte-identical to one written without it.
+    `min_train` and `min_test_good` are recorded only when their floor added images, so
+    that a tree a floor did not change is byte-identical to one written without it.
     """
     counts = {}
     for cat in categories:
@@ -332,6 +348,9 @@ def marker(categories: Sequence[Category], jobs: list[ImageJob], scale: float, s
     if any(train_floor(scaled_count(int(t1.loc[c.abbreviation, "train_good"]), scale, 2), scale, min_train)
            for c in categories):
         info["min_train"] = min_train
+    if any(test_good_floor(scaled_count(int(t1.loc[c.abbreviation, "test_good"]), scale, 1), scale,
+                           min_test_good) for c in categories):
+        info["min_test_good"] = min_test_good
     return info
 
 
