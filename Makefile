@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DEMO_DATA ?= demo-data
 DEMO_RUN ?= demo-run
 
-.PHONY: install test demo clean
+.PHONY: install test demo clean gpu-check
 
 install: $(STAMP)
 
@@ -24,6 +24,11 @@ test: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/threecad synth --out $(DEMO_DATA) --scale 0.01 --max-size 256 --seed 0 --force
 	$(VENV)/bin/threecad bench --method cfrg --root $(DEMO_DATA) --preset cpu --device cpu --out $(DEMO_RUN) --resume
+
+# Every registered method's paper preset on CUDA with AMP: a few steps of fit and one test pass each,
+# checked and tabled (benchmarks/gpu_check.py; meant to fit in 8 minutes on one GPU; exit 1 when a check fails).
+gpu-check: $(STAMP)
+	$(PY) benchmarks/gpu_check.py --device cuda $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf $(DEMO_DATA) $(DEMO_RUN) .pytest_cache

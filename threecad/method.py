@@ -125,6 +125,15 @@ class Method(abc.ABC):
         """Facts about the trained model worth recording in results.json (e.g. texture source)."""
         return {}
 
+    def loss_history(self) -> list[dict[str, float]]:
+        """Per-epoch losses of the last fit (threecad.training.LoopResult.history), [] without epochs.
+
+        Methods that train through `train_epochs` keep its result as `self._loop`; the harness
+        writes this as the category's loss CSV and curve.
+        """
+        loop = getattr(self, "_loop", None)
+        return list(getattr(loop, "history", None) or [])
+
     def autocast(self):
         """Mixed precision on CUDA when enabled, a no-op elsewhere."""
         return torch.autocast(device_type=self.device.type, enabled=self.amp)

@@ -1,17 +1,27 @@
 """Training plumbing shared by the gradient-trained methods (CFRG, Reverse Distillation).
 
 Seeding, the epoch checkpoint that lets an interrupted category resume where it stopped,
-and model selection on the validation split: the same for every method that trains
-with gradients (DRAEM and DeSTSeg can use it too), so it lives beside the harness.
+model selection on the validation split and the per-epoch loss history: the same for every
+method that trains with gradients (DRAEM and DeSTSeg can use it too), so it lives beside
+the harness.
+
+Data parallel training (`threecad bench --ddp` under torchrun) also passes through here,
+because a method's `step(batch)` calls its submodules directly rather than one `forward`,
+so wrapping a module in DistributedDataParallel would never see the forward pass. Instead
+the harness installs a `GradientSync` (`data_parallel(...)`) and this loop averages the
+gradients of the optimiser's parameters across ranks after each backward, starts every rank
+from rank 0's weights, averages the epoch's loss means, and lets only the writer rank save
+the epoch checkpoint. A method needs no change to train on several ranks.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Protocol
 
 import numpy as np
 import torch
@@ -155,15 +165,60 @@ def multistep_scheduler(optimizer: torch.optim.Optimizer, epochs: int, milestone
     return torch.optim.lr_scheduler.MultiStepLR(optimizer, steps, gamma=gamma)
 
 
+class GradientSync(Protocol):
+    """What `train_epochs` asks of a data-parallel group (threecad.harness.distributed.GradientAverager)."""
+
+    is_writer: bool  # this rank saves and removes the epoch checkpoint
+    loops: int  # train_epochs calls made under it (0 after a fit: the method did not train here)
+
+    def broadcast_state(self, model: nn.Module) -> None:
+        """Give every rank the writer's parameters and buffers."""
+
+    def reduce_gradients(self, optimizer: torch.optim.Optimizer) -> None:
+        """Average the gradients of the optimiser's parameters across ranks."""
+
+    def sync_buffers(self, model: nn.Module) -> None:
+        """Give every rank the writer's buffers (BatchNorm statistics)."""
+
+    def mean_losses(self, sums: dict[str, float], count: int) -> dict[str, float]:
+        """Per-key means over every rank's batches."""
+
+
+_sync: GradientSync | None = None
+
+
+@contextlib.contextmanager
+def data_parallel(sync: GradientSync) -> Iterator[GradientSync]:
+    """Within the block, `train_epochs` trains with `sync` across ranks."""
+    global _sync
+    previous, _sync = _sync, sync
+    try:
+        yield sync
+    finally:
+        _sync = previous
+
+
 @dataclass
 class LoopResult:
-    """What the epoch loop did, for `Method.info()`."""
+    """What the epoch loop did, for `Method.info()`.
+
+    `history` has one entry per epoch: `epoch` (1-based), `train_<name>` the epoch's mean
+    of each loss the step returns (`train_loss` their sum), and `val_loss` when the fit
+    selects on the validation split. It is kept in the epoch checkpoint, so a resumed fit's
+    history is complete (a checkpoint written before history existed gives the epochs after it).
+    """
 
     epochs: int
     selected_epoch: int  # 1-based
     resumed_after: int | None  # epochs already done when this fit started, if it resumed
     last_losses: dict[str, float] = field(default_factory=dict)
     val_losses: list[float] = field(default_factory=list)
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    def facts(self, select: str) -> dict[str, Any]:
+        """The loop's facts for a method's `info()` (results.json): which epoch, how chosen."""
+        return {"selected_epoch": self.selected_epoch, "selection": select,
+                "resumed_after_epoch": self.resumed_after, "final_train_losses": self.last_losses}
 
 
 def train_epochs(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, scaler: torch.amp.GradScaler,
@@ -190,10 +245,15 @@ def train_epochs(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, 
     generators = dict(generators or {})
     if isinstance(getattr(train_loader, "generator", None), torch.Generator):
         generators["train_loader"] = train_loader.generator  # its shuffle order, so a resume repeats it
+    sync = _sync
+    if sync is not None:
+        sync.loops += 1
+    writer = sync is None or sync.is_writer
     checkpoint = EpochCheckpoint(work_dir)
     start, best, best_loss, resumed = 0, None, float("inf"), None
     val_losses: list[float] = []
-    state = checkpoint.load()
+    history: list[dict[str, float]] = []
+    state = checkpoint.load()  # every rank reads the writer's checkpoint (a shared work_dir)
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -206,11 +266,15 @@ def train_epochs(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, 
         start = resumed = int(state["epoch"]) + 1
         best, best_loss = state.get("best"), float(state.get("best_loss", float("inf")))
         val_losses = list(state.get("val_losses", []))
+        history = [dict(h) for h in state.get("history", [])]  # absent in checkpoints from before history
+    if sync is not None:
+        sync.broadcast_state(model)
     selected = start
     last: dict[str, float] = {}
     total = n_batches * (epochs - start) if n_batches else None
     with progress_bar(total=total, desc=desc, unit="step") as bar:
         for epoch in range(start, epochs):
+            _set_epoch(train_loader, epoch)
             model.train()
             sums: dict[str, float] = {}
             count = 0
@@ -218,6 +282,8 @@ def train_epochs(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, 
                 losses = step(batch)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(losses["loss"]).backward()
+                if sync is not None:
+                    sync.reduce_gradients(optimizer)
                 scaler.step(optimizer)
                 scaler.update()
                 count += 1
@@ -226,29 +292,48 @@ def train_epochs(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, 
                 bar.update(1)
                 bar.set_postfix(epoch=f"{epoch + 1}/{epochs}", loss=f"{float(losses['loss'].detach()):.4f}")
             scheduler.step()
-            last = {k: v / max(count, 1) for k, v in sums.items()}
+            if sync is not None:
+                last = sync.mean_losses(sums, count)
+                sync.sync_buffers(model)
+            else:
+                last = {k: v / max(count, 1) for k, v in sums.items()}
+            entry: dict[str, float] = {"epoch": epoch + 1, **{f"train_{k}": v for k, v in last.items()}}
             if select == "val":
                 model.eval()
                 with torch.no_grad():
                     val = float(validate(batches(val_loader, device, channels_last)))
                 val_losses.append(val)
+                entry["val_loss"] = val
                 if val < best_loss:
                     best_loss, best, selected = val, cpu_copy(model.state_dict()), epoch + 1
                 log.info("epoch %d/%d: train %s, val loss %.5f", epoch + 1, epochs, _fmt(last), val)
             else:
                 selected = epoch + 1
                 log.debug("epoch %d/%d: train %s", epoch + 1, epochs, _fmt(last))
-            checkpoint.save({
-                "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "rng": rng_state(),
-                "generators": {name: gen.get_state() for name, gen in generators.items()},
-                "best": best, "best_loss": best_loss, "val_losses": val_losses})
+            history.append(entry)
+            if writer:
+                checkpoint.save({
+                    "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "rng": rng_state(),
+                    "generators": {name: gen.get_state() for name, gen in generators.items()},
+                    "best": best, "best_loss": best_loss, "val_losses": val_losses, "history": history})
     if select == "val" and best is not None:
         model.load_state_dict(best)
         selected = int(np.argmin(val_losses)) + 1
-    checkpoint.remove()
+    if writer:
+        checkpoint.remove()
     return LoopResult(epochs=epochs, selected_epoch=selected, resumed_after=resumed,
-                      last_losses=last, val_losses=val_losses)
+                      last_losses=last, val_losses=val_losses, history=history)
+
+
+def _set_epoch(loader: Any, epoch: int) -> None:
+    """A DistributedSampler shuffles by (seed, epoch): tell it the epoch, so that a resumed
+    fit repeats the order (also through a wrapper that keeps the loader as `.loader`)."""
+    for obj in (loader, getattr(loader, "loader", None)):
+        sampler = getattr(obj, "sampler", None)
+        if callable(getattr(sampler, "set_epoch", None)):
+            sampler.set_epoch(epoch)
+            return
 
 
 def _fmt(losses: dict[str, float]) -> str:

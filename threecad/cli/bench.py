@@ -1,4 +1,9 @@
-"""`threecad bench`: run one method through the shared benchmark harness."""
+"""`threecad bench`: run one method, or a study of several, through the shared benchmark harness.
+
+One method without torchrun is `run_benchmark` (one run directory at --out). A method list
+(`--method a,b`), or any run under torchrun, goes through `threecad.harness.study`: a run
+directory per method under --out plus the study table, the pairs shared by the ranks.
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,7 +14,9 @@ from threecad.cli.common import category_option, resolve_root, root_option
 
 
 @click.command("bench")
-@click.option("--method", required=True, help="Method name (see `threecad methods`).")
+@click.option("--method", required=True,
+              help="Method name (see `threecad methods`), or a comma list for a study: one run directory "
+                   "per method under --out, and study.md/study.csv comparing them.")
 @root_option()
 @category_option()
 @click.option("--preset", default=None, help="Config preset (paper, cpu, ...). Default: paper on CUDA, cpu on CPU.")
@@ -32,16 +39,31 @@ from threecad.cli.common import category_option, resolve_root, root_option
 @click.option("--allow-layout-problems", is_flag=True,
               help="Run on a root with layout errors (missing or unreadable masks and images); "
                    "warned, and their count recorded in results.json.")
+@click.option("--logger", type=click.Choice(["tensorboard", "mlflow"]), default=None,
+              help="Also log each (method, category)'s config, per-epoch losses and metrics to TensorBoard "
+                   "(OUT/tensorboard/) or MLflow (file store OUT/mlruns, or $MLFLOW_TRACKING_URI); "
+                   "needs that package installed.")
+@click.option("--ddp", is_flag=True,
+              help="Under torchrun: fit each (method, category) across all ranks (DistributedSampler, gradients "
+                   "averaged), evaluate on rank 0. Without it the ranks share the pairs.")
 def command(method, root, categories, preset, sets, device, protocol, out, setting, resume, eval_size, metrics_mode,
-            pictures, allow_layout_problems):
-    """Fit and evaluate METHOD on each category; write a run directory and print the table."""
-    from threecad.harness import BenchSpec, run_benchmark
+            pictures, allow_layout_problems, logger, ddp):
+    """Fit and evaluate METHOD on each category; write a run directory and print the table.
+
+    Under `torchrun --nproc-per-node N -m threecad bench ...` the ranks share the work.
+    """
+    from threecad.harness import BenchSpec, distributed
     from threecad.method import parse_set_options
 
     spec = BenchSpec(method=method, root=resolve_root(root), categories=tuple(categories), preset=preset,
                      overrides=parse_set_options(sets), device=device, protocol=protocol, out=out,
                      resume=resume, eval_size=eval_size, metrics_mode=metrics_mode, pictures=pictures,
-                     allow_layout_problems=allow_layout_problems, setting=setting)
+                     allow_layout_problems=allow_layout_problems, setting=setting, logger=logger)
+    launch = distributed.detect()
+    if "," in method or launch is not None or ddp:
+        _study(spec, method, ddp, launch)
+    from threecad.harness import run_benchmark
+
     results, code = run_benchmark(spec, echo=click.echo)
     run_dir = Path(out) if out else None
     click.echo("")
@@ -50,3 +72,19 @@ def command(method, root, categories, preset, sets, device, protocol, out, setti
 
     click.echo(md.read_text() if md and md.is_file() else markdown(results))
     raise SystemExit(code)
+
+
+def _study(spec, method: str, ddp: bool, launch) -> None:
+    """A method list, or a torchrun job: threecad.harness.study; rank 0 prints the table."""
+    from threecad.harness.distributed import RankStopped
+    from threecad.harness.study import StudySpec, parse_methods, run_study
+
+    try:
+        outcome = run_study(StudySpec(methods=parse_methods(method), bench=spec, ddp=ddp), echo=click.echo,
+                            launch=launch)
+    except RankStopped as exc:  # rank 0 says why, in one line
+        raise SystemExit(exc.exit_code) from None
+    if outcome.text:
+        click.echo("")
+        click.echo(outcome.text, nl=False)
+    raise SystemExit(outcome.code)

@@ -1,17 +1,21 @@
 """The benchmark harness: the one place that owns loops, devices, timing, memory, metrics and files.
 
-Methods only fit and predict; `run_benchmark` measures every method the same way. The
-runner (and torch) load on first use, so `threecad.harness.rundir` stays light for readers
-such as the leaderboard.
+Methods only fit and predict; `run_benchmark` measures every method the same way, and
+`run_study` runs several methods over the categories (shared by the ranks under torchrun).
+The runner (and torch) load on first use, so `threecad.harness.rundir` stays light for
+readers such as the leaderboard.
 """
 from __future__ import annotations
 
-__all__ = ["BenchSpec", "run_benchmark"]
+__all__ = ["BenchSpec", "run_benchmark", "StudySpec", "run_study"]
+
+
+_HOMES = {"BenchSpec": "runner", "run_benchmark": "runner", "StudySpec": "study", "run_study": "study"}
 
 
 def __getattr__(name: str):
-    if name in __all__:
-        from threecad.harness import runner
+    if name in _HOMES:
+        import importlib
 
-        return getattr(runner, name)
+        return getattr(importlib.import_module(f"threecad.harness.{_HOMES[name]}"), name)
     raise AttributeError(name)

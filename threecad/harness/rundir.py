@@ -8,6 +8,9 @@ Layout of RUN_DIR:
   checkpoints/unified.pt   --setting unified: the one model's state_dict, and unified.json its
                            fit facts (seconds, images, categories); written before any evaluation
   pictures/<ABBR>.png      highest-scored good and lowest-scored defective test images
+  losses/<ABBR>.csv        per-epoch losses of a method that trains in epochs (unified.csv for
+                           --setting unified), and pictures/<ABBR>-losses.png their curve
+  tensorboard/, mlruns/    --logger tensorboard | mlflow (a study's trackers sit in the study folder)
   work/<ABBR>/             the method's scratch (epoch checkpoints), removed on success
   results.json, results.csv, results.md   aggregates, rewritten after every category
   .lock, .lock.owner       held by the running `threecad bench` (flock) and its pid

@@ -18,6 +18,11 @@ categories' training images, then each category's test set evaluated on its own,
 table, records and leaderboard rows keep their per-category shape). In `unified` the one
 checkpoint (`checkpoints/unified.pt`, with its fit facts beside it) is written before any
 category is evaluated, so `--resume` loads it instead of fitting again.
+
+A run is three steps that a study (threecad.harness.study) also uses one by one, when the
+ranks of a torchrun job share the categories: `open_run` (run.json, under the lock),
+`run_pair` (one category: its files and its atomic record, nothing shared with another
+category) and `finish_run` (the aggregates, rebuilt from the records).
 """
 from __future__ import annotations
 
@@ -45,6 +50,8 @@ from threecad.harness import devices
 from threecad.smoothing import release_blur
 from threecad.harness.memory import PeakMemory
 from threecad.harness.pictures import HardestImages
+from threecad.harness.losscurves import read_loss_csv, write_loss_history
+from threecad.harness.loggers import RunTags, check_logger, start_run
 from threecad.harness.rundir import MAIN_METRICS, RunDir, RunLock
 from threecad.fsutil import atomic_write_json
 from threecad.integrity import load_checked, save_checked
@@ -59,9 +66,11 @@ SETTINGS = ("per-category", "unified")
 EXACT_PIXEL_LIMIT = 250_000_000  # above this many test pixels, `auto` metrics stream
 MIN_EVAL_SIZE = 16
 # run.json and a --resume must agree on these (compared in config_dict's canonical form)
-RESUME_KEYS = ("method", "preset", "config", "protocol", "eval_size", "dataset", "setting", "unified_categories")
-# run.json files written before the unified setting existed say nothing: they ran per category
-SPEC_DEFAULTS = {"setting": "per-category", "unified_categories": None}
+RESUME_KEYS = ("method", "preset", "config", "protocol", "eval_size", "dataset", "setting", "unified_categories",
+               "ddp")
+# run.json files written before the unified setting existed say nothing: they ran per category;
+# "ddp" is true only in a run trained with --ddp (its categories fitted across the ranks)
+SPEC_DEFAULTS = {"setting": "per-category", "unified_categories": None, "ddp": None}
 UNIFIED_WORK = "_unified"  # the unified fit's scratch folder under work/
 
 
@@ -83,6 +92,9 @@ class BenchSpec:
     pictures: int = 6
     allow_layout_problems: bool = False  # run on a root with layout errors (warned, counted)
     setting: str = "per-category"  # or "unified": one model fitted on the union of the categories
+    ddp: bool = False  # each category fitted across the ranks of a torchrun job (threecad.harness.study)
+    logger: str | None = None  # also log to "tensorboard" or "mlflow" (threecad.harness.loggers)
+    study: Path | None = None  # the study folder this run belongs to (its trackers' root and tag)
 
 
 @dataclass
@@ -164,6 +176,7 @@ def run_benchmark(spec: BenchSpec, echo=print) -> tuple[dict[str, Any], int]:
 
 def prepare(spec: BenchSpec) -> Plan:
     """Check every setting, build the method once and the datasets; write nothing."""
+    check_logger(spec.logger)  # a tracker that is not installed is refused before any write
     if spec.protocol not in PROTOCOLS:
         raise ThreecadError(f"unknown protocol '{spec.protocol}'; valid: {', '.join(PROTOCOLS)}")
     if spec.metrics_mode not in ("auto", "exact", "streaming"):
@@ -216,6 +229,8 @@ def prepare(spec: BenchSpec) -> Plan:
     }
     if spec.setting == "unified":  # the union the one model is fitted on: part of what the run is
         run_spec["unified_categories"] = [c.abbreviation for c in categories]
+    if spec.ddp:  # absent otherwise, so that run.json of a plain run is as before
+        run_spec["ddp"] = True
     out = Path(spec.out).expanduser() if spec.out else Path("runs") / _run_id(method_cls.name, preset)
     if out.exists() and not out.is_dir():
         raise ThreecadError(f"--out {out} is a file, not a folder")
@@ -287,6 +302,8 @@ def check_resumable(previous: dict[str, Any] | None, run_spec: dict[str, Any], r
         if "setting" in diff:
             detail += (f" (setting {spec_value(previous, 'setting')} then, {run_spec.get('setting')} now; "
                        f"pass --setting {spec_value(previous, 'setting')})")
+        if "ddp" in diff:
+            detail += " (trained with --ddp then, not now)" if previous.get("ddp") else " (not trained with --ddp then)"
         raise ThreecadError(f"cannot resume {out}: it was run with a different {', '.join(diff)}{detail}")
 
 
@@ -372,6 +389,26 @@ def _remove_empty_dirs(out: Path, top: Path) -> None:
 
 
 def _execute(plan: Plan, spec: BenchSpec, run: RunDir, echo) -> tuple[dict[str, Any], int]:
+    run_spec = open_run(plan, spec, run)
+    unified = plan.setting == "unified"
+    echo(f"{plan.method_cls.name} ({plan.preset}) on {_plural(len(plan.categories), 'category')} of "
+         f"{plan.root} -> {plan.out}  [{plan.device}]" + ("  one model for all (--setting unified)" if unified else ""))
+    if not unified and getattr(plan.method_cls, "unified_by_default", False):
+        echo(f"note: {plan.method_cls.name} is meant to train one model for all categories; "
+             "--setting unified does that (per-category is the default)")
+    if plan.split_note:
+        echo(plan.split_note)
+    records, todo = pending(plan, run, echo)
+    fitted = _unified_model(plan, spec, run, echo) if unified and todo else None
+    for cat in todo:
+        records[cat.abbreviation] = run_pair(plan, spec, run, cat, echo, fitted)
+        run.write_results(run_spec, _ordered(plan, records), _extra())
+    return finish_run(plan, run, records, ran=bool(todo), echo=echo)
+
+
+def open_run(plan: Plan, spec: BenchSpec, run: RunDir) -> dict[str, Any]:
+    """Under the run directory's lock: check it again and write run.json (a new run) or take
+    its run id (a resumed one); returns the run's spec."""
     run_spec = plan.run_spec
     previous = run.read_spec()  # again, under the lock: the authoritative state
     check_resumable(previous, run_spec, spec.resume, plan.out)
@@ -382,15 +419,11 @@ def _execute(plan: Plan, spec: BenchSpec, run: RunDir, echo) -> tuple[dict[str, 
         run_spec["run_id"] = plan.out.name if spec.out is None else _run_id(plan.method_cls.name, plan.preset)
         run_spec["started"] = _now()
         run.write_spec(run_spec)
-    unified = plan.setting == "unified"
-    echo(f"{plan.method_cls.name} ({plan.preset}) on {_plural(len(plan.categories), 'category')} of "
-         f"{plan.root} -> {plan.out}  [{plan.device}]" + ("  one model for all (--setting unified)" if unified else ""))
-    if not unified and getattr(plan.method_cls, "unified_by_default", False):
-        echo(f"note: {plan.method_cls.name} is meant to train one model for all categories; "
-             "--setting unified does that (per-category is the default)")
-    if plan.split_note:
-        echo(plan.split_note)
+    return run_spec
 
+
+def pending(plan: Plan, run: RunDir, echo=lambda *_: None) -> tuple[dict[str, dict[str, Any]], list[Category]]:
+    """(records of the categories finished before, the categories still to run)."""
     records: dict[str, dict[str, Any]] = {}
     todo: list[Category] = []
     for cat in plan.categories:
@@ -400,36 +433,58 @@ def _execute(plan: Plan, spec: BenchSpec, run: RunDir, echo) -> tuple[dict[str, 
             records[cat.abbreviation] = done
         else:
             todo.append(cat)
-    fitted = _unified_model(plan, spec, run, echo) if unified and todo else None
-    for cat in todo:
-        data = plan.data.get(cat.abbreviation) or _datasets(cat, plan.scan, plan.root, plan.config,
-                                                            spec.eval_size, plan.manifest)
-        try:
-            if isinstance(fitted, BaseException):
-                raise fitted
-            if unified:
-                record = _evaluate_unified(plan, fitted, data, spec, run)
-            else:
-                record = _run_category(plan.method_cls, plan.config, data, plan.device, spec, run)
-            run.write_category(cat.abbreviation, record)
-            if not unified:
-                shutil.rmtree(run.work_dir(cat.abbreviation), ignore_errors=True)
-            m = record["metrics"]
-            echo(f"{cat.abbreviation}: " + "  ".join(f"{k} {_pct(m[k])}" for k in MAIN_METRICS if k in m)
-                 + f"  (fit {record['timings']['fit_s']:.1f}s{' shared' if unified else ''}, "
-                 + f"{record['timings']['infer_images_per_s']:.1f} img/s)"
-                 + (f"  [{record['notes']}]" if record.get("notes") else ""))
-        except ThreecadError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - one category's failure must not stop the others
-            log.error("%s failed: %s", cat.abbreviation, exc)
-            tb = "".join(traceback.format_exception(exc))
-            record = run.write_failure(cat.abbreviation, f"{type(exc).__name__}: {exc}", tb)
-            echo(f"{cat.abbreviation}: FAILED ({record['error']}); traceback in {run.failure_file(cat.abbreviation)}")
-        records[cat.abbreviation] = record
-        run.write_results(run_spec, _ordered(plan, records), _extra())
+    return records, todo
+
+
+def run_pair(plan: Plan, spec: BenchSpec, run: RunDir, cat: Category, echo,
+             fitted: UnifiedModel | BaseException | None = None, ddp: DDPFit | None = None,
+             label: str = "") -> dict[str, Any] | None:
+    """Run one category and write its record atomically (a failure is recorded, not raised).
+
+    `fitted`: the unified model (or its fit's failure). `ddp`: this rank's part of a fit
+    shared by all ranks; only the writer rank (0) evaluates and writes, the others return None.
+    """
+    unified = plan.setting == "unified"
+    writer = ddp is None or ddp.is_writer
+    tag = label or cat.abbreviation
+    data = plan.data.get(cat.abbreviation) or _datasets(cat, plan.scan, plan.root, plan.config,
+                                                        spec.eval_size, plan.manifest)
+    try:
+        if isinstance(fitted, BaseException):
+            raise fitted
+        if unified:
+            record = _evaluate_unified(plan, fitted, data, spec, run)
+        else:
+            record = _run_category(plan.method_cls, plan.config, data, plan.device, spec, run, ddp=ddp)
+        if record is None:
+            return None
+        run.write_category(cat.abbreviation, record)
+        if not unified:
+            shutil.rmtree(run.work_dir(cat.abbreviation), ignore_errors=True)
+        _log_to_tracker(plan, spec, run, cat.abbreviation, record)
+        m = record["metrics"]
+        echo(f"{tag}: " + "  ".join(f"{k} {_pct(m[k])}" for k in MAIN_METRICS if k in m)
+             + f"  (fit {record['timings']['fit_s']:.1f}s{' shared' if unified else ''}, "
+             + f"{record['timings']['infer_images_per_s']:.1f} img/s)"
+             + (f"  [{record['notes']}]" if record.get("notes") else ""))
+    except ThreecadError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - one category's failure must not stop the others
+        log.error("%s failed: %s", tag, exc)
+        if not writer:
+            return None
+        tb = "".join(traceback.format_exception(exc))
+        record = run.write_failure(cat.abbreviation, f"{type(exc).__name__}: {exc}", tb)
+        echo(f"{tag}: FAILED ({record['error']}); traceback in {run.failure_file(cat.abbreviation)}")
+    return record
+
+
+def finish_run(plan: Plan, run: RunDir, records: dict[str, dict[str, Any]], *, ran: bool,
+               echo=lambda *_: None) -> tuple[dict[str, Any], int]:
+    """Write the run's aggregates (results.json/csv/md) with its finish time, unless a resumed,
+    finished run changed nothing; returns (results, exit code: 1 when a category failed)."""
+    run_spec = plan.run_spec
     records = _ordered(plan, records)
-    ran = bool(todo)
     previous_results = run.read_results()
     if (not ran and previous_results is not None and previous_results.get("finished")
             and previous_results.get("categories") == records
@@ -456,11 +511,36 @@ def _extra() -> dict[str, Any]:
             "hardware": devices.hardware(torch.device("cuda" if torch.cuda.is_available() else "cpu"))}
 
 
-def _loader(dataset, batch_size: int, device: torch.device, shuffle: bool, seed: int) -> DataLoader:
+def _loader(dataset, batch_size: int, device: torch.device, shuffle: bool, seed: int, sampler=None) -> DataLoader:
     workers = devices.loader_workers(device)
     gen = torch.Generator().manual_seed(seed)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers,
-                      pin_memory=device.type == "cuda", persistent_workers=workers > 0, generator=gen)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
+                      num_workers=workers, pin_memory=device.type == "cuda", persistent_workers=workers > 0,
+                      generator=gen)
+
+
+@dataclass
+class DDPFit:
+    """`--ddp`: this rank's part of one fit trained by every rank of the job.
+
+    The training loader gives this rank its share of the images (DistributedSampler, shuffled
+    by seed and epoch) in batches of `batch_size / world_size`, so that with gradients averaged
+    each optimiser step sees the config's batch size, as one process would; the learning rate
+    and the number of steps per epoch stay those of the config.
+    """
+
+    rank: int
+    world_size: int
+    backend: str
+    sync: Any  # threecad.harness.distributed.GradientAverager (a threecad.training.GradientSync)
+
+    @property
+    def is_writer(self) -> bool:
+        return self.rank == 0
+
+    def facts(self, config) -> dict[str, Any]:
+        return {"world_size": self.world_size, "backend": self.backend,
+                "batch_per_rank": config.batch_size // self.world_size}
 
 
 def _new_method(method_cls: type[Method], config, device: torch.device, work_dir: Path) -> Method:
@@ -470,14 +550,37 @@ def _new_method(method_cls: type[Method], config, device: torch.device, work_dir
     return method
 
 
-def _fit(method: Method, config, train, val, device: torch.device, label: str) -> float:
-    """Fit on `train` (shuffled) and `val`; returns the seconds it took (device synchronised)."""
-    train_loader = _loader(train, config.batch_size, device, True, config.seed)
+def _fit(method: Method, config, train, val, device: torch.device, label: str, ddp: DDPFit | None = None) -> float:
+    """Fit on `train` (shuffled) and `val`; returns the seconds it took (device synchronised).
+
+    With `ddp`, this rank trains on its share of `train` with gradients averaged across ranks
+    (threecad.training.data_parallel); a method that did not train through train_epochs is
+    an error, since its ranks would each have fitted alone.
+    """
     val_loader = _loader(val, config.batch_size, device, False, config.seed) if val is not None else None
-    log.info("%s: fitting on %s", label, _plural(len(train), "image"))
+    if ddp is None:
+        train_loader = _loader(train, config.batch_size, device, True, config.seed)
+    else:
+        from torch.utils.data.distributed import DistributedSampler
+
+        sampler = DistributedSampler(train, num_replicas=ddp.world_size, rank=ddp.rank, shuffle=True,
+                                     seed=config.seed)
+        train_loader = _loader(train, config.batch_size // ddp.world_size, device, True, config.seed, sampler)
+    log.info("%s: fitting on %s", label, _plural(len(train), "image")
+             + (f" across {ddp.world_size} ranks (--ddp)" if ddp is not None else ""))
     devices.synchronize(device)
     t0 = time.perf_counter()
-    method.fit(train_loader, val_loader)
+    if ddp is None:
+        method.fit(train_loader, val_loader)
+    else:
+        from threecad.training import data_parallel
+
+        ddp.sync.loops = 0
+        with data_parallel(ddp.sync):
+            method.fit(train_loader, val_loader)
+        if ddp.sync.loops == 0:
+            raise RuntimeError(f"{type(method).__name__} did not train through threecad.training.train_epochs, "
+                               "so --ddp could not share its fit")
     devices.synchronize(device)
     return time.perf_counter() - t0
 
@@ -528,7 +631,8 @@ def _unified_model(plan: Plan, spec: BenchSpec, run: RunDir, echo) -> UnifiedMod
             fit_s = _fit(method, plan.config, train, val, plan.device, f"unified ({', '.join(abbrs)})")
         facts = {"fit_s": fit_s, "n_train": len(train), "n_val": len(val) if val is not None else 0,
                  "categories": abbrs, "memory": {"peak_host_rss_mb": mem.host_mb, "peak_device_mb": mem.device_mb},
-                 "method_info": _jsonable(method.info())}
+                 "method_info": _jsonable(method.info()),
+                 **_write_losses(plan.method_cls, method, run, "unified", spec)}
         save_checked(method.state_dict(), run.unified_checkpoint_file)  # first the model, then its facts
         atomic_write_json(run.unified_fit_file, facts)
     except ThreecadError:
@@ -573,34 +677,48 @@ def _evaluate_unified(plan: Plan, model: UnifiedModel, data: CategoryData, spec:
               "peak_device_mb": max(device_peaks) if device_peaks else None}
     record = _record(plan.method_cls, model.method, post, cat, ev, spec, run, fit_s=model.facts["fit_s"],
                      memory=memory, n_train=model.facts["n_train"], n_val=model.facts["n_val"],
-                     n_test=len(data.test), checkpoint=run.unified_checkpoint_file)
+                     n_test=len(data.test), checkpoint=run.unified_checkpoint_file,
+                     losses={k: model.facts.get(k) for k in ("losses", "loss_curve")})
     record.update({"fit_shared": True, "fit_loaded": model.loaded, "n_train_category": len(data.train),
                    "unified_categories": model.facts["categories"]})
     return record
 
 
 def _run_category(method_cls: type[Method], config, data: CategoryData, device: torch.device,
-                  spec: BenchSpec, run: RunDir) -> dict[str, Any]:
+                  spec: BenchSpec, run: RunDir, ddp: DDPFit | None = None) -> dict[str, Any] | None:
+    """Fit, evaluate, checkpoint; the record. With `ddp` every rank fits, rank 0 alone
+    evaluates and returns the record (the others None)."""
     cat, train, val, test = data.category, data.train, data.val, data.test
     method = _new_method(method_cls, config, device, run.work_dir(cat.abbreviation))
     post = method.postprocess()
     with PeakMemory(device) as mem:
-        fit_s = _fit(method, config, train, val, device, cat.abbreviation)
+        fit_s = _fit(method, config, train, val, device, cat.abbreviation, ddp=ddp)
+        if ddp is not None and not ddp.is_writer:
+            return None
         ev = _evaluate(method, post, config, test, device, spec, cat.abbreviation)
     ckpt = run.checkpoint_file(cat.abbreviation)
     save_checked(method.state_dict(), ckpt)  # with its checksum: load it with integrity.load_checked
-    return _record(method_cls, method, post, cat, ev, spec, run, fit_s=fit_s,
-                   memory={"peak_host_rss_mb": mem.host_mb, "peak_device_mb": mem.device_mb},
-                   n_train=len(train), n_val=len(val) if val is not None else 0, n_test=len(test), checkpoint=ckpt)
+    record = _record(method_cls, method, post, cat, ev, spec, run, fit_s=fit_s,
+                     memory={"peak_host_rss_mb": mem.host_mb, "peak_device_mb": mem.device_mb},
+                     n_train=len(train), n_val=len(val) if val is not None else 0, n_test=len(test),
+                     checkpoint=ckpt)
+    if ddp is not None:
+        record["ddp"] = ddp.facts(config)  # the one key a single-process record lacks
+    return record
 
 
 def _record(method_cls: type[Method], method: Method, post, cat: Category, ev: Evaluation, spec: BenchSpec,
             run: RunDir, *, fit_s: float, memory: dict[str, Any], n_train: int, n_val: int, n_test: int,
-            checkpoint: Path) -> dict[str, Any]:
-    """The category's record (pictures rendered): what categories/<ABBR>.json holds."""
+            checkpoint: Path, losses: dict[str, str | None] | None = None) -> dict[str, Any]:
+    """The category's record (pictures and loss curves written): what categories/<ABBR>.json holds.
+
+    `losses`: the paths of a loss history written before (a unified fit's), else this
+    category's fit's history is written now."""
     if spec.pictures > 0:
         ev.hardest.render(run.picture_file(cat.abbreviation),
                           f"{method_cls.name} on {cat.abbreviation} ({cat.folder})")
+    if losses is None:
+        losses = _write_losses(method_cls, method, run, cat.abbreviation, spec)
     return {
         "status": "ok", "metrics": ev.metrics, "notes": ev.notes, "breakdowns": _jsonable(ev.breakdowns),
         "timings": {"fit_s": fit_s, "infer_images_per_s": ev.infer_images_per_s},
@@ -610,7 +728,38 @@ def _record(method_cls: type[Method], method: Method, post, cat: Category, ev: E
         "postprocess": post.as_dict() if spec.protocol == "standard" else {"release_blur_sigma": 4.0},
         "checkpoint": str(checkpoint.relative_to(run.path)),
         "picture": str(run.picture_file(cat.abbreviation).relative_to(run.path)) if spec.pictures > 0 else None,
+        **losses,
     }
+
+
+def _write_losses(method_cls: type[Method], method: Method, run: RunDir, label: str,
+                  spec: BenchSpec) -> dict[str, str | None]:
+    """losses/<label>.csv and its curve (pictures/<label>-losses.png, unless --pictures 0) of a
+    fit that ran epochs; the record's `losses` and `loss_curve` paths (None without epochs)."""
+    cfg = method.config
+    selected = getattr(getattr(method, "_loop", None), "selected_epoch", None)
+    written = write_loss_history(run.path, label, method.loss_history(),
+                                 title=f"{method_cls.name} on {label}: loss per epoch",
+                                 selected_epoch=selected if getattr(cfg, "select", "last") == "val" else None,
+                                 picture=spec.pictures > 0)
+    if written is None:
+        return {"losses": None, "loss_curve": None}
+    csv_path, png_path = written
+    return {"losses": str(csv_path.relative_to(run.path)),
+            "loss_curve": str(png_path.relative_to(run.path)) if png_path is not None else None}
+
+
+def _log_to_tracker(plan: Plan, spec: BenchSpec, run: RunDir, abbr: str, record: dict[str, Any]) -> None:
+    """--logger: one tracker run per (method, category): config, per-epoch losses, metrics."""
+    if not spec.logger:
+        return
+    root = spec.study if spec.study is not None else run.path
+    tags = RunTags(plan.method_cls.name, abbr, str(plan.run_spec.get("run_id", "")),
+                   spec.study.name if spec.study is not None else None)
+    history = read_loss_csv(run.path / record["losses"]).rows() if record.get("losses") else []
+    with start_run(spec.logger, root, tags, plan.run_spec["config"]) as tracker:
+        tracker.log_history(history)
+        tracker.log_metrics(record["metrics"])
 
 
 def _evaluate(method: Method, post, config, test, device: torch.device, spec: BenchSpec, label: str) -> Evaluation:
