@@ -329,6 +329,5 @@ class CRAD(Method):
         out: dict[str, Any] = {"backbone": self.config.backbone, "feature_channels": sum(self.net.backbone.channels),
                                "trainable_parameters": sum(p.numel() for p in self.net.reconstruction.parameters())}
         if self._loop is not None:
-            out.update(selected_epoch=self._loop.selected_epoch, selection=self.config.select,
-                       resumed_after_epoch=self._loop.resumed_after, final_train_losses=self._loop.last_losses)
+            out.update(self._loop.facts(self.config.select))
         return out

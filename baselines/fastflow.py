@@ -397,6 +397,5 @@ class FastFlow(Method):
             "backbone": self.config.backbone, "channels": list(self.net.encoder.channels),
             "trainable_parameters": sum(p.numel() for p in self.net.trainable.parameters() if p.requires_grad)}
         if self._loop is not None:
-            out.update(selected_epoch=self._loop.selected_epoch, selection=self.config.select,
-                       resumed_after_epoch=self._loop.resumed_after, final_train_losses=self._loop.last_losses)
+            out.update(self._loop.facts(self.config.select))
         return out

@@ -159,6 +159,5 @@ class ReverseDistillation(Method):
         out: dict[str, Any] = {"teacher": self.config.backbone, "teacher_channels": list(self.net.teacher.channels),
                                "trainable_parameters": sum(p.numel() for p in self.net.trainable.parameters())}
         if self._loop is not None:
-            out.update(selected_epoch=self._loop.selected_epoch, selection=self.config.select,
-                       resumed_after_epoch=self._loop.resumed_after, final_train_losses=self._loop.last_losses)
+            out.update(self._loop.facts(self.config.select))
         return out

@@ -266,8 +266,7 @@ class CFRG(Method):
             "ablation": {"recovery_guidance": cfg.recovery_guidance, "segmentation": cfg.segmentation,
                          "map_source": cfg.map_source}}
         if self._loop is not None:
-            out.update(selected_epoch=self._loop.selected_epoch, selection=cfg.select,
-                       resumed_after_epoch=self._loop.resumed_after, final_train_losses=self._loop.last_losses)
+            out.update(self._loop.facts(cfg.select))
         return out
 
 
