@@ -166,7 +166,7 @@ def run_benchmark(spec: BenchSpec, echo=print) -> tuple[dict[str, Any], int]:
         lock.acquire()
     except ThreecadError:
         if created:
-            _remove_empty_dirs(plan.out, created)
+            remove_empty_dirs(plan.out, created)
         raise
     try:
         return _execute(plan, spec, run, echo)
@@ -376,7 +376,8 @@ def _make_run_dir(out: Path) -> Path | None:
     return top
 
 
-def _remove_empty_dirs(out: Path, top: Path) -> None:
+def remove_empty_dirs(out: Path, top: Path) -> None:
+    """Remove `out` and its parents up to `top` while they are empty (what a refused command made)."""
     p = out
     while True:
         try:

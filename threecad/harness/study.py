@@ -47,7 +47,7 @@ from threecad.fsutil import atomic_write_json, atomic_write_text
 from threecad.harness import distributed
 from threecad.harness.rundir import MAIN_METRICS, PAPER_CAVEAT, RunDir, RunLock, mean_metrics
 from threecad.harness.runner import (BenchSpec, DDPFit, Plan, _extra, _make_run_dir, _now, _unified_model,
-                                     finish_run, open_run, pending, prepare, run_pair)
+                                     finish_run, open_run, pending, prepare, remove_empty_dirs, run_pair)
 from threecad.registry import load_method
 
 log = logging.getLogger(__name__)
@@ -355,15 +355,7 @@ def _remove_created(d: Path, top: Path) -> None:
     """Undo a folder this command made before it was refused (its lock files, then the folders)."""
     for name in (".lock", ".lock.owner"):
         (d / name).unlink(missing_ok=True)
-    p = d
-    while True:
-        try:
-            p.rmdir()
-        except OSError:
-            return
-        if p == top:
-            return
-        p = p.parent
+    remove_empty_dirs(d, top)
 
 
 def _announce(spec: StudySpec, out: Path, members: list[Member], items: list, group: distributed.Solo) -> str:
