@@ -127,13 +127,7 @@ def imagenet_on_disk(backbone: str) -> bool:
     spec = BACKBONES.get(backbone)
     if spec is None:
         return False
-    paths = []
-    if spec.weights_url:
-        paths.append(Path(torch.hub.get_dir()) / "checkpoints" / spec.weights_url.rsplit("/", 1)[1])
-    offline = spec.offline_file()
-    if offline:
-        paths.append(Path(offline))
-    return any(p.is_file() for p in paths)
+    return any(p.is_file() for p in spec.local_weight_files())
 
 
 def weights_overrides(config) -> tuple[dict[str, str], str]:

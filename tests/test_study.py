@@ -30,15 +30,20 @@ def root(tmp_path_factory) -> Path:
     return make_tiny_dataset(tmp_path_factory.mktemp("study") / "tiny")
 
 
-@pytest.fixture(autouse=True)
-def _setup(tmp_path_factory, monkeypatch):
+def _install(mp: pytest.MonkeyPatch, tmp_path_factory) -> None:
+    """The test method's distribution on the path, a shared cache, one thread."""
     site = tmp_path_factory.getbasetemp() / "site"
     if not site.exists():
         write_distribution(site)
-    monkeypatch.syspath_prepend(str(site))
-    monkeypatch.syspath_prepend(str(Path(__file__).parent))
-    monkeypatch.setenv("THREECAD_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    mp.syspath_prepend(str(site))
+    mp.syspath_prepend(str(Path(__file__).parent))
+    mp.setenv("THREECAD_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+    mp.setenv("OMP_NUM_THREADS", "1")
+
+
+@pytest.fixture(autouse=True)
+def _setup(tmp_path_factory, monkeypatch):
+    _install(monkeypatch, tmp_path_factory)
 
 
 def bench(*args: str, code: int = 0):
@@ -52,13 +57,7 @@ def study(root, tmp_path_factory) -> Path:
     """A finished study of padim and meandist on ACC and CS."""
     out = tmp_path_factory.mktemp("s") / "S"
     mp = pytest.MonkeyPatch()
-    site = tmp_path_factory.getbasetemp() / "site"
-    if not site.exists():
-        write_distribution(site)
-    mp.syspath_prepend(str(site))
-    mp.syspath_prepend(str(Path(__file__).parent))
-    mp.setenv("THREECAD_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
-    mp.setenv("OMP_NUM_THREADS", "1")
+    _install(mp, tmp_path_factory)
     try:
         bench("--method", "padim,meandist", "--root", str(root), "--category", "ACC,CS", *SHORT, "--out", str(out))
     finally:

@@ -71,6 +71,16 @@ class BackboneSpec:
     std: tuple[float, float, float] = IMAGENET_STD
     no_weights: str | None = None  # why no ImageNet file is offered (random-init-only backbones)
 
+    def local_weight_files(self) -> list[Path]:
+        """Where `weights=imagenet` looks on disk, in order: torch hub's cache, then the offline package."""
+        paths = []
+        if self.weights_url:
+            paths.append(Path(torch.hub.get_dir()) / "checkpoints" / self.weights_url.rsplit("/", 1)[1])
+        offline = self.offline_file()
+        if offline:
+            paths.append(Path(offline))
+        return paths
+
 
 def _resnet_stages(m: nn.Module) -> list[tuple[nn.Module, int]]:
     stem = nn.Sequential(m.conv1, m.bn1, m.relu, m.maxpool)
@@ -243,13 +253,7 @@ def resolve_weights(name: str, weights: str | os.PathLike | None) -> dict | None
         if not isinstance(state, dict):
             raise WeightsUnavailable(f"the weights file {path} holds a {type(state).__name__}, not a state dict")
         return _clean_state(state)
-    candidates = []
-    if spec.weights_url:
-        candidates.append(Path(torch.hub.get_dir()) / "checkpoints" / spec.weights_url.rsplit("/", 1)[1])
-    offline = spec.offline_file()
-    if offline:
-        candidates.append(Path(offline))
-    for path in candidates:
+    for path in spec.local_weight_files():
         if path.is_file():
             # once per process and file: a run builds the backbone again for every category
             log.log(logging.DEBUG if path in _announced else logging.INFO, "weights for %s from %s", name, path)
