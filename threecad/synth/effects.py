@@ -68,16 +68,23 @@ def bump(rng, img, mask, a):
 
 
 def deformation(rng, img, mask, a):
-    """A dent: the surface pattern is pushed aside (a local warp) and shaded."""
+    """A dent: the surface pattern is pushed aside (a local warp), darkened where it sinks and
+    shaded along its slopes.
+
+    The warp alone (generator 2 before this change: a displacement of 0.15 of the dent's size, a
+    faint shade) left Copper_Stator's only defect type all but invisible against its per-image
+    winding texture at 128 px (PatchCore I-AUROC 0.42 there).
+    """
     size = _size(mask)
-    height = ndimage.gaussian_filter(mask.astype(np.float32), sigma=max(1.0, size / 3))
+    height = ndimage.gaussian_filter(mask.astype(np.float32), sigma=max(1.0, size / 4))
     gy, gx = _gradient(height)
-    amp = size * rng.uniform(0.8, 1.6) / max(float(np.hypot(gy, gx).max()), 1e-6) * 0.15
+    amp = size * rng.uniform(0.3, 0.45) / max(float(np.hypot(gy, gx).max()), 1e-6)
     yy, xx = np.mgrid[0:mask.shape[0], 0:mask.shape[1]].astype(np.float32)
     coords = [yy + gy * amp, xx + gx * amp]
     warped = np.stack([ndimage.map_coordinates(c, coords, order=1, mode="nearest") for c in img])
     img += (warped - img) * a
-    img += a * (0.22 * _shade(mask, rng, size / 4) - 0.05)
+    img *= 1 - a * rng.uniform(0.3, 0.45) * (0.75 + 0.25 * _noise(rng, mask.shape, size / 4))
+    img += a * 0.3 * _shade(mask, rng, size / 4)
 
 
 def bruise(rng, img, mask, a):
