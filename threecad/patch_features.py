@@ -7,9 +7,15 @@ grid, then the layers' values pooled to `feature_dim`. The official code resizes
 unfolded neighbourhoods before pooling; both steps are linear and act on different axes,
 so pooling first on each layer's own grid gives the same numbers with less work (tested
 against a transcription of the official order in tests/patchcore_official.py).
+
+Both poolings run as index gathers on shifted views of each map (`_pool_shifted`) rather
+than on the unfolded neighbourhoods: the unfold materialises 9 C values per position and
+the pooling reads them back, which made aggregation about 30 % of PatchCore's inference on
+a WideResNet-50; the gathers touch each value once (benchmarks/methods.py measures it).
 """
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import torch
@@ -25,22 +31,57 @@ def aggregate_patches(maps: Sequence[torch.Tensor], patch_size: int = 3, pretrai
     order and adaptively average-pooled to `pretrain_dim`; deeper layers resized bilinearly
     to the first layer's grid; the layers' values concatenated and pooled to `feature_dim`.
     """
-    n = maps[0].shape[0]
     height, width = maps[0].shape[-2:]
     pad = patch_size // 2
     pooled = []
     for m in maps:
         _, c, h, w = m.shape
-        cols = F.unfold(m, patch_size, padding=pad) if patch_size > 1 else m.flatten(2)  # (N, C*p*p, h*w)
-        rows = cols.transpose(1, 2).reshape(n * h * w, 1, c * patch_size * patch_size)
-        del cols
-        layer = F.adaptive_avg_pool1d(rows, pretrain_dim).view(n, h, w, pretrain_dim).permute(0, 3, 1, 2)
-        del rows
-        if (h, w) != (height, width):
+        padded = F.pad(m, (pad, pad, pad, pad)) if pad else m
+        rows, cols = h + 2 * pad - patch_size + 1, w + 2 * pad - patch_size + 1
+        views = [padded[:, :, dy:dy + rows, dx:dx + cols] for dy in range(patch_size) for dx in range(patch_size)]
+        layer = _pool_shifted(views, c * patch_size * patch_size, pretrain_dim)
+        del padded, views
+        if (rows, cols) != (height, width):
             layer = F.interpolate(layer, size=(height, width), mode="bilinear", align_corners=False)
         pooled.append(layer)
-    stacked = torch.stack(pooled, 1)  # (N, layers, pretrain_dim, H, W)
+    stacked = torch.cat(pooled, 1)  # (N, layers * pretrain_dim, H, W), layer-major as the official stack
     del pooled
-    flat = stacked.permute(0, 3, 4, 1, 2).reshape(n * height * width, 1, len(maps) * pretrain_dim)
-    out = F.adaptive_avg_pool1d(flat, feature_dim)
-    return out.view(n, height, width, feature_dim).permute(0, 3, 1, 2)
+    return _pool_shifted([stacked], stacked.shape[1], feature_dim)
+
+
+@functools.lru_cache(maxsize=32)
+def _pooling_plan(length: int, bins: int, group: int) -> tuple[tuple[torch.Tensor, torch.Tensor, torch.Tensor], ...]:
+    """torch's adaptive average pooling of `length` values into `bins`, as index triples.
+
+    Value j is element j % group of source row j // group; bin o averages values
+    [floor(o L / B), ceil((o + 1) L / B)). Returns, for each element k of a group, the
+    (source rows, destination bins, weights 1 / bin length) that it contributes.
+    """
+    o = torch.arange(bins)
+    start = (o * length) // bins
+    end = ((o + 1) * length + bins - 1) // bins
+    width = end - start
+    slots = torch.arange(int(width.max()))
+    j = start[:, None] + slots[None, :]  # (bins, slots)
+    valid = slots[None, :] < width[:, None]
+    j, dest = j[valid], o[:, None].expand_as(valid)[valid]
+    weight = (1.0 / width.double())[dest].float()
+    return tuple((j[j % group == k] // group, dest[j % group == k], weight[j % group == k]) for k in range(group))
+
+
+def _pool_shifted(views: Sequence[torch.Tensor], length: int, bins: int) -> torch.Tensor:
+    """Adaptive average pooling, over bins, of the channel-major interleave of `views`.
+
+    `views` are k = 0..g-1 tensors (N, C, H, W); value j of a position is channel j // g
+    of view j % g. Equals flattening the (N, C, g, H, W) stack over (C, g) and pooling it
+    with `adaptive_avg_pool1d`, without ever building that stack.
+    """
+    first = views[0]
+    if len(views) == 1 and length % bins == 0:  # whole bins of equal width: a plain mean
+        return first.unflatten(1, (bins, length // bins)).mean(2)
+    out = first.new_zeros(first.shape[0], bins, *first.shape[2:])
+    for view, (rows, dest, weight) in zip(views, _pooling_plan(length, bins, len(views))):
+        if rows.numel():
+            picked = view.index_select(1, rows.to(view.device))
+            out.index_add_(1, dest.to(view.device), picked.mul_(weight.to(view.device)[None, :, None, None]))
+    return out
