@@ -236,9 +236,10 @@ class DRAEM(Method):
         with torch.random.fork_rng(devices=[]):  # the same initial weights for the same seed
             torch.manual_seed(config.seed)
             self.net = DRAEMNet(config.recon_width, config.disc_width).to(self.device)
-        self.channels_last = self.device.type == "cuda"
-        if self.channels_last:
-            self.net.to(memory_format=torch.channels_last)
+        # channels-last on every device: oneDNN's CPU convolutions of these from-scratch
+        # networks ran a training step 1.75x faster in NHWC (128 px, cpu preset, 1 thread)
+        self.channels_last = True
+        self.net.to(memory_format=torch.channels_last)
         self.texture_source: str | None = None
         self._loop: LoopResult | None = None
 

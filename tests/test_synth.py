@@ -358,7 +358,7 @@ def test_full_scale_marker_has_no_floor():
     cats = [c for c in THREECAD if c.abbreviation == "CS"]
     jobs = plan_category(cats[0], 1.0, 0, None)
     info = writer.marker(cats, jobs, 1.0, 0, None, 16, 8)
-    assert "min_train" not in info and "min_test_good" not in info and info["version"] == GENERATOR_VERSION == "3"
+    assert "min_train" not in info and "min_test_good" not in info and info["version"] == GENERATOR_VERSION == "4"
 
 
 def test_test_good_floor_adds_good_test_files_only(tmp_path):
@@ -478,32 +478,32 @@ def test_size_estimate_covers_the_tree(small_tree):
 
 
 # --- output identity across speed work (issue #15) -----------------------------------------
-# Digests of a fixed plan, recorded from generator version 3 (visible dents; version 2 brought
+# Digests of a fixed plan, recorded from generator version 4 (16-px region floor; 3: visible dents; version 2 brought
 # one layout per category; the version-1 digests came from the code before the speed-ups, commit 6b554f9): per
 # category, the files (sha256 of each, with its path) and the decoded pixels. Output
 # bytes depend on the library versions (numpy's float32 maths, Pillow's resize and its
 # bundled zlib-ng), so the digests are checked where those match the recording's.
 GOLDEN_VERSIONS = {"numpy": "2.4.6", "PIL": "13.0.0", "scipy": "1.17.1"}
 GOLDEN_TREE = {  # generate(scale=0.003, seed=21, max_size=128, min_train=0, min_test_good=0): (files, pixels)
-    "ACC": ("c2407022f20a9487ae54431e", "5f52fe542d1051cc60c7ffc3"),
-    "AI": ("238d0421be95fe133610a1db", "09c7487a30379df04005a51b"),
-    "AMF": ("b98dbfd3bb835153b1533d0f", "186e65910d4164ae09a644b3"),
-    "ANMF": ("25bd86ffdc259d8b120b0130", "ac59f47b8412533a62b9126d"),
-    "ANI": ("daafe64f28bcfb16f4c1923f", "5b9636c2484a8ec775b78f9b"),
-    "AP": ("c839dc98346bd6360c8b8afa", "99d2fb1aa2053107eeea8f51"),
-    "CS": ("f484d046b976ced0bcb54086", "e33b30ca3f7c0a8bd5093313"),
-    "IS": ("179781f5bc3667b059e1b91f", "2c81f8413deb6d19e7bab0be"),
+    "ACC": ("2d02afdf3ed31c9a624c974a", "792f74be2542ca0941bfa5fd"),
+    "AI": ("6ea9e224be3498fa8d923a9d", "d1b2a3125aa1f822ad933b53"),
+    "AMF": ("f0fa2ad7b91366085a8f9674", "70ab0f533fd322d52e3740d8"),
+    "ANMF": ("8ddd76f4c8fa26410bce48c2", "cb364ef871278082136b088b"),
+    "ANI": ("a4e01b1545343661ca7c8687", "7fa085117adfa336fac04f92"),
+    "AP": ("defc99684a8c81165562fad4", "5faf4d02226b2cf7a2680879"),
+    "CS": ("5d2625c412458596139fda6a", "493fda497d54ac38bc91713f"),
+    "IS": ("2ee83b65835277972f74f522", "1fbe00a90cb29a28b47d5e29"),
 }
-GOLDEN_MARKER = "2516d22f20b7bcf814c9fd71"
+GOLDEN_MARKER = "6160bfee950fe2a69ee7f873"
 GOLDEN_NATIVE = {  # the first train image and two defective ones of distinct types, up to 520 px
-    "ACC": ("a77ed2310fbefc8733b4c2ed", "c505e304522ba4c60f6648d3"),
+    "ACC": ("e112d4b6597c80bb02f854bd", "d6571d672bc62246b2fe3aac"),
     "AI": ("8efd1448fcf83e2f5650139c", "3b473a34e984c23fd1139a74"),
     "AMF": ("20dc802b096394de382f6830", "e86aad5898fe7c4c3429a646"),
     "ANMF": ("f0ead9c4486cf6285ccbb6aa", "a5ae4c0de419e73ec852b8e4"),
     "ANI": ("0c2f16403e42b6dc0fbee451", "d7af29016f78e787eeba0037"),
     "AP": ("aa218c695313f99b967a3029", "0366c256e27ec6993c67ed00"),
-    "CS": ("b9fadc029388c27513c87791", "302750d2e99ac60edfa222b8"),
-    "IS": ("58ed57c5a4ba2deaf5785f1d", "e2d663382472a6b64f1266bd"),
+    "CS": ("583b3600e36ff7d973d834cb", "5647df71041c8fa8a5460b82"),
+    "IS": ("56224a9a2920d00a06923850", "7279a42e4df67d1822f5a4f2"),
 }
 
 
@@ -534,7 +534,7 @@ def _golden_versions_differ() -> str | None:
 
 
 def test_output_identical_to_the_recorded_digests(tmp_path):
-    """Same seed, same files as recorded (generator version 3): the whole writer at small sizes
+    """Same seed, same files as recorded (generator version 4): the whole writer at small sizes
     (images, masks, sidecars, marker), and a few images at up to 520 px per category
     (regions that must survive the resize to 256, every kind's effect)."""
     why = _golden_versions_differ()
