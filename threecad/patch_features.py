@@ -50,12 +50,14 @@ def aggregate_patches(maps: Sequence[torch.Tensor], patch_size: int = 3, pretrai
 
 
 @functools.lru_cache(maxsize=32)
-def _pooling_plan(length: int, bins: int, group: int) -> tuple[tuple[torch.Tensor, torch.Tensor, torch.Tensor], ...]:
+def _pooling_plan(length: int, bins: int, group: int, device: torch.device
+                  ) -> tuple[tuple[torch.Tensor, torch.Tensor, torch.Tensor], ...]:
     """torch's adaptive average pooling of `length` values into `bins`, as index triples.
 
     Value j is element j % group of source row j // group; bin o averages values
     [floor(o L / B), ceil((o + 1) L / B)). Returns, for each element k of a group, the
-    (source rows, destination bins, weights 1 / bin length) that it contributes.
+    (source rows, destination bins, weights 1 / bin length) that it contributes, already on
+    `device` (cached per device: no host-to-device copies per batch).
     """
     o = torch.arange(bins)
     start = (o * length) // bins
@@ -66,7 +68,8 @@ def _pooling_plan(length: int, bins: int, group: int) -> tuple[tuple[torch.Tenso
     valid = slots[None, :] < width[:, None]
     j, dest = j[valid], o[:, None].expand_as(valid)[valid]
     weight = (1.0 / width.double())[dest].float()
-    return tuple((j[j % group == k] // group, dest[j % group == k], weight[j % group == k]) for k in range(group))
+    return tuple((j[j % group == k].div(group, rounding_mode="floor").to(device), dest[j % group == k].to(device),
+                  weight[j % group == k][None, :, None, None].to(device)) for k in range(group))
 
 
 def _pool_shifted(views: Sequence[torch.Tensor], length: int, bins: int) -> torch.Tensor:
@@ -80,8 +83,7 @@ def _pool_shifted(views: Sequence[torch.Tensor], length: int, bins: int) -> torc
     if len(views) == 1 and length % bins == 0:  # whole bins of equal width: a plain mean
         return first.unflatten(1, (bins, length // bins)).mean(2)
     out = first.new_zeros(first.shape[0], bins, *first.shape[2:])
-    for view, (rows, dest, weight) in zip(views, _pooling_plan(length, bins, len(views))):
+    for view, (rows, dest, weight) in zip(views, _pooling_plan(length, bins, len(views), first.device)):
         if rows.numel():
-            picked = view.index_select(1, rows.to(view.device))
-            out.index_add_(1, dest.to(view.device), picked.mul_(weight.to(view.device)[None, :, None, None]))
+            out.index_add_(1, dest, view.index_select(1, rows).mul_(weight))
     return out

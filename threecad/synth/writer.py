@@ -38,8 +38,9 @@ from threecad.synth.render import render_job
 
 log = logging.getLogger(__name__)
 
-# 4: defect regions of at least 16 px (render.MIN_REGION_PIXELS; was 4); 3: deformations are visible dents (effects.py); 2: one product layout per category (see
-# appearance.py); 1 drew a new layout per image.
+# 4: defect regions of at least 16 px (render.MIN_REGION_PIXELS; was 4); 3: deformations are
+# visible dents (effects.py); 2: one product layout per category (see appearance.py); 1 drew a
+# new layout per image.
 GENERATOR_VERSION = "4"
 DATASET_NAME = "3cad-synthetic"
 MARKER = "synthetic.json"
