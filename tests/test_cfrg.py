@@ -285,3 +285,13 @@ def test_cpu_preset_uses_an_offline_teacher():
     assert config.teacher in ("efficientnet_lite0", "mobilenet_v2") and config.image_size <= 160
     assert dataclasses.asdict(build_config(CFRG, "paper")) == dataclasses.asdict(CFRGConfig())
 
+
+
+@pytest.mark.parametrize("raw", ["3,4,6", "[3,4,6]", "(3, 4, 6)", " [3, 4, 6] "])
+def test_set_takes_a_sequence_with_or_without_brackets(raw):
+    assert build_config(CFRG, "cpu", {"decoder_blocks": raw}).decoder_blocks == (3, 4, 6)
+
+
+def test_set_names_the_whole_sequence_when_an_item_is_bad():
+    with pytest.raises(ThreecadError, match=r"decoder_blocks=3,x,6: expected comma-separated int"):
+        build_config(CFRG, "cpu", {"decoder_blocks": "3,x,6"})

@@ -147,9 +147,16 @@ def _parse_value(raw: str, kind: Any, key: str) -> Any:
             return None
         kinds = [a for a in args if a is not type(None)]
         return _parse_value(raw, kinds[0], key)
-    if origin in (tuple, list):
+    if origin in (tuple, list):  # "3,4,6", also written "[3,4,6]" or "(3, 4, 6)"
         inner = args[0] if args else str
-        items = tuple(_parse_value(x.strip(), inner, key) for x in raw.split(",") if x.strip())
+        body = raw.strip()
+        if len(body) >= 2 and (body[0], body[-1]) in (("[", "]"), ("(", ")")):
+            body = body[1:-1]
+        try:
+            items = tuple(_parse_value(x.strip(), inner, key) for x in body.split(",") if x.strip())
+        except ThreecadError:
+            raise ThreecadError(f"--set {key}={raw}: expected comma-separated "
+                                f"{getattr(inner, '__name__', inner)} values, e.g. {key}=3,4,6") from None
         return items if origin is tuple else list(items)
     try:
         if kind is bool:
