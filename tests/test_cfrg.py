@@ -282,9 +282,9 @@ def test_paper_run_finds_dtd_in_the_data_home(tiny_data, tmp_path, monkeypatch):
 
 def test_cpu_preset_uses_an_offline_teacher():
     config = build_config(CFRG, "cpu")
-    assert config.teacher in ("efficientnet_lite0", "mobilenet_v2") and config.image_size <= 160
+    # inputs smaller than the paper's 256 px, large enough for the stators' slots (see the preset)
+    assert config.teacher in ("efficientnet_lite0", "mobilenet_v2") and 160 < config.image_size < 256
     assert dataclasses.asdict(build_config(CFRG, "paper")) == dataclasses.asdict(CFRGConfig())
-
 
 
 @pytest.mark.parametrize("raw", ["3,4,6", "[3,4,6]", "(3, 4, 6)", " [3, 4, 6] "])
