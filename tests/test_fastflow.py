@@ -137,7 +137,8 @@ def test_paper_preset_is_gathierrys_training():
             cfg.batch_size, cfg.epochs, cfg.drop_last, cfg.strides) == (
         "resnet18", 256, 8, 1.0, 2.0, 1e-3, 1e-5, 32, 500, True, (4, 8, 16))
     cpu = build_config(FastFlow, "cpu")
-    assert (cpu.backbone, cpu.flow_steps, cpu.cache_features) == ("efficientnet_lite0", 4, True)
+    assert (cpu.backbone, cpu.image_size, cpu.strides, cpu.flow_steps, cpu.cache_features) == (
+        "efficientnet_lite0", 256, (16, 32), 4, True)  # the deep taps find the stators' defects (README)
     assert not build_config(FastFlow, "paper").cache_features  # ~1.8 MB per image at 256 px
 
 
