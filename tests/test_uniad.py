@@ -57,7 +57,8 @@ def test_paper_preset_is_the_reference_config():
     assert (cfg.blocks, cfg.out_stride, cfg.hidden_dim, cfg.heads, cfg.ffn_dim) == ((1, 5, 9, 21), 16, 256, 8, 1024)
     assert UniAD.unified_by_default is True
     cpu = build_config(UniAD, "cpu")
-    assert (cpu.backbone, cpu.strides, cpu.out_stride, cpu.neighbour_size) == ("efficientnet_lite0", (4, 8, 16), 8, 7)
+    assert (cpu.backbone, cpu.image_size, cpu.strides, cpu.out_stride, cpu.neighbour_size, cpu.epochs) == (
+        "efficientnet_lite0", 256, (16, 32), 16, 7, 200)
 
 
 def test_neighbour_mask_hides_each_tokens_own_neighbourhood():

@@ -204,12 +204,13 @@ def test_must_show_uniad_unified_gives_three_rows_from_one_model(root, tmp_path)
         cls = load_method("uniad")
         from threecad.method import build_config
 
-        cls(build_config(cls, "cpu", {"image_size": "64"}), device="cpu")
+        cls(build_config(cls, "cpu", {"image_size": "64", "neighbour_size": "3"}), device="cpu")
     except (ThreecadError, ImportError) as exc:
         pytest.skip(f"uniad cannot be built here: {exc}")
     run = tmp_path / "uniad"
     out = invoke(["bench", "--method", "uniad", "--setting", "unified", "--category", "ACC,AI,CS",
-                  "--preset", "cpu", "--set", "image_size=64", "--set", "epochs=1", "--root", str(root),
+                  "--preset", "cpu", "--set", "image_size=64", "--set", "neighbour_size=3",  # 4x4 tokens
+                  "--set", "epochs=1", "--root", str(root),
                   "--out", str(run), "--device", "cpu", "--eval-size", "64", "--pictures", "0"]).output
     res = json.loads((run / "results.json").read_text())
     assert res["setting"] == "unified" and list(res["categories"]) == ["ACC", "AI", "CS"]
