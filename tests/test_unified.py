@@ -197,7 +197,7 @@ def root_of(run: Path) -> Path:
 def test_must_show_uniad_unified_gives_three_rows_from_one_model(root, tmp_path):
     """Issue 14's must-show, on the tiny data: `bench --method uniad --setting unified
     --category ACC,AI,CS --preset cpu` (64 px, 1 epoch to stay fast)."""
-    from threecad.errors import ThreecadError
+    from threecad.errors import WeightsUnavailable
     from threecad.registry import load_method
 
     try:
@@ -205,7 +205,7 @@ def test_must_show_uniad_unified_gives_three_rows_from_one_model(root, tmp_path)
         from threecad.method import build_config
 
         cls(build_config(cls, "cpu", {"image_size": "64", "neighbour_size": "3"}), device="cpu")
-    except (ThreecadError, ImportError) as exc:
+    except (WeightsUnavailable, ImportError) as exc:  # a config error must fail, not skip
         pytest.skip(f"uniad cannot be built here: {exc}")
     run = tmp_path / "uniad"
     out = invoke(["bench", "--method", "uniad", "--setting", "unified", "--category", "ACC,AI,CS",
