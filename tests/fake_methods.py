@@ -20,6 +20,7 @@ class MeanDistanceConfig(MethodConfig):
     batch_size: int = 4
     fail_on: str = ""  # fail in fit when the training images' paths contain this
     log_file: str = ""  # append one line per fit, to count fits across processes
+    predict_log: str = ""  # save each batch predict receives as PREFIX.<n>.pt (what the model saw)
 
 
 class MeanDistance(Method):
@@ -42,6 +43,9 @@ class MeanDistance(Method):
         self.mean = (total / n).to(self.device)
 
     def predict(self, images):
+        if self.config.predict_log:
+            self._calls = getattr(self, "_calls", 0) + 1
+            torch.save(images.cpu(), f"{self.config.predict_log}.{self._calls:04d}.pt")
         maps = (images - self.mean).abs().mean(1)
         return maps.flatten(1).max(1).values, maps
 

@@ -211,3 +211,18 @@ def test_bad_input_gets_clear_errors(tiny_root, tmp_path):
     with pytest.raises(DatasetError, match="000.png"):
         ThreeCAD(tiny_root, "ACC", split="train", cache=tmp_path / "c")
     assert not list((tmp_path / "c").glob("*.npy"))
+
+
+def test_test_view_gives_model_size_images_and_eval_size_masks(tiny_root, tmp_path):
+    from threecad.dataset import TestView
+
+    model = ThreeCAD(tiny_root, "ACC", "test", image_size=32, cache=tmp_path / "c")
+    evaluation = ThreeCAD(tiny_root, "ACC", "test", image_size=64, cache=tmp_path / "c")
+    view = TestView(model, evaluation)
+    assert len(view) == len(evaluation) and (view.image_size, view.mask_size) == (32, 64)
+    for i in range(len(view)):
+        item = view[i]
+        assert torch.equal(item["image"], model[i]["image"]) and torch.equal(item["mask"], evaluation[i]["mask"])
+        assert (item["label"], item["path"]) == (evaluation[i]["label"], evaluation[i]["path"])
+    with pytest.raises(ThreecadError, match="same images"):
+        TestView(ThreeCAD(tiny_root, "CS", "test", image_size=32, cache=False), evaluation)

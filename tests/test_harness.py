@@ -36,6 +36,25 @@ def test_methods_lists_entry_point_method(env):
     assert "meandist" in out and "distance to the mean training image" in out and "presets: paper, cpu" in out
 
 
+def test_model_sees_test_images_resized_once_as_its_training_images(tiny_root, tmp_path, env):
+    """Metrics at --eval-size 64, model at 32 px: predict gets each test image resized from the
+    original once (as training), not the 64 px evaluation image resized again."""
+    from threecad.dataset import ThreeCAD
+
+    seen = tmp_path / "seen"
+    threecad(["bench", "--method", "meandist", "--root", str(tiny_root), "--out", str(tmp_path / "run"),
+              "--device", "cpu", "--eval-size", "64", "--category", "ACC", "--set", f"predict_log={seen}"],
+             env, check=0)
+    got = torch.cat([torch.load(p) for p in sorted(tmp_path.glob("seen.*.pt"))])
+    direct = ThreeCAD(tiny_root, "ACC", "test", image_size=32, cache=False)
+    assert got.shape == (len(direct), 3, 32, 32)
+    assert torch.equal(got, torch.stack([direct[i]["image"] for i in range(len(direct))]))
+    twice = torch.nn.functional.interpolate(
+        torch.stack([ThreeCAD(tiny_root, "ACC", "test", image_size=64, cache=False)[i]["image"]
+                     for i in range(len(direct))]), size=(32, 32), mode="bilinear", antialias=True)
+    assert not torch.allclose(got, twice, atol=1e-3)  # the old double resize differs: the test can tell
+
+
 def test_bench_end_to_end(tiny_root, tmp_path, env):
     run = tmp_path / "run"
     proc = threecad(["bench", "--method", "meandist", "--root", str(tiny_root), "--out", str(run),

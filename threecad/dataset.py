@@ -195,3 +195,34 @@ class ThreeCAD(Dataset):
 
 def _load_index(paths: list[str], masks: list[str | None], size: int, index: int) -> np.ndarray:
     return load_sample(paths[index], masks[index], size)
+
+
+class TestView(Dataset):
+    """A test split seen at two sizes: the image at the model's input size, the mask at the
+    evaluation size.
+
+    Why: a model must see test images resized from the originals the way its training images
+    were (one antialiased resize to `image_size`), while the metrics are computed on masks at
+    `eval_size`. Resizing an `eval_size` image once more to the model's size would feed the
+    model a resampled copy (blurred when smaller, upsampled when larger: a 288 px model would
+    see a 256 px image blown up) that its training never saw.
+    """
+
+    def __init__(self, model_view: ThreeCAD, eval_view: ThreeCAD):
+        if model_view._paths != eval_view._paths:
+            raise ThreecadError("TestView: the two views must list the same images in the same order")
+        self.model_view, self.eval_view = model_view, eval_view
+        self.image_size, self.mask_size = model_view.image_size, eval_view.image_size
+        self.category, self.split = eval_view.category, eval_view.split
+
+    def __len__(self) -> int:
+        return len(self.eval_view)
+
+    def __getitem__(self, index: int) -> dict:
+        item = self.eval_view[index]
+        item["image"] = self.model_view[index]["image"]
+        return item
+
+    def __repr__(self) -> str:
+        return (f"TestView(category={self.category}, image_size={self.image_size}, "
+                f"mask_size={self.mask_size}, n={len(self)})")
