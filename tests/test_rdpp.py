@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader
 
 from baselines.rdpp import (MultiProjection, RDPlusPlus, RDPlusPlusConfig, add_noise_patches, fractal_noise,
                             projection_loss, sinkhorn_divergence)
+from baselines.reverse_distillation import ReverseDistillation
 from conftest import make_tiny_dataset
 from threecad.dataset import ThreeCAD
 from threecad.errors import ThreecadError
@@ -40,7 +41,11 @@ def test_model_card_parts_and_paper_preset():
     assert (cfg.backbone, cfg.image_size, cfg.batch_size, cfg.accumulation, cfg.lr, cfg.proj_lr, cfg.beta1,
             cfg.beta2, cfg.epochs, cfg.weight_proj, cfg.seed, cfg.select) == (
         "wide_resnet50_2", 256, 32, 2, 0.005, 0.001, 0.5, 0.999, 200, 0.2, 111, "last")
-    assert build_config(RDPlusPlus, "cpu").backbone == "efficientnet_lite0"
+    cpu = build_config(RDPlusPlus, "cpu")
+    assert cpu.backbone == "efficientnet_lite0"
+    # RD's cpu input size and batch: at 128 px the stators scored about .5 (see the preset's comment)
+    rd = build_config(ReverseDistillation, "cpu")
+    assert (cpu.image_size, cpu.batch_size, cpu.accumulation, cpu.epochs) == (rd.image_size, rd.batch_size, 1, rd.epochs)
 
 
 def test_reference_parts_hold_the_dead_conv():
