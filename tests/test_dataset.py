@@ -213,16 +213,16 @@ def test_bad_input_gets_clear_errors(tiny_root, tmp_path):
     assert not list((tmp_path / "c").glob("*.npy"))
 
 
-def test_test_view_gives_model_size_images_and_eval_size_masks(tiny_root, tmp_path):
-    from threecad.dataset import TestView
+def test_eval_view_gives_model_size_images_and_eval_size_masks(tiny_root, tmp_path):
+    from threecad.dataset import EvalView
 
     model = ThreeCAD(tiny_root, "ACC", "test", image_size=32, cache=tmp_path / "c")
     evaluation = ThreeCAD(tiny_root, "ACC", "test", image_size=64, cache=tmp_path / "c")
-    view = TestView(model, evaluation)
+    view = EvalView(model, evaluation)
     assert len(view) == len(evaluation) and (view.image_size, view.mask_size) == (32, 64)
     for i in range(len(view)):
         item = view[i]
         assert torch.equal(item["image"], model[i]["image"]) and torch.equal(item["mask"], evaluation[i]["mask"])
         assert (item["label"], item["path"]) == (evaluation[i]["label"], evaluation[i]["path"])
     with pytest.raises(ThreecadError, match="same images"):
-        TestView(ThreeCAD(tiny_root, "CS", "test", image_size=32, cache=False), evaluation)
+        EvalView(ThreeCAD(tiny_root, "CS", "test", image_size=32, cache=False), evaluation)

@@ -197,9 +197,9 @@ def _load_index(paths: list[str], masks: list[str | None], size: int, index: int
     return load_sample(paths[index], masks[index], size)
 
 
-class TestView(Dataset):
-    """A test split seen at two sizes: the image at the model's input size, the mask at the
-    evaluation size.
+class EvalView(Dataset):
+    """A test split as the evaluation uses it: the image at the model's input size, the mask
+    at the evaluation size.
 
     Why: a model must see test images resized from the originals the way its training images
     were (one antialiased resize to `image_size`), while the metrics are computed on masks at
@@ -210,7 +210,7 @@ class TestView(Dataset):
 
     def __init__(self, model_view: ThreeCAD, eval_view: ThreeCAD):
         if model_view._paths != eval_view._paths:
-            raise ThreecadError("TestView: the two views must list the same images in the same order")
+            raise ThreecadError("EvalView: the two views must list the same images in the same order")
         self.model_view, self.eval_view = model_view, eval_view
         self.image_size, self.mask_size = model_view.image_size, eval_view.image_size
         self.category, self.split = eval_view.category, eval_view.split
@@ -224,5 +224,5 @@ class TestView(Dataset):
         return item
 
     def __repr__(self) -> str:
-        return (f"TestView(category={self.category}, image_size={self.image_size}, "
+        return (f"EvalView(category={self.category}, image_size={self.image_size}, "
                 f"mask_size={self.mask_size}, n={len(self)})")

@@ -342,7 +342,7 @@ def _split_manifest(root: Path, scan, categories: list[Category]) -> tuple[Any, 
 
 
 def _datasets(cat: Category, scan, root: Path, config: MethodConfig, eval_size: int, manifest) -> CategoryData:
-    from threecad.dataset import TestView, ThreeCAD
+    from threecad.dataset import EvalView, ThreeCAD
 
     rows = scan.table[scan.table["category"] == cat.abbreviation]
     for split in ("train", "test"):
@@ -360,7 +360,7 @@ def _datasets(cat: Category, scan, root: Path, config: MethodConfig, eval_size: 
                        manifest=manifest)
     test = ThreeCAD(root, cat.abbreviation, "test", image_size=eval_size, table=scan.table)
     if config.image_size != eval_size:  # the model sees test images resized as its training images
-        test = TestView(ThreeCAD(root, cat.abbreviation, "test", image_size=config.image_size, table=scan.table),
+        test = EvalView(ThreeCAD(root, cat.abbreviation, "test", image_size=config.image_size, table=scan.table),
                         test)
     return CategoryData(cat, train, val if val is not None and len(val) > 0 else None, test)
 
@@ -782,7 +782,7 @@ def _evaluate(method: Method, post, config, test, device: torch.device, spec: Be
         images = batch["image"]
         devices.synchronize(device)
         t1 = time.perf_counter()
-        x = images.to(device, non_blocking=True)  # at config.image_size: see threecad.dataset.TestView
+        x = images.to(device, non_blocking=True)  # at config.image_size: see threecad.dataset.EvalView
         with torch.inference_mode():
             scores, maps = method.predict(x)
             maps = maps.float()
