@@ -55,7 +55,8 @@ from baselines.reverse_distillation import ReverseDistillation, ReverseDistillat
 from threecad.distillation import cosine_distance, flattened_cosine_loss, upsampled_sum
 from threecad.errors import ThreecadError
 from threecad.postprocess import PostProcess
-from threecad.training import multistep_scheduler, seed_everything, train_epochs
+from threecad.trained import TrainingSetup, seeded_weights
+from threecad.training import multistep_scheduler
 
 log = logging.getLogger(__name__)
 
@@ -273,8 +274,7 @@ class RDPlusPlus(ReverseDistillation):
 
     def __init__(self, config: RDPlusPlusConfig, device: str | torch.device = "cpu", amp: bool = False):
         super().__init__(config, device, amp)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(config.seed + 1)
+        with seeded_weights(config.seed + 1):
             projection = MultiProjection(self.net.teacher.channels).to(self.device)
         if self.channels_last:
             projection.to(memory_format=torch.channels_last)
@@ -312,41 +312,30 @@ class RDPlusPlus(ReverseDistillation):
         out.update(proj)
         return out
 
-    def fit(self, train_loader, val_loader=None) -> None:
+    def training_setup(self, train_loader, val_loader=None) -> TrainingSetup:
         cfg = self.config
-        seed_everything(cfg.seed)
         parts = self.net.trainable
         optimizer = torch.optim.Adam([
             {"params": parts["projection"].parameters(), "lr": cfg.proj_lr},
             {"params": list(parts["decoder"].parameters()) + list(parts["bottleneck"].parameters()), "lr": cfg.lr},
         ], betas=(cfg.beta1, cfg.beta2))  # one Adam, two groups: the reference's two Adams exactly
         scheduler = multistep_scheduler(optimizer, cfg.epochs, (), 1.0)  # constant learning rates
-        scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp)
-        generator = torch.Generator().manual_seed(cfg.seed)  # noise patches and SSOT shuffles
+        self._noise = torch.Generator().manual_seed(cfg.seed)  # noise patches and SSOT shuffles
+        return TrainingSetup(parts, optimizer, scheduler, cfg.epochs, generators={"noise": self._noise})
 
-        def step(batch: dict) -> dict[str, torch.Tensor]:
-            total: dict[str, torch.Tensor] = {}
-            for micro in batch["image"].chunk(cfg.accumulation):  # summed, as the reference accumulates
-                for key, value in self.losses(micro, generator).items():
-                    total[key] = total[key] + value if key in total else value
-            return total
+    def step(self, batch: dict) -> dict[str, torch.Tensor]:
+        total: dict[str, torch.Tensor] = {}
+        for micro in batch["image"].chunk(self.config.accumulation):  # summed, as the reference accumulates
+            for key, value in self.losses(micro, self._noise).items():
+                total[key] = total[key] + value if key in total else value
+        return total
 
-        def validate(batches) -> float:
-            total, n = 0.0, 0
-            for batch in batches:
-                with torch.no_grad():
-                    teacher = self.net.teacher(batch["image"])
-                    with self.autocast():
-                        rebuilt = self._rebuild(teacher)[1]
-                total += float(flattened_cosine_loss(teacher, rebuilt)) * len(batch["image"])
-                n += len(batch["image"])
-            return total / max(n, 1)
-
-        self._loop = train_epochs(parts, optimizer, scheduler, scaler, step, train_loader, epochs=cfg.epochs,
-                                  device=self.device, channels_last=self.channels_last, work_dir=self.work_dir,
-                                  select=cfg.select, validate=validate, val_loader=val_loader,
-                                  generators={"noise": generator}, desc="rdpp")
-        self.net.eval()
+    def validation_loss(self, batch: dict) -> tuple[torch.Tensor, int]:
+        with torch.no_grad():
+            teacher = self.net.teacher(batch["image"])
+            with self.autocast():
+                rebuilt = self._rebuild(teacher)[1]
+        return flattened_cosine_loss(teacher, rebuilt), len(batch["image"])
 
     def predict(self, images: torch.Tensor) -> tuple[None, torch.Tensor]:
         self.net.eval()

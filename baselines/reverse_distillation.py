@@ -24,9 +24,9 @@ from torch import nn
 from threecad.backbones import FeatureExtractor
 from threecad.distillation import (MirroredDecoder, OneClassBottleneck, cosine_distance, flattened_cosine_loss,
                                    random_teacher, upsampled_sum)
-from threecad.method import Method, MethodConfig
 from threecad.postprocess import PostProcess
-from threecad.training import LoopResult, check_selection, multistep_scheduler, seed_everything, train_epochs
+from threecad.trained import TrainedConfig, TrainedMethod, TrainingSetup, length, seeded_weights
+from threecad.training import multistep_scheduler
 
 log = logging.getLogger(__name__)
 
@@ -52,13 +52,13 @@ class ReverseDistillationNet(nn.Module):
 
 
 @dataclass
-class ReverseDistillationConfig(MethodConfig):
+class ReverseDistillationConfig(TrainedConfig):
     image_size: int = 256
     batch_size: int = 16
     seed: int = 42
     backbone: str = "wide_resnet50_2"  # teacher, tapped at strides 4/8/16
     weights: str = "imagenet"  # teacher weights: imagenet | none | PATH to a state dict
-    epochs: int = 200
+    epochs: int = length(200)
     lr: float = 0.005
     beta1: float = 0.5
     beta2: float = 0.999
@@ -68,7 +68,7 @@ class ReverseDistillationConfig(MethodConfig):
     select: str = "last"  # last epoch, or "val": lowest RD loss on the validation split's good images
 
 
-class ReverseDistillation(Method):
+class ReverseDistillation(TrainedMethod):
     name = "rd"
     description = "Reverse Distillation: frozen teacher, one-class bottleneck, mirrored student decoder"
     config_class = ReverseDistillationConfig
@@ -85,44 +85,27 @@ class ReverseDistillation(Method):
 
     def __init__(self, config: ReverseDistillationConfig, device: str | torch.device = "cpu", amp: bool = False):
         super().__init__(config, device, amp)
-        check_selection(config.select)
-        self.work_dir = None  # set by the harness: where the epoch checkpoint lives
-        with torch.random.fork_rng(devices=[]):  # the same initial weights for the same seed
-            torch.manual_seed(config.seed)
+        with seeded_weights(config.seed):
             self.net = ReverseDistillationNet(config.backbone, config.weights, config.bottleneck_blocks,
                                               config.decoder_blocks).to(self.device)
         self.channels_last = self.device.type == "cuda"
         if self.channels_last:
             self.net.to(memory_format=torch.channels_last)
-        self._loop: LoopResult | None = None
 
-    def fit(self, train_loader, val_loader=None) -> None:
+    def training_setup(self, train_loader, val_loader=None) -> TrainingSetup:
         cfg = self.config
-        seed_everything(cfg.seed)
         params = self.net.trainable
         optimizer = torch.optim.Adam(params.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
         scheduler = multistep_scheduler(optimizer, cfg.epochs, (), 1.0)  # RD: constant learning rate
-        scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp)
+        return TrainingSetup(params, optimizer, scheduler, cfg.epochs)
 
-        def step(batch: dict) -> dict[str, torch.Tensor]:
-            with self.autocast():
-                teacher, rebuilt = self.net(batch["image"])
-            return {"loss": flattened_cosine_loss(teacher, rebuilt)}
+    def step(self, batch: dict) -> dict[str, torch.Tensor]:
+        with self.autocast():
+            teacher, rebuilt = self.net(batch["image"])
+        return {"loss": flattened_cosine_loss(teacher, rebuilt)}
 
-        def validate(batches) -> float:
-            total, n = 0.0, 0
-            for batch in batches:
-                with self.autocast():
-                    teacher, rebuilt = self.net(batch["image"])
-                total += float(flattened_cosine_loss(teacher, rebuilt)) * len(batch["image"])
-                n += len(batch["image"])
-            return total / max(n, 1)
-
-        self._loop = train_epochs(params, optimizer, scheduler, scaler, step, train_loader,
-                                  epochs=cfg.epochs, device=self.device, channels_last=self.channels_last,
-                                  work_dir=self.work_dir, select=cfg.select, validate=validate,
-                                  val_loader=val_loader, desc="rd")
-        self.net.eval()
+    def validation_loss(self, batch: dict) -> tuple[torch.Tensor, int]:
+        return self.step(batch)["loss"], len(batch["image"])
 
     def predict(self, images: torch.Tensor) -> tuple[None, torch.Tensor]:
         self.net.eval()
@@ -161,6 +144,5 @@ class ReverseDistillation(Method):
     def info(self) -> dict[str, Any]:
         out: dict[str, Any] = {"teacher": self.config.backbone, "teacher_channels": list(self.net.teacher.channels),
                                "trainable_parameters": sum(p.numel() for p in self.net.trainable.parameters())}
-        if self._loop is not None:
-            out.update(self._loop.facts(self.config.select))
+        out.update(self.training_facts())
         return out

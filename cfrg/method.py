@@ -28,7 +28,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -39,9 +39,9 @@ from cfrg.losses import discrimination_loss, recovery_loss, segmentation_loss
 from cfrg.network import CFRGNet
 from threecad.distillation import cosine_distance, random_teacher, upsampled_sum
 from threecad.errors import ThreecadError
-from threecad.method import Method, MethodConfig
 from threecad.postprocess import PostProcess
-from threecad.training import LoopResult, check_selection, multistep_scheduler, seed_everything, train_epochs
+from threecad.trained import TrainedConfig, TrainedMethod, TrainingSetup, length, seeded_weights
+from threecad.training import multistep_scheduler
 
 log = logging.getLogger(__name__)
 
@@ -50,14 +50,14 @@ TEXTURES = ("dtd", "procedural")
 
 
 @dataclass
-class CFRGConfig(MethodConfig):
+class CFRGConfig(TrainedConfig):
     image_size: int = 256  # inputs resized to a square, as the release
     batch_size: int = 32
     seed: int = 42
     teacher: str = "wide_resnet50_2"  # frozen, tapped at strides 4/8/16
     weights: str = "imagenet"  # teacher weights: imagenet | none | PATH to a state dict
     student: str = "efficientnet_b0_tf"  # random init, tapped at strides 4/8/16; "_tf": built as the release
-    epochs: int = 50
+    epochs: int = length(50)
     lr: float = 5e-4
     beta1: float = 0.5
     beta2: float = 0.999
@@ -86,7 +86,7 @@ class CFRGConfig(MethodConfig):
             raise ThreecadError(f"config draw={self.draw}: must be one of {', '.join(DRAWS)}")
 
 
-class CFRG(Method):
+class CFRG(TrainedMethod):
     name = "cfrg"
     description = "CFRG (3CAD paper): coarse-to-fine detection with recovery guidance"
     config_class = CFRGConfig
@@ -109,13 +109,10 @@ class CFRG(Method):
 
     def __init__(self, config: CFRGConfig, device: str | torch.device = "cpu", amp: bool = False):
         super().__init__(config, device, amp)
-        check_selection(config.select)
         if config.map_source not in MAP_SOURCES:
             raise ThreecadError(f"map_source must be one of {', '.join(MAP_SOURCES)}, got '{config.map_source}'")
-        self.work_dir = None  # set by the harness: where the epoch checkpoint lives
         recovery = config.recovery_guidance or config.map_source == "recovery"
-        with torch.random.fork_rng(devices=[]):  # the same initial weights for the same seed
-            torch.manual_seed(config.seed)
+        with seeded_weights(config.seed):
             self.net = CFRGNet(config.teacher, config.weights, config.student, recovery=recovery,
                                recovery_guidance=config.recovery_guidance, segmentation=config.segmentation,
                                bottleneck_blocks=config.bottleneck_blocks,
@@ -124,7 +121,6 @@ class CFRG(Method):
         if self.channels_last:
             self.net.to(memory_format=torch.channels_last)
         self.texture_source: str | None = None
-        self._loop: LoopResult | None = None
 
     # ------------------------------------------------------------------ training
     def _texture_root(self) -> str | None:
@@ -158,43 +154,33 @@ class CFRG(Method):
         out["loss"] = sum(out.values())
         return out
 
-    def fit(self, train_loader, val_loader=None) -> None:
+    def training_setup(self, train_loader, val_loader=None) -> TrainingSetup:
         cfg = self.config
-        seed_everything(cfg.seed)
         dtd_root = self._texture_root()
-        synth = self._synthesizer(cfg.seed, dtd_root, keys=_training_paths(train_loader))
-        self.texture_source = synth.texture_source
+        self._synth = self._synthesizer(cfg.seed, dtd_root, keys=_training_paths(train_loader))
+        self.texture_source = self._synth.texture_source
         log.info("cfrg: teacher %s, anomaly textures: %s", cfg.teacher, self.texture_source)
         params = self.net.trainable
         optimizer = torch.optim.Adam(params.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
         scheduler = multistep_scheduler(optimizer, cfg.epochs, cfg.lr_milestones, cfg.lr_gamma)
-        scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp)
+        self._val_synth = (self._synthesizer(cfg.seed + 1, dtd_root, keys=_training_paths(val_loader))
+                           if cfg.select == "val" else None)
+        return TrainingSetup(params, optimizer, scheduler, cfg.epochs,
+                             generators={"synthesizer": self._synth.generator})
+
+    def _anomalous_losses(self, batch: dict, synth) -> dict[str, torch.Tensor]:
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        anomalous, masks = synth(batch["image"], keys=batch.get("path"))
+        return self.losses(batch["image"], anomalous.contiguous(memory_format=fmt), masks)
 
-        def step(batch: dict) -> dict[str, torch.Tensor]:
-            normal = batch["image"]
-            anomalous, masks = synth(normal, keys=batch.get("path"))
-            return self.losses(normal, anomalous.contiguous(memory_format=fmt), masks)
+    def step(self, batch: dict) -> dict[str, torch.Tensor]:
+        return self._anomalous_losses(batch, self._synth)
 
-        val_synth = (self._synthesizer(cfg.seed + 1, dtd_root, keys=_training_paths(val_loader))
-                     if cfg.select == "val" else None)
+    def start_validation(self) -> None:
+        self._val_synth.generator.manual_seed(self.config.seed + 1)  # the same anomalies at every epoch
 
-        def validate(batches: Iterable[dict]) -> float:
-            val_synth.generator.manual_seed(cfg.seed + 1)  # the same anomalies at every epoch
-            total, n = 0.0, 0
-            for batch in batches:
-                anomalous, masks = val_synth(batch["image"], keys=batch.get("path"))
-                losses = self.losses(batch["image"], anomalous.contiguous(memory_format=fmt), masks)
-                total += float(losses["loss"]) * len(masks)
-                n += len(masks)
-            return total / max(n, 1)
-
-        self._loop = train_epochs(params, optimizer, scheduler, scaler, step, train_loader,
-                                  epochs=cfg.epochs, device=self.device, channels_last=self.channels_last,
-                                  work_dir=self.work_dir, select=cfg.select, validate=validate,
-                                  val_loader=val_loader, generators={"synthesizer": synth.generator},
-                                  desc="cfrg")
-        self.net.eval()
+    def validation_loss(self, batch: dict) -> tuple[torch.Tensor, int]:
+        return self._anomalous_losses(batch, self._val_synth)["loss"], len(batch["image"])
 
     # ------------------------------------------------------------------ inference
     def predict(self, images: torch.Tensor) -> tuple[None, torch.Tensor]:
@@ -270,8 +256,7 @@ class CFRG(Method):
             "parameters": self.net.parameter_counts(),
             "ablation": {"recovery_guidance": cfg.recovery_guidance, "segmentation": cfg.segmentation,
                          "map_source": cfg.map_source}}
-        if self._loop is not None:
-            out.update(self._loop.facts(cfg.select))
+        out.update(self.training_facts())
         return out
 
 

@@ -230,7 +230,7 @@ def test_select_val_picks_lowest_validation_loss(tiny_data):
         method.fit(loader(train))
     method.fit(loader(train), val_loader=DataLoader(train, batch_size=4))
     info = method.info()
-    losses = method._loop.val_losses
+    losses = method.loop.val_losses
     assert len(losses) == 3 and info["selected_epoch"] == losses.index(min(losses)) + 1
 
 

@@ -126,7 +126,7 @@ def test_ddp_without_torchrun_refused(root, tmp_path):
 
 def test_only_gradient_methods_can_share_a_fit():
     methods = available_methods()
-    shared = {name for name, cls in methods.items() if distributed.trains_by_gradient(cls)}
+    shared = {name for name, cls in methods.items() if cls.trains_by_gradient}
     assert {"patchcore", "padim"}.isdisjoint(shared)
     assert {"cfrg", "rd", "rdpp", "draem", "simplenet", "fastflow", "uniad", "crad", "realnet"} <= shared
 
@@ -190,7 +190,8 @@ def test_gradient_averager_on_two_processes(tmp_path):
 
 
 # ---------------------------------------------------------------------- the training loop
-def _tiny_fit(epochs: int, work_dir: Path | None, fail_at: int | None = None, rank: int = 0, world: int = 1):
+def _tiny_fit(epochs: int, work_dir: Path | None, fail_at: int | None = None, rank: int = 0, world: int = 1,
+              sync=None):
     """train_epochs on a linear model, 2 batches of 4 fixed samples; rank r of `world` takes every world-th
     sample of each batch."""
     from threecad import training
@@ -211,7 +212,7 @@ def _tiny_fit(epochs: int, work_dir: Path | None, fail_at: int | None = None, ra
         return {"loss": model(batch["image"]).pow(2).mean(), "half": model(batch["image"]).abs().mean() / 2}
 
     loop = training.train_epochs(model, opt, sched, scaler, step, loader, epochs=epochs, device=torch.device("cpu"),
-                                 channels_last=False, work_dir=work_dir, select="last")
+                                 channels_last=False, work_dir=work_dir, select="last", sync=sync)
     return loop, model
 
 
@@ -242,13 +243,10 @@ def test_loss_history_survives_a_resume(tmp_path):
 def _fit_on_two_ranks(rank: int, store_file: str, results: str) -> None:
     import torch.distributed as dist
 
-    from threecad import training
-
     torch.set_num_threads(1)
     dist.init_process_group("gloo", store=dist.FileStore(store_file, 2), rank=rank, world_size=2)
     sync = distributed.GradientAverager(rank, 2, torch.device("cpu"))
-    with training.data_parallel(sync):
-        loop, model = _tiny_fit(2, Path(results).parent / "work", rank=rank, world=2)
+    loop, model = _tiny_fit(2, Path(results).parent / "work", rank=rank, world=2, sync=sync)
     torch.save({"state": model.state_dict(), "history": loop.history, "loops": sync.loops}, f"{results}.{rank}")
     dist.destroy_process_group()
 

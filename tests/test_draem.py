@@ -162,7 +162,7 @@ def test_select_val_needs_and_uses_a_validation_split(tiny_data):
     with pytest.raises(ThreecadError, match="validation"):
         method.fit(loader(train))
     method.fit(loader(train), val_loader=DataLoader(train, batch_size=4))
-    losses = method._loop.val_losses
+    losses = method.loop.val_losses
     assert len(losses) == 2 and method.info()["selected_epoch"] == losses.index(min(losses)) + 1
 
 

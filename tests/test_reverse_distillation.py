@@ -62,7 +62,7 @@ def test_fit_predict_save_load_and_val_selection(tmp_path):
     method = ReverseDistillation(small_config(epochs=3, select="val"))
     method.work_dir = tmp_path / "work"
     method.fit(DataLoader(train, batch_size=4, shuffle=True), DataLoader(train, batch_size=4))
-    losses = method._loop.val_losses
+    losses = method.loop.val_losses
     assert len(losses) == 3 and method.info()["selected_epoch"] == losses.index(min(losses)) + 1
     assert not (tmp_path / "work" / "epoch.pt").exists()
 

@@ -128,7 +128,7 @@ def test_fit_predict_val_selection_and_save_load(tiny_data, tmp_path):
     method = SimpleNet(small_config(meta_epochs=3, select="val"))
     method.work_dir = tmp_path / "work"
     method.fit(loader(train), DataLoader(train, batch_size=4))
-    losses = method._loop.val_losses
+    losses = method.loop.val_losses
     assert len(losses) == 3 and method.info()["selected_meta_epoch"] == losses.index(min(losses)) + 1
     assert not (tmp_path / "work" / CHECKPOINT_NAME).exists()
 

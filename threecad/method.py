@@ -21,6 +21,7 @@ import json
 import math
 import typing
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar, Mapping
 
 import torch
@@ -72,11 +73,20 @@ class Method(abc.ABC):
     config_class: ClassVar[type[MethodConfig]] = MethodConfig
     # preset name -> field overrides of config_class defaults; "paper" and "cpu" at least.
     presets: ClassVar[dict[str, dict[str, Any]]] = {"paper": {}}
+    # What the harness may ask of the class before building it.
+    supports_unified: ClassVar[bool] = True  # can fit one model on the union of categories (--setting unified)
+    unified_by_default: ClassVar[bool] = False  # its paper trains one model for all categories
+    trains_by_gradient: ClassVar[bool] = False  # fits through threecad.training (so --ddp can share a fit)
 
     def __init__(self, config: MethodConfig, device: str | torch.device = "cpu", amp: bool = False):
         self.config = config
         self.device = torch.device(device)
         self.amp = bool(amp) and self.device.type == "cuda"
+        # Set by the harness before `fit`: the folder for resumable training state (None: none kept),
+        # and, under `--ddp`, the gradient sync shared by the ranks (a threecad.training.GradientSync).
+        self.work_dir: Path | None = None
+        self.gradient_sync: Any = None
+        self.loop: Any = None  # what the last fit's epoch loop did (threecad.training.LoopResult), if any
 
     @abc.abstractmethod
     def fit(self, train_loader, val_loader=None) -> None:
@@ -126,13 +136,15 @@ class Method(abc.ABC):
         return {}
 
     def loss_history(self) -> list[dict[str, float]]:
-        """Per-epoch losses of the last fit (threecad.training.LoopResult.history), [] without epochs.
+        """Per-epoch losses of the last fit (`self.loop.history`), [] without epochs; the harness
+        writes them as the category's loss CSV and curve."""
+        return list(getattr(self.loop, "history", None) or [])
 
-        Methods that train through `train_epochs` keep its result as `self._loop`; the harness
-        writes this as the category's loss CSV and curve.
-        """
-        loop = getattr(self, "_loop", None)
-        return list(getattr(loop, "history", None) or [])
+    def selected_epoch(self) -> int | None:
+        """The epoch the last fit kept when it chose one on the validation split, else None."""
+        if getattr(self.config, "select", "last") != "val" or self.loop is None:
+            return None
+        return self.loop.selected_epoch
 
     def autocast(self):
         """Mixed precision on CUDA when enabled, a no-op elsewhere."""

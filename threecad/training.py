@@ -1,21 +1,21 @@
-"""Training plumbing shared by the gradient-trained methods (CFRG, Reverse Distillation).
+"""The epoch loop of every gradient-trained method, and what it keeps between epochs.
 
 Seeding, the epoch checkpoint that lets an interrupted category resume where it stopped,
-model selection on the validation split and the per-epoch loss history: the same for every
-method that trains with gradients (DRAEM and DeSTSeg can use it too), so it lives beside
-the harness.
+model selection on the validation split and the per-epoch loss history. Methods do not call
+this loop themselves: `threecad.trained.TrainedMethod.fit` does, with the hooks a method
+supplies.
 
 Data parallel training (`threecad bench --ddp` under torchrun) also passes through here,
 because a method's `step(batch)` calls its submodules directly rather than one `forward`,
 so wrapping a module in DistributedDataParallel would never see the forward pass. Instead
-the harness installs a `GradientSync` (`data_parallel(...)`) and this loop averages the
-gradients of the optimiser's parameters across ranks after each backward, starts every rank
-from rank 0's weights, averages the epoch's loss means, and lets only the writer rank save
-the epoch checkpoint. A method needs no change to train on several ranks.
+the harness gives the method a `GradientSync` (`Method.gradient_sync`), the base passes it
+to `train_epochs`, and this loop averages the gradients of the optimiser's parameters
+across ranks after each backward, starts every rank from rank 0's weights, averages the
+epoch's loss means, and lets only the writer rank save the epoch checkpoint. A method needs
+no change to train on several ranks.
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import logging
 import random
@@ -140,7 +140,7 @@ def cpu_copy(state: dict[str, Any]) -> dict[str, Any]:
                 cpu_copy(v) if isinstance(v, dict) else copy.deepcopy(v)) for k, v in state.items()}
 
 
-def batches(loader: Iterable[dict], device: torch.device, channels_last: bool) -> Iterator[dict]:
+def to_device(loader: Iterable[dict], device: torch.device, channels_last: bool) -> Iterator[dict]:
     """Loader batches with `image` (and `mask`) moved to `device`, channels-last on CUDA."""
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     for batch in loader:
@@ -184,20 +184,6 @@ class GradientSync(Protocol):
         """Per-key means over every rank's batches."""
 
 
-_sync: GradientSync | None = None
-
-
-@contextlib.contextmanager
-def data_parallel(sync: GradientSync) -> Iterator[GradientSync]:
-    """Within the block, `train_epochs` trains with `sync` across ranks."""
-    global _sync
-    previous, _sync = _sync, sync
-    try:
-        yield sync
-    finally:
-        _sync = previous
-
-
 @dataclass
 class LoopResult:
     """What the epoch loop did, for `Method.info()`.
@@ -226,6 +212,7 @@ def train_epochs(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, 
                  epochs: int, device: torch.device, channels_last: bool, work_dir: str | Path | None,
                  select: str = "last", validate: Callable[[Iterable[dict]], float] | None = None,
                  val_loader: Iterable[dict] | None = None, generators: dict[str, torch.Generator] | None = None,
+                 batches: Iterable[dict] | None = None, sync: GradientSync | None = None,
                  desc: str = "train") -> LoopResult:
     """Run the epochs of one category with AMP, an epoch checkpoint and model selection.
 
@@ -233,19 +220,22 @@ def train_epochs(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, 
     the losses of one batch with `loss` their sum; `validate(val_loader)` returns a loss on
     the validation split (lower is better), used when `select="val"`. `generators` are
     extra random streams (e.g. the anomaly synthesizer's) saved and restored with the rest.
+    `batches` is a method's own sampling of `train_loader` (an epoch is one pass over it;
+    default: the loader); the loader's shuffle generator and sampler are still the
+    loader's. `sync` shares the fit across data-parallel ranks.
     """
     check_selection(select)
     if select == "val" and (validate is None or val_loader is None):
         raise ThreecadError("select=val needs a validation split: run `threecad split` on the dataset "
                             "first, or use select=last")
-    n_batches = loader_length(train_loader)
+    source = train_loader if batches is None else batches
+    n_batches = loader_length(source)
     if n_batches == 0:
         raise ThreecadError("the training loader is empty: no good training images, or batch_size "
                             "larger than the training set with drop_last")
     generators = dict(generators or {})
     if isinstance(getattr(train_loader, "generator", None), torch.Generator):
         generators["train_loader"] = train_loader.generator  # its shuffle order, so a resume repeats it
-    sync = _sync
     if sync is not None:
         sync.loops += 1
     writer = sync is None or sync.is_writer
@@ -278,7 +268,7 @@ def train_epochs(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, 
             model.train()
             sums: dict[str, float] = {}
             count = 0
-            for batch in batches(train_loader, device, channels_last):
+            for batch in to_device(source, device, channels_last):
                 losses = step(batch)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(losses["loss"]).backward()
@@ -301,7 +291,7 @@ def train_epochs(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, 
             if select == "val":
                 model.eval()
                 with torch.no_grad():
-                    val = float(validate(batches(val_loader, device, channels_last)))
+                    val = float(validate(to_device(val_loader, device, channels_last)))
                 val_losses.append(val)
                 entry["val_loss"] = val
                 if val < best_loss:
@@ -328,12 +318,10 @@ def train_epochs(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, 
 
 def _set_epoch(loader: Any, epoch: int) -> None:
     """A DistributedSampler shuffles by (seed, epoch): tell it the epoch, so that a resumed
-    fit repeats the order (also through a wrapper that keeps the loader as `.loader`)."""
-    for obj in (loader, getattr(loader, "loader", None)):
-        sampler = getattr(obj, "sampler", None)
-        if callable(getattr(sampler, "set_epoch", None)):
-            sampler.set_epoch(epoch)
-            return
+    fit repeats the order."""
+    sampler = getattr(loader, "sampler", None)
+    if callable(getattr(sampler, "set_epoch", None)):
+        sampler.set_epoch(epoch)
 
 
 def _fmt(losses: dict[str, float]) -> str:

@@ -24,7 +24,6 @@ import datetime as dt
 import json
 import logging
 import os
-import sys
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -229,22 +228,6 @@ def rank_device(name: str, launch: Launch | None) -> str:
         torch.cuda.set_device(launch.local_rank)
         return f"cuda:{launch.local_rank}"
     return name
-
-
-def trains_by_gradient(method_cls: type) -> bool:
-    """Whether a method fits through `threecad.training.train_epochs` (what --ddp can share).
-
-    A method may say so with a `trains_by_gradient` class attribute; otherwise its module
-    having imported train_epochs tells (every gradient-trained method does; memory-bank
-    methods such as PatchCore and PaDiM do not).
-    """
-    declared = getattr(method_cls, "trains_by_gradient", None)
-    if isinstance(declared, bool):
-        return declared
-    from threecad import training
-
-    module = sys.modules.get(method_cls.__module__)
-    return getattr(module, "train_epochs", None) is training.train_epochs
 
 
 class GradientAverager:

@@ -190,7 +190,7 @@ def prepare(spec: BenchSpec) -> Plan:
     device = devices.pick_device(spec.device)
     devices.configure_threads(device)
     method_cls = load_method(spec.method)
-    if spec.setting == "unified" and not getattr(method_cls, "supports_unified", True):
+    if spec.setting == "unified" and not method_cls.supports_unified:
         raise ThreecadError(f"method '{method_cls.name}' cannot run in --setting unified (one model for all "
                             "categories); run it with --setting per-category")
     preset = spec.preset or ("paper" if device.type == "cuda" else "cpu")
@@ -397,7 +397,7 @@ def _execute(plan: Plan, spec: BenchSpec, run: RunDir, echo) -> tuple[dict[str, 
     unified = plan.setting == "unified"
     echo(f"{plan.method_cls.name} ({plan.preset}) on {_plural(len(plan.categories), 'category')} of "
          f"{plan.root} -> {plan.out}  [{plan.device}]" + ("  one model for all (--setting unified)" if unified else ""))
-    if not unified and getattr(plan.method_cls, "unified_by_default", False):
+    if not unified and plan.method_cls.unified_by_default:
         echo(f"note: {plan.method_cls.name} is meant to train one model for all categories; "
              "--setting unified does that (per-category is the default)")
     if plan.split_note:
@@ -558,7 +558,7 @@ def _fit(method: Method, config, train, val, device: torch.device, label: str, d
     """Fit on `train` (shuffled) and `val`; returns the seconds it took (device synchronised).
 
     With `ddp`, this rank trains on its share of `train` with gradients averaged across ranks
-    (threecad.training.data_parallel); a method that did not train through train_epochs is
+    (`Method.gradient_sync`); a method that did not train through train_epochs is
     an error, since its ranks would each have fitted alone.
     """
     val_loader = _loader(val, config.batch_size, device, False, config.seed) if val is not None else None
@@ -577,11 +577,12 @@ def _fit(method: Method, config, train, val, device: torch.device, label: str, d
     if ddp is None:
         method.fit(train_loader, val_loader)
     else:
-        from threecad.training import data_parallel
-
         ddp.sync.loops = 0
-        with data_parallel(ddp.sync):
+        method.gradient_sync = ddp.sync
+        try:
             method.fit(train_loader, val_loader)
+        finally:
+            method.gradient_sync = None
         if ddp.sync.loops == 0:
             raise RuntimeError(f"{type(method).__name__} did not train through threecad.training.train_epochs, "
                                "so --ddp could not share its fit")
@@ -740,12 +741,9 @@ def _write_losses(method_cls: type[Method], method: Method, run: RunDir, label: 
                   spec: BenchSpec) -> dict[str, str | None]:
     """losses/<label>.csv and its curve (pictures/<label>-losses.png, unless --pictures 0) of a
     fit that ran epochs; the record's `losses` and `loss_curve` paths (None without epochs)."""
-    cfg = method.config
-    selected = getattr(getattr(method, "_loop", None), "selected_epoch", None)
     written = write_loss_history(run.path, label, method.loss_history(),
                                  title=f"{method_cls.name} on {label}: loss per epoch",
-                                 selected_epoch=selected if getattr(cfg, "select", "last") == "val" else None,
-                                 picture=spec.pictures > 0)
+                                 selected_epoch=method.selected_epoch(), picture=spec.pictures > 0)
     if written is None:
         return {"losses": None, "loss_curve": None}
     csv_path, png_path = written

@@ -216,7 +216,7 @@ def _plan(spec: StudySpec, out: Path, group: distributed.Solo) -> list[Member]:
         if spec.bench.setting == "unified":
             raise ThreecadError("--ddp fits one model per category; it does not run with --setting unified")
         for cls in classes:
-            if not distributed.trains_by_gradient(cls):
+            if not cls.trains_by_gradient:
                 raise ThreecadError(f"--ddp: method '{cls.name}' is not trained by gradient descent (it builds its "
                                     "model in one pass over the images), so there is no training to share; "
                                     "drop --ddp, and the ranks share the categories instead")

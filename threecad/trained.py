@@ -1,0 +1,154 @@
+"""The base of every gradient-trained method: a method is its paper, `fit` is written once.
+
+A trained method supplies what its paper defines, as hooks:
+
+- its networks, built in `__init__` under `seeded_weights(seed)` and kept as `self.net`;
+- `training_setup(train_loader, val_loader) -> TrainingSetup`: what trains, its optimiser and
+  schedule, how many epochs, optionally its own sampling of the loader and extra random
+  streams (an anomaly synthesizer's) that a resumed fit must continue;
+- `step(batch) -> losses`: the losses of one batch, `loss` their sum;
+- optionally `validation_loss(batch) -> (mean loss, weight)` and `start_validation()`, which
+  make `select=val` available (the epoch with the lowest weighted mean is kept);
+- optionally `after_fit()` to drop what only training needed (feature caches).
+
+The base owns the rest, the same for every method: seeding, the AMP scaler, the epoch loop
+with its resumable checkpoint and model selection (`threecad.training.train_epochs`), the
+loss history, the data-parallel gradient sync (`gradient_sync`, set by the harness under
+`--ddp`), and eval mode after the fit. Config lengths (epochs, steps) are declared with
+`length(...)`, so that tools which shorten a fit find them without a list of names.
+"""
+from __future__ import annotations
+
+import abc
+import contextlib
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Iterable, Iterator
+
+import torch
+from torch import nn
+
+from threecad.errors import ThreecadError
+from threecad.method import Method, MethodConfig
+from threecad.training import check_selection, seed_everything, train_epochs
+
+# How a length field is cut to run a fit of about `n` steps (tests, gpu_check): kind -> rule.
+LENGTH_RULES: dict[str, Callable[[int], int]] = {
+    "scaled": lambda n: n,  # epochs, steps: n
+    "half": lambda n: max(1, n // 2),  # a first phase inside `steps` (DeSTSeg's student steps)
+    "one": lambda n: 1,  # inner repeats and checkpoint intervals
+}
+
+
+def length(default: int, kind: str = "scaled") -> Any:
+    """A config field that sets how long a fit runs (declared, so that it can be found and cut)."""
+    if kind not in LENGTH_RULES:
+        raise ValueError(f"length kind must be one of {', '.join(LENGTH_RULES)}, got '{kind}'")
+    return field(default=default, metadata={"length": kind})
+
+
+def length_fields(config_class: type) -> dict[str, str]:
+    """The config's length fields and their kinds ({} for a method that does not train)."""
+    return {f.name: f.metadata["length"] for f in dataclasses.fields(config_class) if "length" in f.metadata}
+
+
+def short_lengths(config_class: type, n: int) -> dict[str, int]:
+    """Values that cut every length field of the config to a fit of about `n` steps."""
+    return {name: LENGTH_RULES[kind](n) for name, kind in length_fields(config_class).items()}
+
+
+@contextlib.contextmanager
+def seeded_weights(seed: int) -> Iterator[None]:
+    """Build networks inside: the same initial weights for the same seed, and the global
+    random state outside is left as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+@dataclass
+class TrainedConfig(MethodConfig):
+    """Fields every trained method has (a method declares its lengths with `length(...)`)."""
+
+    select: str = "last"  # the last epoch, or "val": the lowest validation loss (methods that define one)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_selection(self.select)
+
+
+@dataclass
+class TrainingSetup:
+    """What `fit` trains, as a method's `training_setup` returns it."""
+
+    model: nn.Module  # the trainable weights: what the epoch checkpoint stores and DDP averages
+    optimizer: torch.optim.Optimizer
+    scheduler: Any  # stepped once per epoch
+    epochs: int
+    batches: Iterable[dict] | None = None  # the method's own sampling of the loader; None: the loader
+    generators: dict[str, torch.Generator] = field(default_factory=dict)  # saved with the epoch checkpoint
+
+
+class TrainedMethod(Method):
+    """A method trained with gradients: supplies hooks, inherits `fit` (see the module doc)."""
+
+    trains_by_gradient: ClassVar[bool] = True
+    net: nn.Module
+
+    def __init__(self, config: TrainedConfig, device: str | torch.device = "cpu", amp: bool = False):
+        super().__init__(config, device, amp)
+        self.channels_last = False  # batches in channels-last memory format (set by a method)
+        if getattr(config, "select", "last") == "val" and not self.validates():
+            raise ThreecadError(f"method '{self.name}' defines no validation loss: select=last only")
+
+    @classmethod
+    def validates(cls) -> bool:
+        """Whether the method defines a validation loss (so `select=val` can choose an epoch)."""
+        return cls.validation_loss is not TrainedMethod.validation_loss
+
+    # ------------------------------------------------------------------ hooks
+    @abc.abstractmethod
+    def training_setup(self, train_loader, val_loader=None) -> TrainingSetup:
+        """Optimiser, schedule, epochs and random streams of one fit (called after seeding)."""
+
+    @abc.abstractmethod
+    def step(self, batch: dict) -> dict[str, torch.Tensor]:
+        """The losses of one training batch (already on the device); `loss` is what steps."""
+
+    def validation_loss(self, batch: dict) -> tuple[torch.Tensor | float, int]:
+        """(mean loss of a validation batch, its weight): averaged over the split by the base."""
+        raise NotImplementedError
+
+    def start_validation(self) -> None:
+        """Before each pass over the validation split (re-seed its random draws here)."""
+
+    def after_fit(self) -> None:
+        """After the last epoch (drop what only training needed)."""
+
+    # ------------------------------------------------------------------ the fit, once
+    def fit(self, train_loader, val_loader=None) -> None:
+        cfg = self.config
+        seed_everything(cfg.seed)
+        setup = self.training_setup(train_loader, val_loader)
+        scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp)
+        self.loop = train_epochs(
+            setup.model, setup.optimizer, setup.scheduler, scaler, self.step, train_loader,
+            epochs=setup.epochs, device=self.device, channels_last=self.channels_last, work_dir=self.work_dir,
+            select=getattr(cfg, "select", "last"), validate=self._validate if self.validates() else None,
+            val_loader=val_loader, generators=setup.generators, batches=setup.batches, sync=self.gradient_sync,
+            desc=self.name)
+        self.after_fit()
+        self.net.eval()
+
+    def _validate(self, batches: Iterable[dict]) -> float:
+        self.start_validation()
+        total, n = 0.0, 0
+        for batch in batches:
+            loss, weight = self.validation_loss(batch)
+            total += float(loss) * weight
+            n += weight
+        return total / max(n, 1)
+
+    def training_facts(self) -> dict[str, Any]:
+        """The last fit's loop facts for `info()` (selected epoch, how chosen, final losses)."""
+        return self.loop.facts(getattr(self.config, "select", "last")) if self.loop is not None else {}
