@@ -18,11 +18,10 @@ hold on any device is checked:
 
 One markdown table is printed; the exit status is 1 when a check fails (2: bad arguments).
 
-Lengths: `--steps N` sets every length a config has (epochs, meta_epochs, steps,
-afs_batches, student_steps: half of them, gan_epochs 1, steps_per_checkpoint 1) as
-tests/test_resume.py shortens methods; `LENGTH_FIELDS` and `NOT_LENGTHS` name them all,
-and tests/test_gpu_check.py fails when a method gains a field that looks like a length and
-is in neither. Weights: nothing may download (THREECAD_OFFLINE=1). A backbone's ImageNet
+Lengths: `--steps N` sets every length a config declares (`threecad.trained.length`:
+epochs and steps N, a first phase N/2, inner repeats and checkpoint intervals 1), as
+tests/test_resume.py shortens methods; tests/test_gpu_check.py fails when a method gains a
+field that looks like a length and is declared neither a length nor `not_length`. Weights: nothing may download (THREECAD_OFFLINE=1). A backbone's ImageNet
 file is used when it is on disk; otherwise random weights, except where random weights make
 features vanish under float16 (EfficientNet-B4: about 7e-9 at stride 16, below float16's
 smallest number), where the offline EfficientNet-Lite0 stands in.
@@ -36,11 +35,9 @@ to the work folder. The CPU dry run of the test suite: `--device cpu --steps 1 -
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import math
 import os
-import re
 import shutil
 import sys
 import tempfile
@@ -51,6 +48,7 @@ from pathlib import Path
 import torch
 
 from threecad.errors import ThreecadError
+from threecad.trained import short_lengths
 
 log = logging.getLogger("benchmarks.gpu_check")
 
@@ -59,17 +57,6 @@ TOL_MEAN = 0.01  # mean |device map - CPU map| / range of the CPU map
 TOL_MAX = 0.10  # max of the same
 PREDICT_IMAGES = 4  # test images predicted outside the harness (shape and agreement checks)
 BUDGET_S = 480  # the check must fit in 8 minutes on one GPU; a longer run says so
-# every config field that sets how long a fit runs, and its value for --steps N
-LENGTH_FIELDS = {
-    "epochs": lambda n: n, "meta_epochs": lambda n: n, "steps": lambda n: n, "afs_batches": lambda n: n,
-    "student_steps": lambda n: max(1, n // 2), "gan_epochs": lambda n: 1, "steps_per_checkpoint": lambda n: 1,
-}
-# fields whose names look like lengths but are not
-NOT_LENGTHS = {
-    "lr_step": "epochs between learning-rate decays (UniAD, CRAD): with fewer epochs it never decays",
-    "flow_steps": "FastFlow's coupling blocks per scale: architecture",
-}
-LENGTH_LIKE = re.compile(r"epoch|step|iter|batches")
 # backbones whose random-init features underflow float16 (so AMP would zero them)
 VANISHING_RANDOM = ("efficientnet_b4",)
 STAND_IN = "efficientnet_lite0"
@@ -110,16 +97,6 @@ class Outcome:
         return not self.problems
 
 
-def length_overrides(config_fields: set[str], steps: int) -> dict[str, int]:
-    return {k: rule(steps) for k, rule in LENGTH_FIELDS.items() if k in config_fields}
-
-
-def unclassified_lengths(config_fields: set[str]) -> list[str]:
-    """Fields that look like lengths but that neither LENGTH_FIELDS nor NOT_LENGTHS names."""
-    return sorted(f for f in config_fields
-                  if LENGTH_LIKE.search(f) and f not in LENGTH_FIELDS and f not in NOT_LENGTHS)
-
-
 def imagenet_on_disk(backbone: str) -> bool:
     """Whether `weights=imagenet` would load a file already here (never a download)."""
     from threecad.backbones import BACKBONES
@@ -148,8 +125,7 @@ def make_plan(cls, steps: int, image_size: int | None, n_train: int) -> Plan:
     from threecad.method import build_config
 
     paper = build_config(cls, "paper")
-    names = {f.name for f in dataclasses.fields(cls.config_class)}
-    lengths = length_overrides(names, steps)
+    lengths = short_lengths(cls.config_class, steps)
     overrides = {k: str(v) for k, v in lengths.items()}
     w_over, weights = weights_overrides(paper)
     overrides.update(w_over)

@@ -1,14 +1,14 @@
 """Digests of what each registered method's cpu preset computes, to pin behaviour across refactors.
 
-Each method is benched (in process, one thread, CPU) on one category of
-`threecad synth --scale 0.005 --max-size 64 --seed 0`, with every training length cut to two
-(epochs or steps, as `LENGTHS` below). The digest covers the checkpoint's content (every
-tensor's dtype, shape and bytes; every plain value), the category's metrics and its loss
-history: equal digests mean byte-identical weights and identical numbers. The config the run
-recorded is kept as it is, so that a test can check each recorded field kept its value.
+Each method is benched (in process, one thread, CPU) on one category of `threecad synth
+--scale 0.005 --max-size 64 --seed 0`, with every declared training length cut to a two-step
+fit (`threecad.trained.short_lengths(config, 2)`). The digest covers the checkpoint's content
+(every tensor's dtype, shape and bytes; every plain value), the category's metrics and its
+loss history: equal digests mean byte-identical weights and identical numbers. The config
+the run recorded is kept as it is, so that a test can check each recorded field kept its value.
 
-`python tests/behaviour_digests.py [NAME...]` rewrites tests/data/behaviour_digests.json; do that only
-for a deliberate change of behaviour, and say so in the commit.
+`python tests/behaviour_digests.py [NAME...]` rewrites tests/data/behaviour_digests.json; do
+that only for a deliberate change of behaviour, and say so in the commit.
 """
 from __future__ import annotations
 
@@ -24,9 +24,6 @@ HERE = Path(__file__).resolve().parent
 GOLDEN = HERE / "data" / "behaviour_digests.json"
 CATEGORY = "AMF"
 SYNTH = ["--scale", "0.005", "--max-size", "64", "--seed", "0", "--category", CATEGORY]
-# every config field that sets how long a fit runs, cut short (the names any method uses)
-LENGTHS = {"epochs": 2, "meta_epochs": 2, "steps": 2, "afs_batches": 2, "student_steps": 1,
-           "gan_epochs": 1, "steps_per_checkpoint": 1}
 
 
 def _update(h: "hashlib._Hash", value: Any) -> None:
@@ -71,22 +68,16 @@ def synth_root(out: Path) -> Path:
     return out
 
 
-def length_overrides(method_cls) -> dict[str, str]:
-    import dataclasses
-
-    names = {f.name for f in dataclasses.fields(method_cls.config_class)}
-    return {k: str(v) for k, v in LENGTHS.items() if k in names}
-
-
 def measure(name: str, root: Path, out: Path) -> dict[str, Any]:
     """Bench one method's cpu preset on `root` and digest what it wrote."""
     from click.testing import CliRunner
 
     from threecad.cli import main
     from threecad.registry import available_methods
+    from threecad.trained import short_lengths
 
     torch.set_num_threads(1)
-    overrides = length_overrides(available_methods()[name])
+    overrides = {k: str(v) for k, v in short_lengths(available_methods()[name].config_class, 2).items()}
     args = ["bench", "--method", name, "--root", str(root), "--category", CATEGORY, "--preset", "cpu",
             "--device", "cpu", "--out", str(out)]
     for key, value in overrides.items():

@@ -22,6 +22,7 @@ import pytest
 
 from threecad.method import build_config
 from threecad.registry import available_methods
+from threecad.trained import length, not_length, short_lengths, undeclared_lengths
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "benchmarks" / "gpu_check.py"
@@ -71,18 +72,18 @@ def test_every_method_is_shortened_offline_and_paper_otherwise(name):
     cls = METHODS[name]
     assert not isinstance(cls, Exception), f"method {name} does not load: {cls}"
     fields = {f.name for f in dataclasses.fields(cls.config_class)}
-    assert gpu_check.unclassified_lengths(fields) == [], \
-        "a config field looks like a training length: add it to LENGTH_FIELDS or NOT_LENGTHS in gpu_check.py"
+    assert undeclared_lengths(cls.config_class) == [], \
+        "a config field looks like a training length: declare it with length(...) or not_length(...)"
     plan = gpu_check.make_plan(cls, steps=1, image_size=64, n_train=4)
     config = build_config(cls, "paper", plan.overrides)
     paper = build_config(cls, "paper")
-    for key, rule in gpu_check.LENGTH_FIELDS.items():
-        if key in fields:
-            assert getattr(config, key) == rule(1) <= max(1, getattr(paper, key)), key
+    lengths = short_lengths(cls.config_class, 1)
+    for key, value in lengths.items():
+        assert getattr(config, key) == value <= max(1, getattr(paper, key)), key
     assert config.batch_size == min(paper.batch_size, 4)
     assert config.image_size % 64 == 0 and config.image_size <= max(paper.image_size, 128)
     changed = {f for f in fields if getattr(config, f) != getattr(paper, f)}
-    allowed = set(gpu_check.LENGTH_FIELDS) | {"image_size", "batch_size", "weights", "backbone", "teacher"}
+    allowed = set(lengths) | {"image_size", "batch_size", "weights", "backbone", "teacher"}
     assert changed <= allowed, f"the check would not run the paper architecture: {sorted(changed - allowed)}"
     if hasattr(config, "weights"):  # nothing may download: ImageNet only from a file on disk
         backbone = getattr(config, "backbone", getattr(config, "teacher", None))
@@ -90,11 +91,17 @@ def test_every_method_is_shortened_offline_and_paper_otherwise(name):
 
 
 def test_length_rules():
-    assert gpu_check.length_overrides({"steps", "student_steps", "steps_per_checkpoint", "lr"}, 4) == \
-        {"steps": 4, "student_steps": 2, "steps_per_checkpoint": 1}
-    assert gpu_check.length_overrides({"meta_epochs", "gan_epochs"}, 3) == {"meta_epochs": 3, "gan_epochs": 1}
-    assert gpu_check.unclassified_lengths({"epochs", "lr_step", "warmup_iters", "n_batches"}) == \
-        ["n_batches", "warmup_iters"]
+    @dataclasses.dataclass
+    class Config:
+        steps: int = length(300)
+        student_steps: int = length(150, "half")
+        steps_per_checkpoint: int = length(100, "one")
+        lr_step: int = not_length(10, "epochs between decays")
+        warmup_iters: int = 5
+        lr: float = 0.1
+
+    assert short_lengths(Config, 4) == {"steps": 4, "student_steps": 2, "steps_per_checkpoint": 1}
+    assert undeclared_lengths(Config) == ["warmup_iters"]
 
 
 def test_map_gap_is_relative_to_the_reference_range():

@@ -22,6 +22,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Iterable, Iterator
 
@@ -45,6 +46,21 @@ def length(default: int, kind: str = "scaled") -> Any:
     if kind not in LENGTH_RULES:
         raise ValueError(f"length kind must be one of {', '.join(LENGTH_RULES)}, got '{kind}'")
     return field(default=default, metadata={"length": kind})
+
+
+def not_length(default: int, why: str) -> Any:
+    """A config field whose name sounds like a length but is not one (`lr_step`: epochs between
+    decays); saying so lets a check flag any length-like field that is declared neither way."""
+    return field(default=default, metadata={"not_length": why})
+
+
+LENGTH_LIKE = re.compile(r"epoch|step|iter|batches")
+
+
+def undeclared_lengths(config_class: type) -> list[str]:
+    """Fields named like a length that are declared neither `length` nor `not_length`."""
+    return sorted(f.name for f in dataclasses.fields(config_class)
+                  if LENGTH_LIKE.search(f.name) and not {"length", "not_length"} & set(f.metadata))
 
 
 def length_fields(config_class: type) -> dict[str, str]:
