@@ -21,8 +21,8 @@ $(STAMP): setup.cfg constraints.txt pyproject.toml
 test: $(STAMP)
 	$(PY) -m pytest -q -n 2 --dist loadfile
 
-# The demo shortens CFRG's cpu preset to 128 px and 24 epochs: about 5 minutes on 2 cores, where
-# the preset itself (192 px, 40 epochs) takes about 15 on this set and finds more (README: Two commands).
+# The demo shortens CFRG's cpu preset to 128 px and 24 epochs; the preset itself (192 px, 40 epochs)
+# takes longer on this set and finds more (the README's "Two commands" gives both, measured).
 DEMO_SET ?= --set image_size=128 --set epochs=24
 
 demo: $(STAMP)

@@ -74,11 +74,10 @@ class ReverseDistillation(TrainedMethod):
     config_class = ReverseDistillationConfig
     presets = {
         "paper": {},
-        # Offline pretrained teacher, 256 px inputs, 40 epochs (100 measured no better), sigma 2: minutes
-        # per category on a 2-core laptop. I-AUROC on `threecad synth --scale 0.01 --max-size 128`
-        # (generator 4), Copper_Stator / Iron_Stator, seeds 9 and 4: .875/.844 and .859/.891; at
-        # 128 px .594/.750 and .734/.531, at 192 px .797/.844 and .906/.844: the stride-4 tap of a
-        # small input cannot tell a dent or a slot mark from the per-image winding and slot texture.
+        # Offline pretrained teacher, 256 px inputs, 40 epochs, sigma 2: minutes per category on a
+        # 2-core laptop (the README's table gives what it reaches). Not smaller inputs: at 128 or
+        # 192 px the stride-4 tap cannot tell a dent or a slot mark on the stators from the
+        # per-image winding and slot texture.
         "cpu": {"backbone": "efficientnet_lite0", "image_size": 256, "batch_size": 4, "epochs": 40,
                 "sigma": 2.0},
     }
