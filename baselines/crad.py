@@ -47,12 +47,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from baselines.uniad import FeatureCache, clip_gradients, delayed_step_lr
+from threecad.backbones import random_weights
 from threecad.efficientnet_taps import NAME as B4, align_features, frozen_taps
 from threecad.errors import ThreecadError
-from threecad.method import Method, MethodConfig
+from threecad.feature_cache import DEFAULT_BUDGET_MB, FeatureCache
+from threecad.optim import clip_gradients, delayed_step_lr
 from threecad.postprocess import PostProcess
-from threecad.training import LoopResult, check_selection, seed_everything, train_epochs
+from threecad.trained import TrainedConfig, TrainedMethod, TrainingSetup, length, not_length, seeded_weights
 
 
 # --------------------------------------------------------------------------- the network
@@ -142,7 +143,7 @@ def blend(rec: torch.Tensor, feats: torch.Tensor, mse_weight: float, cos_weight:
 
 # --------------------------------------------------------------------------- the method
 @dataclass
-class CRADConfig(MethodConfig):
+class CRADConfig(TrainedConfig):
     image_size: int = 224
     batch_size: int = 16  # per process (the README: 4 GPUs x 16)
     seed: int = 42  # the reference seeds nothing
@@ -160,19 +161,18 @@ class CRADConfig(MethodConfig):
     mse_coef: float = 0.05  # blend: MSE scale before clamp and round
     coord_noise: float = 0.05  # std of the local-coordinate noise in training
     coord_noise_prob: float = 0.5  # chance per batch that the noise is added
-    epochs: int = 50
+    epochs: int = length(50)
     lr: float = 1e-3  # network
     grid_lr: float = 0.1  # query grids
     weight_decay: float = 0.01  # AdamW's default, both groups
-    lr_step: int = 40
+    lr_step: int = not_length(40, "epochs between x lr_gamma decays")
     lr_gamma: float = 0.1
     clip_norm: float = 0.1  # max global gradient norm; 0 = no clipping
     score_pool: int = 32  # image score: max of the map averaged over score_pool x score_pool windows
     select: str = "last"  # last epoch, or "val": lowest loss on the validation split's good images
-    cache_features: bool = False  # keep each training image's backbone features after epoch 1 (host memory)
+    cache_features: bool = False  # keep training images' backbone features after epoch 1 (host memory, bounded)
 
     def validate(self) -> None:
-        check_selection(self.select)
         for key in ("local_resolution", "global_resolution", "expansion", "epochs", "lr_step", "out_stride",
                     "score_pool"):
             if getattr(self, key) < 1:
@@ -205,7 +205,7 @@ class CRADNet(nn.Module):
             return align_features(self.backbone(images), self.backbone.strides, self.out_stride)
 
 
-class CRAD(Method):
+class CRAD(TrainedMethod):
     name = "crad"
     description = "CRAD: continuous memory (learned query grids) rebuilds frozen EfficientNet features, unified"
     config_class = CRADConfig
@@ -224,11 +224,10 @@ class CRAD(Method):
 
     def __init__(self, config: CRADConfig, device: str | torch.device = "cpu", amp: bool = False):
         super().__init__(config, device, amp)
-        self.work_dir = None  # set by the harness: where the epoch checkpoint lives
-        with torch.random.fork_rng(devices=[]):  # the same initial weights for the same seed
-            torch.manual_seed(config.seed)
+        with seeded_weights(config.seed):
             self.net = CRADNet(config).to(self.device)
-        self._loop: LoopResult | None = None
+        self.feature_cache = FeatureCache(DEFAULT_BUDGET_MB if config.cache_features else 0, host=True,
+                                          owner=self.name)
 
     def forward(self, images: torch.Tensor, train: bool,
                 feats: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -253,31 +252,22 @@ class CRAD(Method):
         clip_gradients(optimizer, cfg.clip_norm)
         return optimizer
 
-    def fit(self, train_loader, val_loader=None) -> None:
+    def training_setup(self, train_loader, val_loader=None) -> TrainingSetup:
         cfg = self.config
-        seed_everything(cfg.seed)
-        rec = self.net.reconstruction
         optimizer = self.optimizer()
-        scheduler = delayed_step_lr(optimizer, cfg.lr_step, cfg.lr_gamma)
-        scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp)
-        cache = FeatureCache(cfg.cache_features)
+        return TrainingSetup(self.net.reconstruction, optimizer, delayed_step_lr(optimizer, cfg.lr_step, cfg.lr_gamma),
+                             cfg.epochs)
 
-        def step(batch: dict) -> dict[str, torch.Tensor]:
-            feats, rec = self.forward(batch["image"], train=True, feats=cache.get(batch, self.net.features))
-            return {"loss": F.mse_loss(rec, feats)}
+    def step(self, batch: dict) -> dict[str, torch.Tensor]:
+        feats, rec = self.forward(batch["image"], train=True, feats=self.feature_cache.get(batch, self.net.features))
+        return {"loss": F.mse_loss(rec, feats)}
 
-        def validate(batches) -> float:
-            total, n = 0.0, 0
-            for batch in batches:
-                feats, rec = self.forward(batch["image"], train=False)
-                total += float(F.mse_loss(rec, feats)) * len(feats)
-                n += len(feats)
-            return total / max(n, 1)
+    def validation_loss(self, batch: dict) -> tuple[torch.Tensor, int]:
+        feats, rec = self.forward(batch["image"], train=False)
+        return F.mse_loss(rec, feats), len(feats)
 
-        self._loop = train_epochs(rec, optimizer, scheduler, scaler, step, train_loader, epochs=cfg.epochs,
-                                  device=self.device, channels_last=False, work_dir=self.work_dir,
-                                  select=cfg.select, validate=validate, val_loader=val_loader, desc="crad")
-        self.net.eval()
+    def after_fit(self) -> None:
+        self.feature_cache.clear()
 
     def predict(self, images: torch.Tensor) -> tuple[None, torch.Tensor]:
         self.net.eval()
@@ -318,7 +308,7 @@ class CRAD(Method):
 
     def state_dict(self) -> dict[str, Any]:
         state = {"config": dataclasses.asdict(self.config), "model": self.net.reconstruction.state_dict()}
-        if str(self.config.weights).lower() in ("none", "random", ""):  # a random backbone travels along
+        if random_weights(self.config.weights):  # a random backbone travels along
             state["backbone"] = self.net.backbone.state_dict()
         return state
 
@@ -331,6 +321,5 @@ class CRAD(Method):
     def info(self) -> dict[str, Any]:
         out: dict[str, Any] = {"backbone": self.config.backbone, "feature_channels": sum(self.net.backbone.channels),
                                "trainable_parameters": sum(p.numel() for p in self.net.reconstruction.parameters())}
-        if self._loop is not None:
-            out.update(self._loop.facts(self.config.select))
+        out.update(self.training_facts())
         return out

@@ -49,27 +49,28 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from threecad.anomaly_synthesis import SynthesisConfig
+from threecad.backbones import FeatureExtractor, random_weights
 from threecad.errors import ThreecadError
 from threecad.losses import binary_focal_loss
-from threecad.method import Method, MethodConfig
 from threecad.postprocess import PostProcess
-from threecad.training import LoopResult, multistep_scheduler, seed_everything, train_epochs
+from threecad.trained import TrainedConfig, TrainedMethod, TrainingSetup, length, seeded_weights
+from threecad.training import multistep_scheduler
 
 log = logging.getLogger(__name__)
 
-TEXTURES = ("dtd", "procedural")
 MAP_SOURCES = ("segmentation", "dest")
 
 
 @dataclass
-class DeSTSegConfig(MethodConfig):
+class DeSTSegConfig(SynthesisConfig, TrainedConfig):
     image_size: int = 256  # inputs resized to a square, as the reference (256x256)
     batch_size: int = 32  # incomplete batches are dropped (the reference's drop_last)
     seed: int = 42
     teacher: str = "resnet18"  # frozen, tapped at strides 4/8/16; the student is a random copy to stride 32
     weights: str = "imagenet"  # teacher weights: imagenet | none | PATH to a state dict
-    steps: int = 5000  # optimisation steps in all
-    student_steps: int = 1000  # the first steps train the student; the rest the segmentation network
+    steps: int = length(5000)  # optimisation steps in all
+    student_steps: int = length(1000, "half")  # the first steps train the student; the rest the segmentation network
     lr_student: float = 0.4
     lr_seg_res: float = 0.1  # segmentation residual blocks
     lr_seg_head: float = 0.01  # segmentation ASPP head
@@ -78,22 +79,12 @@ class DeSTSegConfig(MethodConfig):
     gamma: float = 4.0  # focal-loss exponent
     seg_channels: int = 256  # width of the segmentation network
     aspp_rates: tuple[int, ...] = (6, 12, 18)
-    textures: str = "dtd"  # anomaly textures: "dtd" (the reference's; procedural when DTD is absent) | "procedural"
-    dtd_root: str | None = None  # DTD folder; None = `threecad download --dataset dtd`'s folder
     draw: str = "release"  # "release": unaugmented random texture, empty masks kept (the reference) | "augmented"
-    beta_max: float = 0.8  # anomaly opacity: x_a = x(1-M) + (1-b) tex M + b x M, b ~ U[0, beta_max)
-    perlin_max_scale: int = 5  # Perlin lattice 2^t cells per axis, t in 0..perlin_max_scale
     top_k: int = 100  # image score: mean of the top_k largest map pixels (at image_size)
     map_source: str = "segmentation"  # "dest": the product over taps of 1 - cos (the reference's DeST map)
-    steps_per_checkpoint: int = 250  # epoch checkpoint at least this often (rounded up to whole passes)
+    steps_per_checkpoint: int = length(250, "one")  # epoch checkpoint at least this often (rounded up to whole passes)
 
     def validate(self) -> None:
-        from threecad.anomaly_synthesis import DRAWS
-
-        if self.textures not in TEXTURES:
-            raise ThreecadError(f"config textures={self.textures}: must be one of {', '.join(TEXTURES)}")
-        if self.draw not in DRAWS:
-            raise ThreecadError(f"config draw={self.draw}: must be one of {', '.join(DRAWS)}")
         if self.map_source not in MAP_SOURCES:
             raise ThreecadError(f"config map_source={self.map_source}: must be one of {', '.join(MAP_SOURCES)}")
         if self.batch_size < 2:
@@ -103,7 +94,7 @@ class DeSTSegConfig(MethodConfig):
             raise ThreecadError(f"config steps={self.steps}: must be at least 1")
         if not 0 <= self.student_steps <= self.steps:
             raise ThreecadError(f"config student_steps={self.student_steps}: must be between 0 and steps={self.steps}")
-        for name in ("lr_student", "lr_seg_res", "lr_seg_head", "momentum", "weight_decay", "gamma", "beta_max"):
+        for name in ("lr_student", "lr_seg_res", "lr_seg_head", "momentum", "weight_decay", "gamma"):
             if getattr(self, name) < 0:
                 raise ThreecadError(f"config {name}={getattr(self, name)}: must be >= 0")
         if self.seg_channels < 1:
@@ -112,8 +103,6 @@ class DeSTSegConfig(MethodConfig):
             raise ThreecadError(f"config aspp_rates={self.aspp_rates}: must be positive dilation rates")
         if self.top_k < 1:
             raise ThreecadError(f"config top_k={self.top_k}: must be a positive integer")
-        if not 0 <= self.perlin_max_scale <= 8:
-            raise ThreecadError(f"config perlin_max_scale={self.perlin_max_scale}: must be in 0..8")
         if self.steps_per_checkpoint < 1:
             raise ThreecadError(f"config steps_per_checkpoint={self.steps_per_checkpoint}: must be at least 1")
 
@@ -182,8 +171,6 @@ class StudentNet(nn.Module):
     (c4 -> c4 -> c3 -> c2 -> c1, bilinear upsampling between them) that outputs the teacher's taps."""
 
     def __init__(self, backbone: str, teacher_channels: Sequence[int]):
-        from threecad.backbones import FeatureExtractor
-
         super().__init__()
         self.encoder = FeatureExtractor(backbone, strides=(32,), weights="none", trainable=True)
         if backbone.startswith("resnet"):  # timm's ResNet init: the last BatchNorm of each block at zero
@@ -216,8 +203,6 @@ class DeSTSegNet(nn.Module):
     """Teacher, student and segmentation network; `trainable` is what the optimiser and checkpoint hold."""
 
     def __init__(self, teacher: str, weights: str, seg_channels: int, rates: Sequence[int]):
-        from threecad.backbones import FeatureExtractor
-
         super().__init__()
         self.teacher = FeatureExtractor(teacher, strides=(4, 8, 16), weights=weights)
         self.student = StudentNet(teacher, self.teacher.channels)
@@ -262,17 +247,16 @@ def segmentation_losses(probs: torch.Tensor, masks: torch.Tensor, gamma: float) 
 
 # --------------------------------------------------------------------------- step-counted loader
 class _StepLoader:
-    """The training loader as the epoch loop sees it: each "epoch" is `passes` whole passes over
-    the loader (incomplete batches dropped), ending early once `total` steps are done.
+    """The batches of one "epoch": `passes` whole passes over the loader (incomplete batches
+    dropped), ending early once `total` steps are done.
 
     `done` is read from the model's step counter at each epoch start, so a resumed run continues
-    the count; the loader's own generator is exposed so the epoch loop saves and restores it.
+    the count.
     """
 
     def __init__(self, loader, full: int, per_pass: int, passes: int, total: int, net: DeSTSegNet):
-        self.loader, self.full, self.passes, self.total, self.net = loader, full, passes, total, net
+        self._loader, self.full, self.passes, self.total, self.net = loader, full, passes, total, net
         self.per_pass = per_pass
-        self.generator = getattr(loader, "generator", None)
         self.step = 0  # the global step of the batch being yielded
 
     def __len__(self) -> int:
@@ -281,7 +265,7 @@ class _StepLoader:
     def __iter__(self) -> Iterator[dict]:
         done = int(self.net.steps_done)
         for _ in range(self.passes):
-            for batch in self.loader:
+            for batch in self._loader:
                 if done >= self.total:
                     return
                 if len(batch["image"]) < self.full:  # the reference's drop_last
@@ -296,7 +280,7 @@ def _drops_last(loader) -> bool:
 
 
 # --------------------------------------------------------------------------- the method
-class DeSTSeg(Method):
+class DeSTSeg(TrainedMethod):
     name = "destseg"
     description = "DeSTSeg (CVPR 2023): denoising student-teacher with a segmentation network"
     config_class = DeSTSegConfig
@@ -316,22 +300,14 @@ class DeSTSeg(Method):
 
     def __init__(self, config: DeSTSegConfig, device: str | torch.device = "cpu", amp: bool = False):
         super().__init__(config, device, amp)
-        self.work_dir = None  # set by the harness: where the epoch checkpoint lives
-        with torch.random.fork_rng(devices=[]):  # the same initial weights for the same seed
-            torch.manual_seed(config.seed)
+        with seeded_weights(config.seed):
             self.net = DeSTSegNet(config.teacher, config.weights, config.seg_channels,
                                   config.aspp_rates).to(self.device)
         self.net.eval()
         self.texture_source: str | None = None
-        self._loop: LoopResult | None = None
         self._recent: dict[str, list[float]] = {}
 
     # ------------------------------------------------------------------ training
-    def _texture_root(self) -> str | None:
-        from threecad.anomaly_synthesis import texture_root
-
-        return texture_root(self.config.textures, self.config.dtd_root, "destseg")
-
     def optimizer(self) -> torch.optim.SGD:
         """One SGD with the reference's three parameter groups (student; segmentation res; head)."""
         cfg, net = self.config, self.net
@@ -364,52 +340,44 @@ class DeSTSeg(Method):
         out["loss"] = out["focal"] + out["l1"]
         return out
 
-    def fit(self, train_loader, val_loader=None) -> None:
-        from threecad.anomaly_synthesis import AnomalySynthesizer
-
+    def training_setup(self, train_loader, val_loader=None) -> TrainingSetup:
         cfg = self.config
         full = int(getattr(train_loader, "batch_size", None) or cfg.batch_size)
         n_images = len(train_loader.dataset) if hasattr(train_loader, "dataset") else None
         if n_images is not None and n_images < full:
             raise ThreecadError(f"batch_size={full} is larger than the {n_images} training images; DeSTSeg "
                                 "drops incomplete batches as its reference does: lower it with --set batch_size=N")
-        seed_everything(cfg.seed)
-        dtd_root = self._texture_root()
-        synth = AnomalySynthesizer(cfg.image_size, dtd_root=dtd_root, beta_max=cfg.beta_max,
-                                   perlin_max_scale=cfg.perlin_max_scale, seed=cfg.seed, draw=cfg.draw)
-        self.texture_source = synth.texture_source
+        self._synth = cfg.synthesizer(cfg.seed, cfg.dtd_folder(self.name))
+        self.texture_source = self._synth.texture_source
         log.info("destseg: teacher %s, anomaly textures: %s", cfg.teacher, self.texture_source)
         # full batches in one pass over the training set
         per_pass = len(train_loader) if n_images is None or _drops_last(train_loader) else n_images // full
         passes = max(1, math.ceil(cfg.steps_per_checkpoint / max(per_pass, 1)))
-        steps = _StepLoader(train_loader, full, per_pass, passes, cfg.steps, self.net)
-        epochs = math.ceil(cfg.steps / len(steps))
+        self._steps = _StepLoader(train_loader, full, per_pass, passes, cfg.steps, self.net)
+        epochs = math.ceil(cfg.steps / len(self._steps))
         optimizer = self.optimizer()
         scheduler = multistep_scheduler(optimizer, epochs, (), 1.0)  # the reference has no schedule
-        scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp)
-        trainable = _Trainable(self.net)
-
-        def step(batch: dict) -> dict[str, torch.Tensor]:
-            normal = batch["image"]
-            anomalous, masks = synth(normal)
-            phase = "student" if steps.step < cfg.student_steps else "segmentation"
-            out = self.losses(normal, anomalous, masks, phase)
-            self.net.steps_done += 1
-            for key, value in out.items():
-                if key != "loss":
-                    recent = self._recent.setdefault(key, [])
-                    recent.append(float(value.detach()))
-                    del recent[:-50]
-            if (steps.step + 1) % 50 == 0 or steps.step + 1 == cfg.student_steps:
-                log.debug("step %d/%d (%s): %s", steps.step + 1, cfg.steps, phase, ", ".join(
-                    f"{k} {sum(v) / len(v):.4f}" for k, v in self._recent.items()))
-            return out
-
         self._recent = {}
-        self._loop = train_epochs(trainable, optimizer, scheduler, scaler, step, steps, epochs=epochs,
-                                  device=self.device, channels_last=False, work_dir=self.work_dir,
-                                  generators={"synthesizer": synth.generator}, desc="destseg")
-        self.net.eval()
+        return TrainingSetup(_Trainable(self.net), optimizer, scheduler, epochs, batches=self._steps,
+                             generators={"synthesizer": self._synth.generator})
+
+    def step(self, batch: dict) -> dict[str, torch.Tensor]:
+        cfg = self.config
+        step = self._steps.step
+        normal = batch["image"]
+        anomalous, masks = self._synth(normal)
+        phase = "student" if step < cfg.student_steps else "segmentation"
+        out = self.losses(normal, anomalous, masks, phase)
+        self.net.steps_done += 1
+        for key, value in out.items():
+            if key != "loss":
+                recent = self._recent.setdefault(key, [])
+                recent.append(float(value.detach()))
+                del recent[:-50]
+        if (step + 1) % 50 == 0 or step + 1 == cfg.student_steps:
+            log.debug("step %d/%d (%s): %s", step + 1, cfg.steps, phase, ", ".join(
+                f"{k} {sum(v) / len(v):.4f}" for k, v in self._recent.items()))
+        return out
 
     # ------------------------------------------------------------------ inference
     def predict(self, images: torch.Tensor) -> tuple[None, torch.Tensor]:
@@ -461,11 +429,9 @@ class DeSTSeg(Method):
 
     # ------------------------------------------------------------------ persistence
     def state_dict(self) -> dict[str, Any]:
-        from threecad.distillation import random_teacher
-
         state = {"config": dataclasses.asdict(self.config), "model": self.net.trainable_state(),
                  "texture_source": self.texture_source}
-        if random_teacher(self.config.weights):  # then part of the model, not rebuilt from a file
+        if random_weights(self.config.weights):  # then part of the model, not rebuilt from a file
             state["teacher"] = self.net.teacher.state_dict()
         return state
 
@@ -487,8 +453,8 @@ class DeSTSeg(Method):
             "texture_source": self.texture_source, "anomaly_draw": cfg.draw,
             "steps_done": int(self.net.steps_done), "selection": "last step", "map_source": cfg.map_source,
             "final_losses_last_50_steps": {k: sum(v) / len(v) for k, v in self._recent.items() if v}}
-        if self._loop is not None:
-            out.update(checkpoint_epochs=self._loop.epochs, resumed_after_epoch=self._loop.resumed_after)
+        if self.loop is not None:
+            out.update(checkpoint_epochs=self.loop.epochs, resumed_after_epoch=self.loop.resumed_after)
         return out
 
 

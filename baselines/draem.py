@@ -39,21 +39,20 @@ import dataclasses
 import logging
 import math
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from threecad.anomaly_synthesis import SynthesisConfig
 from threecad.errors import ThreecadError
 from threecad.losses import softmax_focal_loss, ssim_loss
-from threecad.method import Method, MethodConfig
 from threecad.postprocess import PostProcess
-from threecad.training import LoopResult, check_selection, multistep_scheduler, seed_everything, train_epochs
+from threecad.trained import TrainedConfig, TrainedMethod, TrainingSetup, epochs_for, length, seeded_weights
+from threecad.training import multistep_scheduler
 
 log = logging.getLogger(__name__)
-
-TEXTURES = ("dtd", "procedural")
 
 
 # --------------------------------------------------------------------------- networks
@@ -161,31 +160,24 @@ def _reference_init(module: nn.Module) -> None:
 
 # --------------------------------------------------------------------------- the method
 @dataclass
-class DRAEMConfig(MethodConfig):
+class DRAEMConfig(SynthesisConfig, TrainedConfig):
     image_size: int = 256  # inputs resized to a square; a multiple of 32 (five 2x poolings)
     batch_size: int = 8
     seed: int = 42
     recon_width: int = 128  # base width of the reconstructive encoder-decoder
     disc_width: int = 64  # base width of the discriminative U-Net
-    epochs: int = 700
-    steps: int = 0  # > 0: train for about this many optimiser steps (epochs = ceil(steps / batches an epoch))
+    epochs: int = length(700)
+    steps: int = length(0)  # > 0: train for about this many optimiser steps (epochs = ceil(steps / batches an epoch))
     lr: float = 1e-4  # one Adam (default betas) for both networks
     lr_milestones: tuple[float, ...] = (0.8, 0.9)  # fractions of the epochs where lr *= lr_gamma
     lr_gamma: float = 0.2
     anomaly_prob: float = 0.5  # probability that a training sample gets a synthetic anomaly
     rotate_prob: float = 0.3  # probability that the normal image is first rotated by U(-rotate_max, rotate_max)
     rotate_max: float = 90.0  # degrees
-    textures: str = "dtd"  # anomaly textures: "dtd" (the paper's; procedural when DTD is absent) | "procedural"
-    dtd_root: str | None = None  # DTD folder; None = `threecad download --dataset dtd`'s folder
-    draw: str = "augmented"  # synthesizer draw: "augmented" (DRAEM's: 3 random texture augmentations)
-    beta_max: float = 0.8  # anomaly opacity: x_a = x(1-M) + (1-b) tex M + b x M, b ~ U[0, beta_max)
-    perlin_max_scale: int = 5  # Perlin lattice 2^t cells per axis, t in 0..perlin_max_scale
     pool: int = 21  # image score: max of the map averaged over pool x pool (zero padding pool // 2)
     select: str = "last"  # last epoch (the reference), or "val": lowest loss on synthetic anomalies of val
 
     def validate(self) -> None:
-        from threecad.anomaly_synthesis import DRAWS
-
         if self.image_size % 32:
             raise ThreecadError(f"config image_size={self.image_size}: must be a multiple of 32 "
                                 f"(the discriminative U-Net halves it five times)")
@@ -199,22 +191,15 @@ class DRAEMConfig(MethodConfig):
             raise ThreecadError(f"config pool={self.pool}: larger than image_size {self.image_size}")
         if self.lr <= 0:
             raise ThreecadError(f"config lr={self.lr}: must be > 0")
-        for key in ("anomaly_prob", "rotate_prob", "beta_max"):
+        for key in ("anomaly_prob", "rotate_prob"):
             value = getattr(self, key)
             if not 0.0 <= value <= 1.0:
                 raise ThreecadError(f"config {key}={value}: must be in [0, 1]")
         if not 0.0 <= self.rotate_max <= 180.0:
             raise ThreecadError(f"config rotate_max={self.rotate_max}: must be in [0, 180] degrees")
-        if not 0 <= self.perlin_max_scale <= 8:
-            raise ThreecadError(f"config perlin_max_scale={self.perlin_max_scale}: must be in 0..8")
-        if self.textures not in TEXTURES:
-            raise ThreecadError(f"config textures={self.textures}: must be one of {', '.join(TEXTURES)}")
-        if self.draw not in DRAWS:
-            raise ThreecadError(f"config draw={self.draw}: must be one of {', '.join(DRAWS)}")
-        check_selection(self.select)
 
 
-class DRAEM(Method):
+class DRAEM(TrainedMethod):
     name = "draem"
     description = "DRAEM (ICCV 2021): reconstructive + discriminative networks trained on synthetic anomalies"
     config_class = DRAEMConfig
@@ -237,30 +222,15 @@ class DRAEM(Method):
 
     def __init__(self, config: DRAEMConfig, device: str | torch.device = "cpu", amp: bool = False):
         super().__init__(config, device, amp)
-        self.work_dir = None  # set by the harness: where the epoch checkpoint lives
-        with torch.random.fork_rng(devices=[]):  # the same initial weights for the same seed
-            torch.manual_seed(config.seed)
+        with seeded_weights(config.seed):
             self.net = DRAEMNet(config.recon_width, config.disc_width).to(self.device)
         # channels-last on every device: oneDNN's CPU convolutions of these from-scratch
-        # networks ran a training step 1.75x faster in NHWC (128 px, cpu preset, 1 thread)
+        # networks train faster in NHWC
         self.channels_last = True
         self.net.to(memory_format=torch.channels_last)
         self.texture_source: str | None = None
-        self._loop: LoopResult | None = None
 
     # ------------------------------------------------------------------ training
-    def _texture_root(self) -> str | None:
-        from threecad.anomaly_synthesis import texture_root
-
-        return texture_root(self.config.textures, self.config.dtd_root, "draem")
-
-    def _synthesizer(self, seed: int, dtd_root: str | None):
-        from threecad.anomaly_synthesis import AnomalySynthesizer
-
-        cfg = self.config
-        return AnomalySynthesizer(cfg.image_size, dtd_root=dtd_root, beta_max=cfg.beta_max,
-                                  perlin_max_scale=cfg.perlin_max_scale, seed=seed, draw=cfg.draw)
-
     def training_pair(self, images: torch.Tensor, synth, generator: torch.Generator
                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Good images -> (targets, inputs, masks) as the reference's training loader makes them.
@@ -300,51 +270,32 @@ class DRAEM(Method):
         out["loss"] = out["l2"] + out["ssim"] + out["focal"]
         return out
 
-    def fit(self, train_loader, val_loader=None) -> None:
+    def training_setup(self, train_loader, val_loader=None) -> TrainingSetup:
         cfg = self.config
-        seed_everything(cfg.seed)
-        dtd_root = self._texture_root()
-        synth = self._synthesizer(cfg.seed, dtd_root)
-        self.texture_source = synth.texture_source
+        dtd_root = cfg.dtd_folder(self.name)
+        self._synth = cfg.synthesizer(cfg.seed, dtd_root)
+        self.texture_source = self._synth.texture_source
         log.info("draem: anomaly textures: %s", self.texture_source)
-        coins = torch.Generator().manual_seed(cfg.seed + 2)  # rotation and anomaly coins
-        epochs = self._epochs(train_loader)
+        self._coins = torch.Generator().manual_seed(cfg.seed + 2)  # rotation and anomaly coins
+        epochs = epochs_for(train_loader, cfg.epochs, cfg.steps)
         optimizer = torch.optim.Adam(self.net.parameters(), lr=cfg.lr)
         scheduler = multistep_scheduler(optimizer, epochs, cfg.lr_milestones, cfg.lr_gamma)
-        scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp)
+        self._val_synth = cfg.synthesizer(cfg.seed + 1, dtd_root) if cfg.select == "val" else None
+        self._val_coins = torch.Generator()
+        return TrainingSetup(self.net, optimizer, scheduler, epochs,
+                             generators={"synthesizer": self._synth.generator, "coins": self._coins})
 
-        def step(batch: dict) -> dict[str, torch.Tensor]:
-            return self.losses(*self.training_pair(batch["image"], synth, coins))
+    def step(self, batch: dict) -> dict[str, torch.Tensor]:
+        return self.losses(*self.training_pair(batch["image"], self._synth, self._coins))
 
-        val_synth = self._synthesizer(cfg.seed + 1, dtd_root) if cfg.select == "val" else None
-        val_coins = torch.Generator()
-
-        def validate(batches: Iterable[dict]) -> float:
-            val_synth.generator.manual_seed(cfg.seed + 1)  # the same anomalies at every epoch
-            val_coins.manual_seed(cfg.seed + 3)
-            total, n = 0.0, 0
-            for batch in batches:
-                losses = self.losses(*self.training_pair(batch["image"], val_synth, val_coins))
-                total += float(losses["loss"]) * len(batch["image"])
-                n += len(batch["image"])
-            return total / max(n, 1)
-
-        self._loop = train_epochs(self.net, optimizer, scheduler, scaler, step, train_loader,
-                                  epochs=epochs, device=self.device, channels_last=self.channels_last,
-                                  work_dir=self.work_dir, select=cfg.select, validate=validate,
-                                  val_loader=val_loader,
-                                  generators={"synthesizer": synth.generator, "coins": coins}, desc="draem")
-        self.net.eval()
-
-    def _epochs(self, train_loader) -> int:
-        """`epochs`, or with `steps` set, enough epochs of this loader for that many steps."""
-        from threecad.training import loader_length
-
+    def start_validation(self) -> None:
         cfg = self.config
-        per_epoch = loader_length(train_loader)
-        if cfg.steps <= 0 or not per_epoch:
-            return cfg.epochs
-        return max(1, math.ceil(cfg.steps / per_epoch))
+        self._val_synth.generator.manual_seed(cfg.seed + 1)  # the same anomalies at every epoch
+        self._val_coins.manual_seed(cfg.seed + 3)
+
+    def validation_loss(self, batch: dict) -> tuple[torch.Tensor, int]:
+        targets, inputs, masks = self.training_pair(batch["image"], self._val_synth, self._val_coins)
+        return self.losses(targets, inputs, masks)["loss"], len(batch["image"])
 
     # ------------------------------------------------------------------ inference
     def predict(self, images: torch.Tensor) -> tuple[None, torch.Tensor]:
@@ -401,8 +352,6 @@ class DRAEM(Method):
         out: dict[str, Any] = {"texture_source": self.texture_source, "anomaly_draw": self.config.draw,
                                "parameters": {name: count_parameters(m)["trainable"]
                                               for name, m in self.parts().items()}}
-        if self._loop is not None:
-            out.update(epochs=self._loop.epochs, selected_epoch=self._loop.selected_epoch,
-                       selection=self.config.select,
-                       resumed_after_epoch=self._loop.resumed_after, final_train_losses=self._loop.last_losses)
+        if self.loop is not None:
+            out.update(epochs=self.loop.epochs, **self.training_facts())
         return out

@@ -53,12 +53,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from threecad.backbones import BACKBONES, FeatureExtractor
-from threecad.distillation import random_teacher
+from threecad.backbones import BACKBONES, FeatureExtractor, random_weights
 from threecad.errors import ThreecadError
-from threecad.method import Method, MethodConfig
+from threecad.feature_cache import DEFAULT_BUDGET_MB, FeatureCache
 from threecad.postprocess import PostProcess
-from threecad.training import SELECTIONS, LoopResult, multistep_scheduler, seed_everything, train_epochs
+from threecad.trained import TrainedConfig, TrainedMethod, TrainingSetup, length, not_length, seeded_weights
+from threecad.training import multistep_scheduler
 
 log = logging.getLogger(__name__)
 
@@ -211,41 +211,41 @@ class _FullBatches:
     """The training loader without its short last batch (gathierry's drop_last=True)."""
 
     def __init__(self, loader: Iterable[dict], batch_size: int):
-        self.loader, self.batch_size = loader, batch_size
-        self.generator = getattr(loader, "generator", None)  # the shuffle stream, for resume
+        self._loader, self.batch_size = loader, batch_size
 
     def __len__(self) -> int:
-        dataset = getattr(self.loader, "dataset", None)
+        dataset = getattr(self._loader, "dataset", None)
         if dataset is not None:
             return len(dataset) // self.batch_size
-        return len(self.loader)  # type: ignore[arg-type]
+        return len(self._loader)  # type: ignore[arg-type]
 
     def __iter__(self) -> Iterator[dict]:
-        for batch in self.loader:
+        for batch in self._loader:
             if len(batch["image"]) == self.batch_size:
                 yield batch
 
 
 # --------------------------------------------------------------------------- the method
 @dataclass
-class FastFlowConfig(MethodConfig):
+class FastFlowConfig(TrainedConfig):
     image_size: int = 256  # input side; must be a multiple of the largest stride
     batch_size: int = 32
     seed: int = 42  # weights, permutations and shuffling
     backbone: str = "resnet18"  # frozen, ImageNet-pretrained (wide_resnet50_2: gathierry's other CNN config)
     weights: str = "imagenet"  # encoder weights: imagenet | none | PATH to a state dict
     strides: tuple[int, ...] = (4, 8, 16)  # tapped scales (ResNets: layer1, layer2, layer3)
-    flow_steps: int = 8  # coupling blocks per scale
+    flow_steps: int = not_length(8, "coupling blocks per scale")
     hidden_ratio: float = 1.0  # subnet hidden channels / subnet input channels
     conv3x3_only: bool | None = None  # None: as gathierry's configs (resnet18 True, others False)
     clamp: float = 2.0  # soft clamp of the coupling log-scale: clamp * tanh(.)
-    epochs: int = 500
+    epochs: int = length(500)
     lr: float = 1e-3  # Adam
     weight_decay: float = 1e-5
     drop_last: bool = True  # skip the short last batch of each epoch (gathierry)
     # Keep each training image's encoder maps after its first pass (the encoder is frozen and
     # there is no augmentation, so they never change): saves the encoder pass in later epochs.
-    # Memory: a few hundred KB per image at 128 px with efficientnet_lite0, ~1.8 MB with ResNet-18 at 256.
+    # Held on the device, up to the feature cache's default budget; ~1.8 MB per image with
+    # ResNet-18 at 256 px.
     cache_features: bool = False
     select: str = "last"  # last epoch, or "val": lowest flow loss on the validation split's good images
 
@@ -266,15 +266,13 @@ class FastFlowConfig(MethodConfig):
             raise ThreecadError(f"config weight_decay={self.weight_decay}: must be >= 0")
         if not isinstance(self.epochs, int) or self.epochs < 1:
             raise ThreecadError(f"config epochs={self.epochs}: must be a positive integer")
-        if self.select not in SELECTIONS:
-            raise ThreecadError(f"config select={self.select}: must be one of {', '.join(SELECTIONS)}")
 
     @property
     def three_by_three_only(self) -> bool:
         return self.backbone == "resnet18" if self.conv3x3_only is None else bool(self.conv3x3_only)
 
 
-class FastFlow(Method):
+class FastFlow(TrainedMethod):
     name = "fastflow"
     description = "FastFlow: 2-D normalizing flows on frozen CNN features, likelihood maps"
     config_class = FastFlowConfig
@@ -295,65 +293,45 @@ class FastFlow(Method):
 
     def __init__(self, config: FastFlowConfig, device: str | torch.device = "cpu", amp: bool = False):
         super().__init__(config, device, amp)
-        self.work_dir = None  # set by the harness: where the epoch checkpoint lives
-        with torch.random.fork_rng(devices=[]):  # the same initial weights for the same seed
-            torch.manual_seed(config.seed)
+        with seeded_weights(config.seed):
             self.net = FastFlowNet(config.backbone, config.weights, config.strides, config.image_size,
                                    config.flow_steps, config.hidden_ratio, config.three_by_three_only,
                                    config.clamp, config.seed).to(self.device)
         self.channels_last = self.device.type == "cuda"
         if self.channels_last:
             self.net.encoder.to(memory_format=torch.channels_last)
-        self._loop: LoopResult | None = None
+        self.feature_cache = FeatureCache(DEFAULT_BUDGET_MB if config.cache_features else 0, owner=self.name)
 
     def _outputs(self, images: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         return self.net(images, amp=self.amp)
 
-    def fit(self, train_loader, val_loader=None) -> None:
+    def training_setup(self, train_loader, val_loader=None) -> TrainingSetup:
         cfg = self.config
+        batches = None
         if cfg.drop_last:
             n = len(getattr(train_loader, "dataset", ()) or ())
             size = getattr(train_loader, "batch_size", None) or cfg.batch_size
             if 0 < n < size:
                 raise ThreecadError(f"config batch_size={size} is larger than the {n} training images while "
                                     "drop_last is on: lower batch_size or set drop_last=false")
-            train_loader = _FullBatches(train_loader, size)
-        seed_everything(cfg.seed)
+            batches = _FullBatches(train_loader, size)
         params = self.net.trainable
         optimizer = torch.optim.Adam([p for p in params.parameters() if p.requires_grad], lr=cfg.lr,
                                      weight_decay=cfg.weight_decay)
         scheduler = multistep_scheduler(optimizer, cfg.epochs, (), 1.0)  # constant learning rate
-        scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp)
+        return TrainingSetup(params, optimizer, scheduler, cfg.epochs, batches=batches)
 
-        cache: dict[str, list[torch.Tensor]] = {}
+    def _encode(self, images: torch.Tensor) -> list[torch.Tensor]:
+        return self.net.encode(images, self.amp)
 
-        def features(batch: dict) -> list[torch.Tensor]:
-            paths = batch.get("path")
-            if not cfg.cache_features or paths is None:
-                return self.net.encode(batch["image"], self.amp)
-            if all(p in cache for p in paths):
-                return [torch.stack(scale) for scale in zip(*(cache[p] for p in paths))]
-            maps = self.net.encode(batch["image"], self.amp)
-            for i, p in enumerate(paths):
-                cache[p] = [m[i].detach().clone() for m in maps]
-            return maps
+    def step(self, batch: dict) -> dict[str, torch.Tensor]:
+        return {"loss": flow_loss(self.net.flow(self.feature_cache.get(batch, self._encode)))}
 
-        def step(batch: dict) -> dict[str, torch.Tensor]:
-            return {"loss": flow_loss(self.net.flow(features(batch)))}
+    def validation_loss(self, batch: dict) -> tuple[torch.Tensor, int]:
+        return flow_loss(self._outputs(batch["image"])), len(batch["image"])
 
-        def validate(batches: Iterable[dict]) -> float:
-            total, n = 0.0, 0
-            for batch in batches:
-                total += float(flow_loss(self._outputs(batch["image"]))) * len(batch["image"])
-                n += len(batch["image"])
-            return total / max(n, 1)
-
-        self._loop = train_epochs(params, optimizer, scheduler, scaler, step, train_loader,
-                                  epochs=cfg.epochs, device=self.device, channels_last=self.channels_last,
-                                  work_dir=self.work_dir, select=cfg.select, validate=validate,
-                                  val_loader=val_loader, desc="fastflow")
-        cache.clear()
-        self.net.eval()
+    def after_fit(self) -> None:
+        self.feature_cache.clear()
 
     def predict(self, images: torch.Tensor) -> tuple[None, torch.Tensor]:
         self.net.eval()
@@ -390,7 +368,7 @@ class FastFlow(Method):
 
     def state_dict(self) -> dict[str, Any]:
         state = {"config": dataclasses.asdict(self.config), "model": self.net.trainable.state_dict()}
-        if random_teacher(self.config.weights):
+        if random_weights(self.config.weights):
             state["encoder"] = self.net.encoder.state_dict()
         return state
 
@@ -404,6 +382,5 @@ class FastFlow(Method):
         out: dict[str, Any] = {
             "backbone": self.config.backbone, "channels": list(self.net.encoder.channels),
             "trainable_parameters": sum(p.numel() for p in self.net.trainable.parameters() if p.requires_grad)}
-        if self._loop is not None:
-            out.update(self._loop.facts(self.config.select))
+        out.update(self.training_facts())
         return out

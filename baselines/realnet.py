@@ -53,7 +53,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -62,14 +61,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from threecad.anomaly_synthesis import SynthesisConfig
 from threecad.errors import ThreecadError
-from threecad.method import Method, MethodConfig
 from threecad.postprocess import PostProcess
-from threecad.training import LoopResult, check_selection, seed_everything, train_epochs
+from threecad.trained import TrainedConfig, TrainedMethod, TrainingSetup, epochs_for, length, seeded_weights
 
 log = logging.getLogger(__name__)
-
-TEXTURES = ("dtd", "procedural")
 
 
 # --------------------------------------------------------------------------- reconstruction UNet
@@ -353,7 +350,7 @@ class FolderAnomalies:
 
 # --------------------------------------------------------------------------- the method
 @dataclass
-class RealNetConfig(MethodConfig):
+class RealNetConfig(SynthesisConfig, TrainedConfig):
     image_size: int = 256  # inputs resized to a square; a multiple of the deepest tap's stride
     batch_size: int = 16
     seed: int = 42
@@ -361,7 +358,7 @@ class RealNetConfig(MethodConfig):
     weights: str = "imagenet"  # backbone weights: imagenet | none | PATH
     strides: tuple[int, ...] = (4, 8, 16, 32)  # feature taps (layer1..layer4 of a ResNet)
     afs_keep: tuple[int, ...] = (256, 512, 512, 256)  # channels AFS keeps per tap
-    afs_batches: int = 64  # batches of 100% synthetic anomalies used to choose the channels
+    afs_batches: int = length(64)  # batches of 100% synthetic anomalies used to choose the channels
     hide_ratio: float = 0.5  # UNet model_channels = hide_ratio x its input channels
     channel_mult: tuple[int, ...] = (1, 2, 4)  # UNet width multipliers per level
     num_res_blocks: int = 2
@@ -370,22 +367,16 @@ class RealNetConfig(MethodConfig):
     norm_groups: int = 32  # GroupNorm groups
     rrs_top: tuple[int, ...] = (256, 256)  # RRS: channels kept by spatial max, by spatial mean
     rrs_residual_layers: int = 2
-    epochs: int = 1000
-    steps: int = 0  # > 0: train for about this many optimiser steps (epochs = ceil(steps / batches an epoch))
+    epochs: int = length(1000)
+    steps: int = length(0)  # > 0: train for about this many optimiser steps (epochs = ceil(steps / batches an epoch))
     lr: float = 1e-4  # Adam, no schedule
     betas: tuple[float, ...] = (0.9, 0.999)
     anomaly_prob: float = 0.5  # probability that a training sample gets an anomaly
-    textures: str = "dtd"  # "dtd" (procedural when DTD is absent) | "procedural"
-    dtd_root: str | None = None  # DTD folder; None = `threecad download --dataset dtd`'s folder
-    draw: str = "augmented"  # synthesizer draw (DRAEM's augmented textures)
-    beta_max: float = 0.8  # texture opacity U(1 - beta_max, 1): the reference's DTD range (0.2, 1.0)
-    perlin_max_scale: int = 5  # Perlin lattice 2^0..2^perlin_max_scale cells
     anomaly_images: str | None = None  # folder of pre-synthesised anomalies (images/, masks/) instead
     pool: int = 16  # image score: max of the map averaged over pool x pool windows (no padding)
     select: str = "last"  # "last" (never the test set) or "val"
 
     def validate(self) -> None:
-        from threecad.anomaly_synthesis import DRAWS
         from threecad.backbones import BACKBONES
 
         if self.backbone not in BACKBONES:
@@ -424,24 +415,15 @@ class RealNetConfig(MethodConfig):
             raise ThreecadError(f"config lr={self.lr}: must be > 0")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise ThreecadError(f"config betas={self.betas}: two numbers in [0, 1)")
-        for key in ("anomaly_prob", "beta_max"):
-            value = getattr(self, key)
-            if not 0.0 <= value <= 1.0:
-                raise ThreecadError(f"config {key}={value}: must be in [0, 1]")
-        if not 0 <= self.perlin_max_scale <= 8:
-            raise ThreecadError(f"config perlin_max_scale={self.perlin_max_scale}: must be in 0..8")
-        if self.textures not in TEXTURES:
-            raise ThreecadError(f"config textures={self.textures}: must be one of {', '.join(TEXTURES)}")
-        if self.draw not in DRAWS:
-            raise ThreecadError(f"config draw={self.draw}: must be one of {', '.join(DRAWS)}")
+        if not 0.0 <= self.anomaly_prob <= 1.0:
+            raise ThreecadError(f"config anomaly_prob={self.anomaly_prob}: must be in [0, 1]")
         if self.pool > self.image_size:
             raise ThreecadError(f"config pool={self.pool}: larger than image_size {self.image_size}")
         if self.anomaly_images is not None:
             scan_anomaly_images(self.anomaly_images)
-        check_selection(self.select)
 
 
-class RealNet(Method):
+class RealNet(TrainedMethod):
     name = "realnet"
     description = "RealNet (CVPR 2024): feature reconstruction on selected channels + residual selection"
     config_class = RealNetConfig
@@ -463,35 +445,23 @@ class RealNet(Method):
         from threecad.backbones import FeatureExtractor
 
         super().__init__(config, device, amp)
-        self.work_dir = None  # set by the harness: where the epoch checkpoint lives
-        with torch.random.fork_rng(devices=[]):
-            # a fixed seed: a random-weight backbone (weights=none) is the same in every instance,
-            # so a saved state (which holds no backbone) predicts the same after loading
-            torch.manual_seed(0)
+        # a fixed seed: a random-weight backbone (weights=none) is the same in every instance,
+        # so a saved state (which holds no backbone) predicts the same after loading
+        with seeded_weights(0):
             self.backbone = FeatureExtractor(config.backbone, config.strides, config.weights).to(self.device)
-            torch.manual_seed(config.seed)
+        with seeded_weights(config.seed):
             self.net = RealNetModel(self.backbone.channels, config).to(self.device)
         for k, c in zip(config.afs_keep, self.backbone.channels):
             if k > c:
                 raise ThreecadError(f"config afs_keep={config.afs_keep}: {k} > the {c} channels of that tap")
         self.texture_source: str | None = None
-        self._loop: LoopResult | None = None
-        self._afs_done = False
 
     # ------------------------------------------------------------------ anomalies
-    def _texture_root(self) -> str | None:
-        from threecad.anomaly_synthesis import texture_root
-
-        return texture_root(self.config.textures, self.config.dtd_root, "realnet")
-
     def _anomaly_source(self, seed: int):
         cfg = self.config
         if cfg.anomaly_images is not None:
             return FolderAnomalies(scan_anomaly_images(cfg.anomaly_images), cfg.image_size, seed)
-        from threecad.anomaly_synthesis import AnomalySynthesizer
-
-        return AnomalySynthesizer(cfg.image_size, dtd_root=self._texture_root(), beta_max=cfg.beta_max,
-                                  perlin_max_scale=cfg.perlin_max_scale, seed=seed, draw=cfg.draw)
+        return cfg.synthesizer(seed, cfg.dtd_folder(self.name))
 
     def training_pair(self, images: torch.Tensor, source, generator: torch.Generator, prob: float | None = None
                       ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -538,54 +508,33 @@ class RealNet(Method):
             if not seen:
                 raise ThreecadError("the training loader is empty: no good training images")
         self.net.afs.select(sums)
-        self._afs_done = True
 
-    def fit(self, train_loader, val_loader=None) -> None:
+    def training_setup(self, train_loader, val_loader=None) -> TrainingSetup:
         cfg = self.config
-        seed_everything(cfg.seed)
-        source = self._anomaly_source(cfg.seed)
-        self.texture_source = source.texture_source
+        self._source = self._anomaly_source(cfg.seed)
+        self.texture_source = self._source.texture_source
         log.info("realnet: anomaly source: %s", self.texture_source)
-        self.select_features(train_loader, source)
-        coins = torch.Generator().manual_seed(cfg.seed + 2)
+        self.select_features(train_loader, self._source)
+        self._coins = torch.Generator().manual_seed(cfg.seed + 2)
         trainable = [p for p in self.net.parameters() if p.requires_grad]
         optimizer = torch.optim.Adam(trainable, lr=cfg.lr, betas=tuple(cfg.betas))
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)  # no schedule
-        scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp)
+        self._val_source = self._anomaly_source(cfg.seed + 1) if cfg.select == "val" else None
+        self._val_coins = torch.Generator()
+        return TrainingSetup(self.net, optimizer, scheduler, epochs_for(train_loader, cfg.epochs, cfg.steps),
+                             generators={"synthesizer": self._source.generator, "coins": self._coins})
 
-        def step(batch: dict) -> dict[str, torch.Tensor]:
-            images = batch["image"].float()
-            return self.losses(images, *self.training_pair(images, source, coins))
+    def step(self, batch: dict) -> dict[str, torch.Tensor]:
+        images = batch["image"].float()
+        return self.losses(images, *self.training_pair(images, self._source, self._coins))
 
-        val_source = self._anomaly_source(cfg.seed + 1) if cfg.select == "val" else None
-        val_coins = torch.Generator()
+    def start_validation(self) -> None:
+        self._val_source.generator.manual_seed(self.config.seed + 1)  # the same anomalies at every epoch
+        self._val_coins.manual_seed(self.config.seed + 3)
 
-        def validate(batches: Iterable[dict]) -> float:
-            val_source.generator.manual_seed(cfg.seed + 1)
-            val_coins.manual_seed(cfg.seed + 3)
-            total, n = 0.0, 0
-            for batch in batches:
-                images = batch["image"].float()
-                losses = self.losses(images, *self.training_pair(images, val_source, val_coins))
-                total += float(losses["loss"]) * len(images)
-                n += len(images)
-            return total / max(n, 1)
-
-        self._loop = train_epochs(self.net, optimizer, scheduler, scaler, step, train_loader,
-                                  epochs=self._epochs(train_loader), device=self.device, channels_last=False,
-                                  work_dir=self.work_dir, select=cfg.select, validate=validate,
-                                  val_loader=val_loader,
-                                  generators={"synthesizer": source.generator, "coins": coins}, desc="realnet")
-        self.net.eval()
-
-    def _epochs(self, train_loader) -> int:
-        """`epochs`, or with `steps` set, enough epochs of this loader for that many steps."""
-        from threecad.training import loader_length
-
-        per_epoch = loader_length(train_loader)
-        if self.config.steps <= 0 or not per_epoch:
-            return self.config.epochs
-        return max(1, math.ceil(self.config.steps / per_epoch))
+    def validation_loss(self, batch: dict) -> tuple[torch.Tensor, int]:
+        images = batch["image"].float()
+        return self.losses(images, *self.training_pair(images, self._val_source, self._val_coins))["loss"], len(images)
 
     # ------------------------------------------------------------------ inference
     def predict(self, images: torch.Tensor) -> tuple[None, torch.Tensor]:
@@ -633,7 +582,6 @@ class RealNet(Method):
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.net.load_state_dict(state["model"])
         self.texture_source = state.get("texture_source")
-        self._afs_done = True
         self.net.eval()
 
     def info(self) -> dict[str, Any]:
@@ -641,8 +589,6 @@ class RealNet(Method):
                                "texture_source": self.texture_source,
                                "afs_channels": {f"block{i + 1}": idx.numel()
                                                 for i, idx in enumerate(self.net.afs.indexes)}}
-        if self._loop is not None:
-            out.update(epochs=self._loop.epochs, selected_epoch=self._loop.selected_epoch,
-                       selection=self.config.select, resumed_after_epoch=self._loop.resumed_after,
-                       final_train_losses=self._loop.last_losses)
+        if self.loop is not None:
+            out.update(epochs=self.loop.epochs, **self.training_facts())
         return out

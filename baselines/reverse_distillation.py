@@ -21,9 +21,9 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
-from threecad.backbones import FeatureExtractor
+from threecad.backbones import FeatureExtractor, random_weights
 from threecad.distillation import (MirroredDecoder, OneClassBottleneck, cosine_distance, flattened_cosine_loss,
-                                   random_teacher, upsampled_sum)
+                                   upsampled_sum)
 from threecad.postprocess import PostProcess
 from threecad.trained import TrainedConfig, TrainedMethod, TrainingSetup, length, seeded_weights
 from threecad.training import multistep_scheduler
@@ -130,7 +130,7 @@ class ReverseDistillation(TrainedMethod):
 
     def state_dict(self) -> dict[str, Any]:
         state = {"config": dataclasses.asdict(self.config), "model": self.net.trainable.state_dict()}
-        if random_teacher(self.config.weights):
+        if random_weights(self.config.weights):
             state["teacher"] = self.net.teacher.state_dict()
         return state
 

@@ -42,7 +42,7 @@ Where this differs from the reference, and why:
   scales) is left out because run.sh uses one.
 - Under mixed precision (CUDA) only the backbone runs in half precision: the adaptor and
   the discriminator see float32 features, as std-0.015 noise on fp16 values would be coarse.
-- Adapted training features are cached on the device by image path (up to
+- Training patch features are cached on the device by image path (up to
   `feature_cache_mb`): the backbone is frozen, in eval mode, and the reference draws no
   augmentation, so its output for an image never changes during training.
 
@@ -60,19 +60,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from threecad.backbones import FeatureExtractor
+from threecad.backbones import FeatureExtractor, random_weights
 from threecad.errors import ThreecadError
-from threecad.method import Method, MethodConfig
+from threecad.feature_cache import DEFAULT_BUDGET_MB, FeatureCache
 from threecad.patch_features import aggregate_patches
 from threecad.postprocess import PostProcess
-from threecad.training import LoopResult, check_selection, multistep_scheduler, seed_everything, train_epochs
+from threecad.trained import TrainedConfig, TrainedMethod, TrainingSetup, length, seeded_weights
+from threecad.training import multistep_scheduler
 
 log = logging.getLogger(__name__)
 
 
-
 @dataclass
-class SimpleNetConfig(MethodConfig):
+class SimpleNetConfig(TrainedConfig):
     image_size: int = 288  # square resize of the whole image (the reference: resize 329, centre-crop 288)
     batch_size: int = 8
     seed: int = 0  # run.sh's seed
@@ -87,15 +87,15 @@ class SimpleNetConfig(MethodConfig):
     dsc_hidden: int = 1024
     noise_std: float = 0.015  # std of the Gaussian noise that makes anomalous features
     margin: float = 0.5  # truncated L1: max(0, margin - D(true)) + max(0, margin + D(fake))
-    meta_epochs: int = 40  # checkpoints and selection happen once per meta-epoch
-    gan_epochs: int = 4  # passes over the training set per meta-epoch
+    meta_epochs: int = length(40)  # checkpoints and selection happen once per meta-epoch
+    gan_epochs: int = length(4, "one")  # passes over the training set per meta-epoch
     dsc_lr: float = 2e-4  # Adam
     dsc_weight_decay: float = 1e-5  # L2 added to the gradient (Adam's weight_decay)
     adaptor_lr: float = 1e-4  # AdamW (the reference: 0.1 x its lr of 1e-3)
     adaptor_weight_decay: float = 0.01  # decoupled (AdamW's default)
     sigma: float = 4.0  # Gaussian smoothing of the map, in input pixels (harness); 0 = none
     select: str = "last"  # last meta-epoch, or "val": lowest held-out loss on the val split
-    feature_cache_mb: int = 4096  # training features kept on the device by image path; 0 = recompute
+    feature_cache_mb: int = DEFAULT_BUDGET_MB  # training features kept on the device by image path; 0 = recompute
 
     def validate(self) -> None:
         if not self.strides or any(not isinstance(s, int) or s < 1 for s in self.strides):
@@ -117,7 +117,6 @@ class SimpleNetConfig(MethodConfig):
         if self.image_size < max(self.strides):
             raise ThreecadError(f"config image_size={self.image_size}: must be at least the deepest "
                                 f"stride ({max(self.strides)})")
-        check_selection(self.select)
 
 
 def _xavier(module: nn.Module) -> None:
@@ -161,28 +160,20 @@ def truncated_l1(true_scores: torch.Tensor, fake_scores: torch.Tensor, margin: f
 
 
 class _Passes:
-    """A loader seen `times` times in a row: one meta-epoch is `gan_epochs` passes.
-
-    Exposes the loader's shuffle `generator`, so the epoch checkpoint saves and restores it.
-    """
+    """A loader seen `times` times in a row: one meta-epoch is `gan_epochs` passes."""
 
     def __init__(self, loader: Iterable[dict], times: int):
-        self.loader, self.times = loader, times
-        self.generator = getattr(loader, "generator", None)
+        self._loader, self.times = loader, times
 
     def __len__(self) -> int:
-        return len(self.loader) * self.times  # type: ignore[arg-type]
+        return len(self._loader) * self.times  # type: ignore[arg-type]
 
     def __iter__(self) -> Iterator[dict]:
         for _ in range(self.times):
-            yield from self.loader
+            yield from self._loader
 
 
-def _random_weights(weights: str | None) -> bool:
-    return weights is None or str(weights).lower() in ("none", "random", "")
-
-
-class SimpleNet(Method):
+class SimpleNet(TrainedMethod):
     name = "simplenet"
     description = "SimpleNet (CVPR 2023): adapted patch features vs Gaussian-noise fakes, MLP discriminator"
     config_class = SimpleNetConfig
@@ -206,19 +197,14 @@ class SimpleNet(Method):
 
     def __init__(self, config: SimpleNetConfig, device: str | torch.device = "cpu", amp: bool = False):
         super().__init__(config, device, amp)
-        check_selection(config.select)
-        self.work_dir = None  # set by the harness: where the epoch checkpoint lives
         self.extractor = FeatureExtractor(config.backbone, config.strides, config.weights).to(self.device)
-        with torch.random.fork_rng(devices=[]):  # the same initial weights for the same seed
-            torch.manual_seed(config.seed)
+        with seeded_weights(config.seed):
             self.net = nn.ModuleDict({
                 "adaptor": Adaptor(config.target_dim, config.adaptor_layers),
                 "discriminator": Discriminator(config.target_dim, config.dsc_layers, config.dsc_hidden),
             }).to(self.device)
         self.net.eval()
-        self._cache: dict[str, torch.Tensor] = {}
-        self._cache_bytes = 0
-        self._loop: LoopResult | None = None
+        self.feature_cache = FeatureCache(config.feature_cache_mb, owner=self.name)
 
     # ------------------------------------------------------------------ declarations
     def postprocess(self) -> PostProcess:
@@ -258,24 +244,7 @@ class SimpleNet(Method):
 
     def _train_features(self, batch: dict) -> torch.Tensor:
         """Patch features of a training batch as rows (N*h*w, D), from the cache where possible."""
-        images = batch["image"]
-        paths = batch.get("path")
-        if self.config.feature_cache_mb == 0 or paths is None:
-            return self.embed(images).flatten(0, 2)
-        missing = [i for i, p in enumerate(paths) if p not in self._cache]
-        if missing:
-            fresh = self.embed(images[missing])
-            budget = self.config.feature_cache_mb * 2 ** 20
-            for i, f in zip(missing, fresh):
-                size = f.numel() * f.element_size()
-                if self._cache_bytes + size <= budget:
-                    self._cache[paths[i]] = f.clone()  # not a view that keeps the batch alive
-                    self._cache_bytes += size
-            fresh_at = dict(zip(missing, fresh))
-        else:
-            fresh_at = {}
-        return torch.stack([fresh_at[i] if i in fresh_at else self._cache[p]
-                            for i, p in enumerate(paths)]).flatten(0, 2)
+        return self.feature_cache.get(batch, self.embed).flatten(0, 2)
 
     # ------------------------------------------------------------------ training
     def losses(self, features: torch.Tensor, noise: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -290,11 +259,10 @@ class SimpleNet(Method):
             out["p_fake"] = (fake_scores < -self.config.margin).float().mean()
         return out
 
-    def fit(self, train_loader, val_loader=None) -> None:
+    def training_setup(self, train_loader, val_loader=None) -> TrainingSetup:
         cfg = self.config
-        seed_everything(cfg.seed)
-        self._cache, self._cache_bytes = {}, 0
-        noise_gen = torch.Generator(device=self.device).manual_seed(cfg.seed)
+        self._noise = torch.Generator(device=self.device).manual_seed(cfg.seed)
+        self._val_noise = torch.Generator(device=self.device)
         optimizer = torch.optim.Adam([
             {"params": self.net["discriminator"].parameters(), "lr": cfg.dsc_lr,
              "weight_decay": cfg.dsc_weight_decay, "decoupled_weight_decay": False},
@@ -302,29 +270,25 @@ class SimpleNet(Method):
              "weight_decay": cfg.adaptor_weight_decay, "decoupled_weight_decay": True},
         ])
         scheduler = multistep_scheduler(optimizer, cfg.meta_epochs, (), 1.0)  # constant, as cos_lr off
-        scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp)
+        return TrainingSetup(self.net, optimizer, scheduler, cfg.meta_epochs,
+                             batches=_Passes(train_loader, cfg.gan_epochs), generators={"noise": self._noise})
 
-        def step(batch: dict) -> dict[str, torch.Tensor]:
-            features = self._train_features(batch)
-            noise = torch.randn(features.shape, generator=noise_gen, device=self.device) * cfg.noise_std
-            return self.losses(features, noise)
+    def _noisy_losses(self, features: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        noise = torch.randn(features.shape, generator=generator, device=self.device) * self.config.noise_std
+        return self.losses(features, noise)
 
-        def validate(batches: Iterable[dict]) -> float:
-            gen = torch.Generator(device=self.device).manual_seed(cfg.seed + 1)  # one noise draw every time
-            total, rows = 0.0, 0
-            for batch in batches:
-                features = self.embed(batch["image"]).flatten(0, 2)
-                noise = torch.randn(features.shape, generator=gen, device=self.device) * cfg.noise_std
-                total += float(self.losses(features, noise)["loss"]) * len(features)
-                rows += len(features)
-            return total / max(rows, 1)
+    def step(self, batch: dict) -> dict[str, torch.Tensor]:
+        return self._noisy_losses(self._train_features(batch), self._noise)
 
-        self._loop = train_epochs(self.net, optimizer, scheduler, scaler, step, _Passes(train_loader, cfg.gan_epochs),
-                                  epochs=cfg.meta_epochs, device=self.device, channels_last=False,
-                                  work_dir=self.work_dir, select=cfg.select, validate=validate,
-                                  val_loader=val_loader, generators={"noise": noise_gen}, desc="simplenet")
-        self._cache, self._cache_bytes = {}, 0
-        self.net.eval()
+    def start_validation(self) -> None:
+        self._val_noise.manual_seed(self.config.seed + 1)  # one noise draw every time
+
+    def validation_loss(self, batch: dict) -> tuple[torch.Tensor, int]:
+        features = self.embed(batch["image"]).flatten(0, 2)
+        return self._noisy_losses(features, self._val_noise)["loss"], len(features)
+
+    def after_fit(self) -> None:
+        self.feature_cache.clear()
 
     # ------------------------------------------------------------------ inference
     def predict(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -342,7 +306,7 @@ class SimpleNet(Method):
     # ------------------------------------------------------------------ persistence
     def state_dict(self) -> dict[str, Any]:
         state: dict[str, Any] = {"config": dataclasses.asdict(self.config), "model": self.net.state_dict()}
-        if _random_weights(self.config.weights):  # then part of the model, not rebuilt from a file
+        if random_weights(self.config.weights):  # then part of the model, not rebuilt from a file
             state["backbone"] = self.extractor.state_dict()
         return state
 
@@ -357,10 +321,9 @@ class SimpleNet(Method):
     def info(self) -> dict[str, Any]:
         cfg = self.config
         out: dict[str, Any] = {"backbone": cfg.backbone, "backbone_channels": list(self.extractor.channels)}
-        if self._loop is not None:
-            out.update(selected_meta_epoch=self._loop.selected_epoch, selection=cfg.select,
-                       resumed_after_meta_epoch=self._loop.resumed_after,
-                       final_train_losses=self._loop.last_losses)
-            if self._loop.val_losses:
-                out["val_losses"] = self._loop.val_losses
+        if self.loop is not None:
+            out.update(selected_meta_epoch=self.loop.selected_epoch, selection=cfg.select,
+                       resumed_after_meta_epoch=self.loop.resumed_after, final_train_losses=self.loop.last_losses)
+            if self.loop.val_losses:
+                out["val_losses"] = self.loop.val_losses
         return out

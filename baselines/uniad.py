@@ -40,59 +40,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from threecad.backbones import random_weights
 from threecad.efficientnet_taps import NAME as B4, align_features, frozen_taps
 from threecad.errors import ThreecadError
-from threecad.method import Method, MethodConfig
+from threecad.feature_cache import DEFAULT_BUDGET_MB, FeatureCache
+from threecad.optim import clip_gradients, delayed_step_lr
 from threecad.postprocess import PostProcess
-from threecad.training import LoopResult, check_selection, seed_everything, train_epochs
-
-
-# --------------------------------------------------------------------------- shared training helpers
-def delayed_step_lr(optimizer: torch.optim.Optimizer, step_size: int, gamma: float) -> torch.optim.lr_scheduler.LambdaLR:
-    """StepLR as UniAD/CRAD drive it: `scheduler.step(epoch)` after each epoch puts the decay one epoch late.
-
-    Stepped once per epoch by `train_epochs`, epoch e (0-based) trains at
-    lr * gamma ** ((e - 1) // step_size) (epoch 0 at lr).
-    """
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: gamma ** (max(e - 1, 0) // step_size))
-
-
-def clip_gradients(optimizer: torch.optim.Optimizer, max_norm: float) -> None:
-    """Clip the global gradient norm of the optimiser's parameters before every step.
-
-    A step pre-hook runs inside `GradScaler.step`, after the gradients are unscaled, so
-    the norm is that of the true gradients (as the references clip before `optimizer.step`).
-    """
-    if max_norm <= 0:
-        return
-    params = [p for group in optimizer.param_groups for p in group["params"]]
-
-    def hook(_optimizer, _args, _kwargs) -> None:
-        torch.nn.utils.clip_grad_norm_(params, max_norm)
-
-    optimizer.register_step_pre_hook(hook)
-
-
-class FeatureCache:
-    """The frozen backbone's features of each training image, computed once (keyed by path).
-
-    Valid because the backbone is frozen and UniAD/CRAD train without augmentation: every
-    epoch would compute the same tensors. Held on the host; a batch without paths is computed.
-    """
-
-    def __init__(self, enabled: bool):
-        self.enabled = enabled
-        self.store: dict[str, torch.Tensor] = {}
-
-    def get(self, batch: dict, compute) -> torch.Tensor:
-        images, paths = batch["image"], batch.get("path")
-        if not self.enabled or paths is None:
-            return compute(images)
-        missing = [i for i, p in enumerate(paths) if p not in self.store]
-        if missing:
-            for i, f in zip(missing, compute(images[missing])):
-                self.store[paths[i]] = f.detach().to("cpu", copy=True)
-        return torch.stack([self.store[p] for p in paths]).to(images.device, non_blocking=True)
+from threecad.trained import TrainedConfig, TrainedMethod, TrainingSetup, length, not_length, seeded_weights
 
 
 # --------------------------------------------------------------------------- the network
@@ -203,7 +157,7 @@ def jitter(tokens: torch.Tensor, scale: float, prob: float) -> torch.Tensor:
 
 # --------------------------------------------------------------------------- the method
 @dataclass
-class UniADConfig(MethodConfig):
+class UniADConfig(TrainedConfig):
     image_size: int = 224
     batch_size: int = 8  # per process (the README: 8 GPUs x 8)
     seed: int = 133
@@ -221,20 +175,19 @@ class UniADConfig(MethodConfig):
     neighbour_size: int = 7  # masked neighbourhood side in tokens; 0 = no mask
     jitter_scale: float = 20.0  # 0 = no feature jitter
     jitter_prob: float = 1.0
-    epochs: int = 1000
+    epochs: int = length(1000)
     lr: float = 1e-4
     beta1: float = 0.9
     beta2: float = 0.999
     weight_decay: float = 1e-4
-    lr_step: int = 800  # epochs between x lr_gamma decays
+    lr_step: int = not_length(800, "epochs between x lr_gamma decays")
     lr_gamma: float = 0.1
     clip_norm: float = 0.1  # max global gradient norm; 0 = no clipping
     score_pool: int = 16  # image score: max of the map averaged over score_pool x score_pool windows
     select: str = "last"  # last epoch, or "val": lowest reconstruction loss on the validation split
-    cache_features: bool = False  # keep each training image's backbone features after epoch 1 (host memory)
+    cache_features: bool = False  # keep training images' backbone features after epoch 1 (host memory, bounded)
 
     def validate(self) -> None:
-        check_selection(self.select)
         for key in ("hidden_dim", "heads", "encoder_layers", "decoder_layers", "ffn_dim", "epochs", "lr_step",
                     "out_stride", "score_pool"):
             if getattr(self, key) < 1:
@@ -287,7 +240,7 @@ class UniADNet(nn.Module):
         return self.reconstruction(tokens).permute(1, 2, 0).reshape(n, c, h, w)
 
 
-class UniAD(Method):
+class UniAD(TrainedMethod):
     name = "uniad"
     description = "UniAD: a unified transformer rebuilds frozen EfficientNet features (one model for all categories)"
     config_class = UniADConfig
@@ -310,11 +263,10 @@ class UniAD(Method):
 
     def __init__(self, config: UniADConfig, device: str | torch.device = "cpu", amp: bool = False):
         super().__init__(config, device, amp)
-        self.work_dir = None  # set by the harness: where the epoch checkpoint lives
-        with torch.random.fork_rng(devices=[]):  # the same initial weights for the same seed
-            torch.manual_seed(config.seed)
+        with seeded_weights(config.seed):
             self.net = UniADNet(config).to(self.device)
-        self._loop: LoopResult | None = None
+        self.feature_cache = FeatureCache(DEFAULT_BUDGET_MB if config.cache_features else 0, host=True,
+                                          owner=self.name)
 
     def _loss(self, images: torch.Tensor, train: bool, feats: torch.Tensor | None = None) -> torch.Tensor:
         cfg = self.config
@@ -323,32 +275,23 @@ class UniAD(Method):
             rec = self.net.reconstruct(feats, cfg.jitter_scale if train else 0.0, cfg.jitter_prob)
         return F.mse_loss(rec.float(), feats.float())
 
-    def fit(self, train_loader, val_loader=None) -> None:
+    def training_setup(self, train_loader, val_loader=None) -> TrainingSetup:
         cfg = self.config
-        seed_everything(cfg.seed)
         params = self.net.reconstruction
         optimizer = torch.optim.AdamW(params.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
                                       weight_decay=cfg.weight_decay)
         clip_gradients(optimizer, cfg.clip_norm)
-        scheduler = delayed_step_lr(optimizer, cfg.lr_step, cfg.lr_gamma)
-        scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp)
-        cache = FeatureCache(cfg.cache_features)
+        return TrainingSetup(params, optimizer, delayed_step_lr(optimizer, cfg.lr_step, cfg.lr_gamma), cfg.epochs)
 
-        def step(batch: dict) -> dict[str, torch.Tensor]:
-            feats = cache.get(batch, self._features)
-            return {"loss": self._loss(batch["image"], train=True, feats=feats)}
+    def step(self, batch: dict) -> dict[str, torch.Tensor]:
+        feats = self.feature_cache.get(batch, self._features)
+        return {"loss": self._loss(batch["image"], train=True, feats=feats)}
 
-        def validate(batches) -> float:
-            total, n = 0.0, 0
-            for batch in batches:
-                total += float(self._loss(batch["image"], train=False)) * len(batch["image"])
-                n += len(batch["image"])
-            return total / max(n, 1)
+    def validation_loss(self, batch: dict) -> tuple[torch.Tensor, int]:
+        return self._loss(batch["image"], train=False), len(batch["image"])
 
-        self._loop = train_epochs(params, optimizer, scheduler, scaler, step, train_loader, epochs=cfg.epochs,
-                                  device=self.device, channels_last=False, work_dir=self.work_dir,
-                                  select=cfg.select, validate=validate, val_loader=val_loader, desc="uniad")
-        self.net.eval()
+    def after_fit(self) -> None:
+        self.feature_cache.clear()
 
     def _features(self, images: torch.Tensor) -> torch.Tensor:
         with self.autocast():
@@ -392,7 +335,7 @@ class UniAD(Method):
 
     def state_dict(self) -> dict[str, Any]:
         state = {"config": dataclasses.asdict(self.config), "model": self.net.reconstruction.state_dict()}
-        if str(self.config.weights).lower() in ("none", "random", ""):  # a random backbone travels along
+        if random_weights(self.config.weights):  # a random backbone travels along
             state["backbone"] = self.net.backbone.state_dict()
         return state
 
@@ -405,6 +348,5 @@ class UniAD(Method):
     def info(self) -> dict[str, Any]:
         out: dict[str, Any] = {"backbone": self.config.backbone, "feature_channels": sum(self.net.backbone.channels),
                                "trainable_parameters": sum(p.numel() for p in self.net.reconstruction.parameters())}
-        if self._loop is not None:
-            out.update(self._loop.facts(self.config.select))
+        out.update(self.training_facts())
         return out

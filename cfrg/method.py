@@ -37,7 +37,9 @@ from torch import nn
 
 from cfrg.losses import discrimination_loss, recovery_loss, segmentation_loss
 from cfrg.network import CFRGNet
-from threecad.distillation import cosine_distance, random_teacher, upsampled_sum
+from threecad.anomaly_synthesis import SynthesisConfig
+from threecad.backbones import random_weights
+from threecad.distillation import cosine_distance, upsampled_sum
 from threecad.errors import ThreecadError
 from threecad.postprocess import PostProcess
 from threecad.trained import TrainedConfig, TrainedMethod, TrainingSetup, length, seeded_weights
@@ -46,11 +48,10 @@ from threecad.training import multistep_scheduler
 log = logging.getLogger(__name__)
 
 MAP_SOURCES = ("recovery", "student")
-TEXTURES = ("dtd", "procedural")
 
 
 @dataclass
-class CFRGConfig(TrainedConfig):
+class CFRGConfig(SynthesisConfig, TrainedConfig):
     image_size: int = 256  # inputs resized to a square, as the release
     batch_size: int = 32
     seed: int = 42
@@ -65,25 +66,13 @@ class CFRGConfig(TrainedConfig):
     lr_gamma: float = 0.2
     bottleneck_blocks: int = 3
     decoder_blocks: tuple[int, ...] = (3, 4, 6)
-    textures: str = "dtd"  # anomaly textures: "dtd" (the paper's; procedural when DTD is absent) | "procedural"
-    dtd_root: str | None = None  # DTD folder; None = `threecad download --dataset dtd`'s folder
     draw: str = "release"  # how anomalies are drawn: "release" (the release's loader) | "augmented"
-    beta_max: float = 0.8  # anomaly opacity: x_a = x(1-M) + (1-b) tex M + b x M, b ~ U[0, beta_max)
-    perlin_max_scale: int = 5  # Perlin lattice 2^t cells per axis, t in 0..perlin_max_scale
     sigma: float = 4.0  # Gaussian smoothing of the map, in input pixels
     # Ablations (the paper's Table 6)
     recovery_guidance: bool = True  # False: segmentation input without the (1 - cos(T_a, R)) factor
     segmentation: bool = True  # False: no fine stage, map from the feature discrepancies only
     map_source: str = "recovery"  # "student": maps from 1 - cos(T, S) instead of 1 - cos(T, R)
     select: str = "last"  # last epoch, or "val": lowest loss on synthetic anomalies of the val split
-
-    def validate(self) -> None:
-        from threecad.anomaly_synthesis import DRAWS
-
-        if self.textures not in TEXTURES:
-            raise ThreecadError(f"config textures={self.textures}: must be one of {', '.join(TEXTURES)}")
-        if self.draw not in DRAWS:
-            raise ThreecadError(f"config draw={self.draw}: must be one of {', '.join(DRAWS)}")
 
 
 class CFRG(TrainedMethod):
@@ -123,18 +112,6 @@ class CFRG(TrainedMethod):
         self.texture_source: str | None = None
 
     # ------------------------------------------------------------------ training
-    def _texture_root(self) -> str | None:
-        from threecad.anomaly_synthesis import texture_root
-
-        return texture_root(self.config.textures, self.config.dtd_root, "cfrg")
-
-    def _synthesizer(self, seed: int, dtd_root: str | None, keys=None):
-        from threecad.anomaly_synthesis import AnomalySynthesizer
-
-        cfg = self.config
-        return AnomalySynthesizer(cfg.image_size, dtd_root=dtd_root, beta_max=cfg.beta_max,
-                                  perlin_max_scale=cfg.perlin_max_scale, seed=seed, draw=cfg.draw, keys=keys)
-
     def losses(self, normal: torch.Tensor, anomalous: torch.Tensor, masks: torch.Tensor) -> dict[str, torch.Tensor]:
         """The three losses (and their sum `loss`) for a batch of normal images and their anomalous versions."""
         net = self.net
@@ -156,14 +133,14 @@ class CFRG(TrainedMethod):
 
     def training_setup(self, train_loader, val_loader=None) -> TrainingSetup:
         cfg = self.config
-        dtd_root = self._texture_root()
-        self._synth = self._synthesizer(cfg.seed, dtd_root, keys=_training_paths(train_loader))
+        dtd_root = cfg.dtd_folder(self.name)
+        self._synth = cfg.synthesizer(cfg.seed, dtd_root, keys=_training_paths(train_loader))
         self.texture_source = self._synth.texture_source
         log.info("cfrg: teacher %s, anomaly textures: %s", cfg.teacher, self.texture_source)
         params = self.net.trainable
         optimizer = torch.optim.Adam(params.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
         scheduler = multistep_scheduler(optimizer, cfg.epochs, cfg.lr_milestones, cfg.lr_gamma)
-        self._val_synth = (self._synthesizer(cfg.seed + 1, dtd_root, keys=_training_paths(val_loader))
+        self._val_synth = (cfg.synthesizer(cfg.seed + 1, dtd_root, keys=_training_paths(val_loader))
                            if cfg.select == "val" else None)
         return TrainingSetup(params, optimizer, scheduler, cfg.epochs,
                              generators={"synthesizer": self._synth.generator})
@@ -237,7 +214,7 @@ class CFRG(TrainedMethod):
     def state_dict(self) -> dict[str, Any]:
         state = {"config": dataclasses.asdict(self.config), "model": self.net.trainable.state_dict(),
                  "texture_source": self.texture_source}
-        if random_teacher(self.config.weights):  # then part of the model, not rebuilt from a file
+        if random_weights(self.config.weights):  # then part of the model, not rebuilt from a file
             state["teacher"] = self.net.teacher.state_dict()
         return state
 

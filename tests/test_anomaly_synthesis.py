@@ -1,4 +1,5 @@
-"""DRAEM-style anomaly synthesis: shapes, blend formula, determinism, DTD and procedural sources."""
+"""DRAEM-style anomaly synthesis: shapes, blend formula, determinism, DTD and procedural sources,
+and the synthesis settings every method that synthesises anomalies shares (`SynthesisConfig`)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,8 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
-from threecad.anomaly_synthesis import AnomalySynthesizer, find_dtd_images, perlin_noise, rotate_zero_fill
+from threecad.anomaly_synthesis import (AnomalySynthesizer, SynthesisConfig, find_dtd_images, perlin_noise,
+                                       rotate_zero_fill)
 from threecad.errors import ThreecadError
+from threecad.registry import available_methods
 
 SIZE = 64
 
@@ -188,3 +191,36 @@ def test_dtd_folder_without_images_is_a_clear_error(tmp_path: Path):
     (tmp_path / "dtd" / "dtd" / "images" / "banded").mkdir(parents=True)
     with pytest.raises(ThreecadError, match="holds no images"):
         AnomalySynthesizer(SIZE, dtd_root=str(tmp_path))
+
+
+# --------------------------------------------------------------------------- the shared config settings
+def _synthesising_methods() -> dict[str, type]:
+    return {name: cls for name, cls in available_methods().items() if issubclass(cls.config_class, SynthesisConfig)}
+
+
+def test_methods_that_synthesise_share_one_set_of_settings_with_their_own_draw():
+    draws = {name: cls.config_class().draw for name, cls in _synthesising_methods().items()}
+    assert draws == {"cfrg": "release", "destseg": "release", "draem": "augmented", "realnet": "augmented"}
+    for cls in _synthesising_methods().values():
+        config = cls.config_class()
+        assert (config.textures, config.dtd_root, config.beta_max, config.perlin_max_scale) == ("dtd", None, 0.8, 5)
+
+
+@pytest.mark.parametrize("key,value", [("textures", "plaid"), ("draw", "paint"), ("beta_max", 1.5),
+                                       ("perlin_max_scale", 9)])
+@pytest.mark.parametrize("name", ["cfrg", "destseg", "draem", "realnet"])
+def test_bad_synthesis_setting_is_a_one_line_error_naming_the_field(name, key, value):
+    with pytest.raises(ThreecadError) as err:
+        _synthesising_methods()[name].config_class(**{key: value})
+    message = str(err.value)
+    assert message.startswith(f"config {key}=") and "\n" not in message
+
+
+def test_config_builds_the_synthesizer_it_describes():
+    config = _synthesising_methods()["draem"].config_class(image_size=SIZE, beta_max=0.5, perlin_max_scale=3,
+                                                           textures="procedural")
+    assert config.dtd_folder("draem") is None
+    x = _images(6)
+    got = config.synthesizer(5, None)(x)
+    want = AnomalySynthesizer(SIZE, beta_max=0.5, perlin_max_scale=3, seed=5, draw="augmented")(x)
+    assert all(torch.equal(a, b) for a, b in zip(got, want))

@@ -237,6 +237,11 @@ def test_bad_config_is_a_clear_error(field, value):
         small_config(**{field: value})
 
 
+def test_select_val_is_refused_without_a_validation_loss():
+    with pytest.raises(ThreecadError, match="defines no validation loss"):
+        DeSTSeg(small_config(select="val"))
+
+
 def test_bad_config_on_the_command_line_is_refused(tmp_path):
     from refusal import assert_refused
 

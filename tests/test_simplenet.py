@@ -158,7 +158,7 @@ def test_feature_cache_serves_each_image_its_own_features(tiny_data):
     items = [train[i] for i in range(4)]
     batch = {"image": torch.stack([it["image"] for it in items]), "path": [it["path"] for it in items]}
     first = method._train_features(batch)  # fills the cache
-    assert len(method._cache) == 4
+    assert len(method.feature_cache) == 4
     order = [2, 0, 3, 1]  # another batch composition, served from the cache
     shuffled = {"image": batch["image"][order], "path": [batch["path"][i] for i in order]}
     cached = method._train_features(shuffled)
@@ -168,7 +168,7 @@ def test_feature_cache_serves_each_image_its_own_features(tiny_data):
     assert torch.equal(cached.view(4, 64, 32)[1], first.view(4, 64, 32)[0])
     small = SimpleNet(small_config(feature_cache_mb=0))
     small._train_features(batch)
-    assert small._cache == {}
+    assert len(small.feature_cache) == 0
 
 
 @pytest.mark.parametrize("field,value", [("noise_std", 0.0), ("patch_size", 2), ("gan_epochs", 0),

@@ -7,12 +7,14 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from baselines.uniad import FeatureCache, UniAD, UniADConfig, clip_gradients, delayed_step_lr, jitter, neighbour_mask
+from baselines.uniad import UniAD, UniADConfig, jitter, neighbour_mask
 from conftest import make_tiny_dataset
 from threecad.dataset import ThreeCAD
 from threecad.errors import ThreecadError
+from threecad.feature_cache import FeatureCache
 from threecad.method import build_config
 from threecad.model_card import model_card
+from threecad.optim import clip_gradients, delayed_step_lr
 
 PAPER_PARTS = {"reconstruction: transformer": 7_574_016, "reconstruction: input_proj": 69_888,
                "reconstruction: output_proj": 69_904, "reconstruction: pos_embed": 3_584}
@@ -168,10 +170,29 @@ def test_feature_cache_computes_each_training_image_once():
         calls.append(len(images))
         return images * 2
 
-    cache = FeatureCache(True)
+    cache = FeatureCache(1, host=True)
     a = {"image": torch.arange(3.0).view(3, 1), "path": ["a", "b", "c"]}
     b = {"image": torch.tensor([[1.0], [3.0]]), "path": ["b", "d"]}
     assert cache.get(a, compute).flatten().tolist() == [0, 2, 4]
     assert cache.get(b, compute).flatten().tolist() == [2, 6]  # "b" from the cache
-    assert calls == [3, 1]
-    assert FeatureCache(False).get(b, compute).flatten().tolist() == [2, 6] and calls == [3, 1, 2]
+    assert calls == [3, 1] and len(cache) == 4
+    assert FeatureCache(0).get(b, compute).flatten().tolist() == [2, 6] and calls == [3, 1, 2]
+    cache.clear()
+    assert len(cache) == 0
+
+
+def test_feature_cache_stops_adding_at_its_budget_and_says_so_once(caplog):
+    calls = []
+
+    def compute(images):  # two scales, as FastFlow's encoder gives them
+        calls.append(len(images))
+        return [images * 2, images.expand(-1, 4) * 3]
+
+    cache = FeatureCache(20 / 2 ** 20)  # 20 bytes: one image's 5 float32 values, not two
+    batch = {"image": torch.tensor([[1.0], [2.0]]), "path": ["a", "b"]}
+    with caplog.at_level("INFO", logger="threecad.feature_cache"):
+        for _ in range(3):
+            low, high = cache.get(batch, compute)
+            assert low.flatten().tolist() == [2, 4] and high.tolist() == [[3.0] * 4, [6.0] * 4]
+    assert len(cache) == 1 and calls == [2, 1, 1]  # "b" did not fit: computed every time
+    assert sum("feature cache full" in r.getMessage() for r in caplog.records) == 1

@@ -1,4 +1,4 @@
-"""Synthetic anomalies in the DRAEM style, shared by CFRG, DRAEM and DeSTSeg.
+"""Synthetic anomalies in the DRAEM style, shared by CFRG, DRAEM, DeSTSeg and RealNet.
 
 A Perlin-noise mask (scale 2^t per axis, rotated, thresholded) cuts a texture into the
 image: `x_a = x (1 - M) + (1 - b) tex M + b x M` with b ~ U[0, beta_max), as the 3CAD
@@ -31,12 +31,16 @@ clean samples).
 
 DTD is found in torchvision's layout (`<root>/dtd/dtd/images/<class>/*.jpg`) or as a plain
 `<root>/images/<class>/*.jpg` (the release's `dtd_path`).
+
+A method's config takes the settings from `SynthesisConfig` (fields, checks, the texture
+folder and the synthesizer they describe), so that they are written once.
 """
 from __future__ import annotations
 
 import logging
 import math
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -51,6 +55,7 @@ _hinted_dtd: list[bool] = []  # the DTD hint has been logged in this process
 
 MAX_REDRAWS = 16
 DRAWS = ("augmented", "release")
+TEXTURES = ("dtd", "procedural")  # a config's texture choice: DTD (procedural when absent) | procedural
 DTD_SUFFIXES = (".jpg", ".jpeg", ".png")
 PROCEDURAL_FAMILIES = ("noise", "stripes", "blobs", "checker", "color_shift")
 TEXTURE_AUGMENTATIONS = ("gamma", "brightness", "sharpness", "hue_saturation", "solarize",
@@ -422,3 +427,39 @@ def texture_root(textures: str, dtd_root: str | None, method: str) -> str | None
                     "textures, so this run is not the paper's setting (texture_source: procedural)", method, home)
         _warned_no_dtd.add(method)
     return None
+
+
+@dataclass
+class SynthesisConfig:
+    """The anomaly-synthesis fields of a method's config, and their checks.
+
+    A mixin for a `MethodConfig`: list it first (`class XConfig(SynthesisConfig, TrainedConfig)`),
+    so that its fields follow the base's and its checks run after the base's. A method whose
+    paper draws otherwise overrides a default in its own config (`draw: str = "release"`).
+    """
+
+    textures: str = "dtd"  # anomaly textures: "dtd" (the paper's; procedural when DTD is absent) | "procedural"
+    dtd_root: str | None = None  # DTD folder; None = `threecad download --dataset dtd`'s folder
+    draw: str = "augmented"  # how anomalies are drawn: "augmented" (DRAEM's) | "release" (the 3CAD release's)
+    beta_max: float = 0.8  # anomaly opacity: x_a = x(1-M) + (1-b) tex M + b x M, b ~ U[0, beta_max)
+    perlin_max_scale: int = 5  # Perlin lattice 2^t cells per axis, t in 0..perlin_max_scale
+
+    def __post_init__(self) -> None:
+        super().__post_init__()  # the config base's checks and the method's `validate`
+        if self.textures not in TEXTURES:
+            raise ThreecadError(f"config textures={self.textures}: must be one of {', '.join(TEXTURES)}")
+        if self.draw not in DRAWS:
+            raise ThreecadError(f"config draw={self.draw}: must be one of {', '.join(DRAWS)}")
+        if not 0.0 <= self.beta_max <= 1.0:
+            raise ThreecadError(f"config beta_max={self.beta_max}: must be in [0, 1]")
+        if not 0 <= self.perlin_max_scale <= 8:
+            raise ThreecadError(f"config perlin_max_scale={self.perlin_max_scale}: must be in 0..8")
+
+    def dtd_folder(self, method: str) -> str | None:
+        """The DTD folder the synthesizer reads, or None for procedural textures (`texture_root`)."""
+        return texture_root(self.textures, self.dtd_root, method)
+
+    def synthesizer(self, seed: int, dtd_root: str | None, keys: Sequence[str] | None = None) -> AnomalySynthesizer:
+        """The synthesizer these settings describe, at the config's `image_size`."""
+        return AnomalySynthesizer(self.image_size, dtd_root=dtd_root, beta_max=self.beta_max,
+                                  perlin_max_scale=self.perlin_max_scale, seed=seed, draw=self.draw, keys=keys)

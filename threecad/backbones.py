@@ -236,10 +236,16 @@ def _clean_state(state: dict) -> dict:
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
+def random_weights(weights: str | os.PathLike | None) -> bool:
+    """Whether a `weights` setting means random initialisation. A method keeps such a backbone
+    in its checkpoint, since no file can rebuild it."""
+    return weights is None or str(weights).lower() in ("none", "random", "")
+
+
 def resolve_weights(name: str, weights: str | os.PathLike | None) -> dict | None:
     """The state dict for `name` under the `weights` rule (see module docstring); None = random."""
     spec = BACKBONES[name]
-    if _architecture_only or weights is None or str(weights).lower() in ("none", "random", ""):
+    if _architecture_only or random_weights(weights):
         return None
     if str(weights).lower() != "imagenet":
         path = Path(weights).expanduser()

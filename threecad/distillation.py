@@ -174,8 +174,3 @@ def upsampled_sum(distances: Sequence[torch.Tensor], size: int) -> torch.Tensor:
         up = F.interpolate(d.unsqueeze(1).float(), size=(size, size), mode="bilinear", align_corners=True)
         total = up if total is None else total + up
     return total[:, 0]
-
-
-def random_teacher(weights: str | None) -> bool:
-    """A randomly initialised teacher (tests) must travel in the checkpoint: no file rebuilds it."""
-    return weights is None or str(weights).lower() in ("none", "random", "")

@@ -50,13 +50,9 @@ def block_positions(net: nn.Module) -> list[tuple[int, int]]:
     return [(stage, block) for stage in range(1, 8) for block in range(len(net.features[stage]))]
 
 
-def _is_random(weights: str | os.PathLike | None) -> bool:
-    return weights is None or str(weights).lower() in ("none", "random", "")
-
-
 def efficientnet_b4_state(weights: str | os.PathLike | None) -> dict | None:
     """The torchvision-keyed state dict for `weights` under `threecad.backbones`' rule; None = random init."""
-    return None if _is_random(weights) else resolve_weights(NAME, weights)
+    return resolve_weights(NAME, weights)
 
 
 class EfficientNetB4Taps(nn.Module):

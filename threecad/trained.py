@@ -22,6 +22,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import dataclasses
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Iterable, Iterator
@@ -31,7 +32,7 @@ from torch import nn
 
 from threecad.errors import ThreecadError
 from threecad.method import Method, MethodConfig
-from threecad.training import check_selection, seed_everything, train_epochs
+from threecad.training import check_selection, loader_length, seed_everything, train_epochs
 
 # How a length field is cut to run a fit of about `n` steps (tests, gpu_check): kind -> rule.
 LENGTH_RULES: dict[str, Callable[[int], int]] = {
@@ -71,6 +72,15 @@ def length_fields(config_class: type) -> dict[str, str]:
 def short_lengths(config_class: type, n: int) -> dict[str, int]:
     """Values that cut every length field of the config to a fit of about `n` steps."""
     return {name: LENGTH_RULES[kind](n) for name, kind in length_fields(config_class).items()}
+
+
+def epochs_for(train_loader, epochs: int, steps: int) -> int:
+    """`epochs`, or with `steps` > 0, enough passes over this loader for that many optimiser steps
+    (references that count steps, not epochs: DRAEM's and RealNet's `steps`)."""
+    per_epoch = loader_length(train_loader)
+    if steps <= 0 or not per_epoch:
+        return epochs
+    return max(1, math.ceil(steps / per_epoch))
 
 
 @contextlib.contextmanager

@@ -131,7 +131,7 @@ class EpochCheckpoint:
 
 def check_selection(select: str) -> None:
     if select not in SELECTIONS:
-        raise ThreecadError(f"select must be one of {', '.join(SELECTIONS)}, got '{select}'")
+        raise ThreecadError(f"config select={select}: must be one of {', '.join(SELECTIONS)}")
 
 
 def cpu_copy(state: dict[str, Any]) -> dict[str, Any]:
