@@ -53,10 +53,10 @@ from tqdm.auto import tqdm
 
 from threecad.backbones import FeatureExtractor
 from threecad.errors import ThreecadError
-from threecad.harness.devices import single_thread_on_cpu
 from threecad.method import Method, MethodConfig
 from threecad.patch_features import aggregate_patches
 from threecad.postprocess import PostProcess
+from threecad.threads import single_thread_on_cpu
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,8 @@ from conftest import make_tiny_dataset
 from fake_methods import write_distribution
 from refusal import assert_refused
 from threecad.cli import main
-from threecad.harness.study import parse_methods, study_tables
+from threecad.harness.study import parse_methods
+from threecad.harness.studytable import study_tables
 
 SHORT = ["--preset", "cpu", "--device", "cpu", "--eval-size", "64", "--pictures", "0", "--set", "image_size=64"]
 

@@ -170,7 +170,7 @@ def test_resume_in_another_setting_or_with_other_categories_is_refused(unified_r
 def test_a_method_that_cannot_run_unified_is_refused_before_any_write(root, tmp_path, monkeypatch):
     import fake_methods
 
-    monkeypatch.setattr(fake_methods.MeanDistance, "supports_unified", False, raising=False)
+    monkeypatch.setattr(fake_methods.MeanDistance, "supports_unified", False)
     out = tmp_path / "never"
     assert_refused(bench(root, out, "--setting", "unified"), names=("meandist", "--setting per-category"),
                    watch=[out, root])
@@ -181,7 +181,7 @@ def test_a_method_that_cannot_run_unified_is_refused_before_any_write(root, tmp_
 def test_a_unified_method_run_per_category_gets_a_hint(root, tmp_path, monkeypatch):
     import fake_methods
 
-    monkeypatch.setattr(fake_methods.MeanDistance, "unified_by_default", True, raising=False)
+    monkeypatch.setattr(fake_methods.MeanDistance, "unified_by_default", True)
     out = invoke(bench(root, tmp_path / "run", "--category", "ACC")).output
     hints = [line for line in out.splitlines() if line.startswith("note:")]
     assert hints == ["note: meandist is meant to train one model for all categories; "

@@ -34,6 +34,8 @@ METADATA_SUFFIXES = {".txt", ".md", ".json", ".csv", ".sha256", ".yaml", ".yml",
 COLUMNS = ["category", "folder", "dataset", "split", "label", "defect_type",
            "image_path", "mask_path", "height", "width"]
 GOOD = "good"
+# What `threecad synth` leaves at the root of a tree it made (verify, stats and bench read it).
+SYNTHETIC_MARKER = "synthetic.json"
 # Problems that change what a benchmark or a statistic would compute: a root with any of
 # them is refused by bench (see layout_errors). The other errors (orphan masks, a mask
 # beside a good image) are untidy but change no number.

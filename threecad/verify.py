@@ -31,15 +31,14 @@ from threecad import catalog
 from threecad.catalog import Category
 from threecad.wording import plural
 from threecad.errors import DatasetError, ThreecadError
-from threecad.layout import (METADATA_SUFFIXES, Problem, Scan, catalog_order, is_category_dir,
-                             scan_root)
+from threecad.layout import (METADATA_SUFFIXES, SYNTHETIC_MARKER, Problem, Scan, catalog_order,
+                             is_category_dir, scan_root)
 from threecad.masks import MaskError, inspect_mask
 from threecad.manifest import (FileEntry, ManifestDiff, build_manifest, compare, hash_files,
                                list_files, read_manifest, write_manifest)
 
 log = logging.getLogger(__name__)
 
-SYNTHETIC_MARKER = "synthetic.json"
 COUNT_COLUMNS = ["train_good", "test_good", "test_defect", "defect_types"]
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from threecad.choices import PER_CATEGORY, PROTOCOLS, SETTINGS, STANDARD
 from threecad.cli.common import category_option, resolve_root, root_option
 
 
@@ -23,11 +24,11 @@ from threecad.cli.common import category_option, resolve_root, root_option
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
               help="Override a config field, typed (repeatable): --set epochs=3 --set weights=PATH.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
-@click.option("--protocol", type=click.Choice(["standard", "3cad-paper"]), default="standard", show_default=True,
+@click.option("--protocol", type=click.Choice(PROTOCOLS), default=STANDARD, show_default=True,
               help="Evaluation protocol; 3cad-paper reproduces the official release's metrics.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Run directory. Default: runs/<method>-<preset>-<time>.")
-@click.option("--setting", type=click.Choice(["per-category", "unified"]), default="per-category",
+@click.option("--setting", type=click.Choice(SETTINGS), default=PER_CATEGORY,
               show_default=True, help="per-category: one model per category; unified: one model fitted on "
                                       "the union of the categories' training images, evaluated per category.")
 @click.option("--resume", is_flag=True, help="Finish a run directory: skip categories already done.")

@@ -46,6 +46,7 @@ def command(out: Path, scale: float, seed: int, categories: tuple[str, ...], max
     Every image of a category shows the same product (one layout per category and seed).
     """
     from threecad.fsutil import WriteError, check_writable, write_error
+    from threecad.layout import SYNTHETIC_MARKER
     from threecad.wording import plural
     from threecad.synth import generate  # lazy: keeps `threecad --help` fast
 
@@ -60,7 +61,7 @@ def command(out: Path, scale: float, seed: int, categories: tuple[str, ...], max
         raise
     except OSError as exc:  # the tree is built beside --out and moved into place
         raise write_error(out, exc) from None
-    info = json.loads((root / "synthetic.json").read_text())
+    info = json.loads((root / SYNTHETIC_MARKER).read_text())
     counts = info["counts"]
     n_train = sum(c["train_good"] for c in counts.values())
     n_good = sum(c["test_good"] for c in counts.values())

@@ -1,7 +1,6 @@
 """Device choice and the environment facts a result must record (hardware, versions, revision)."""
 from __future__ import annotations
 
-import contextlib
 import os
 import platform
 import subprocess
@@ -27,22 +26,6 @@ def pick_device(name: str) -> torch.device:
     if name == "cpu":
         return torch.device("cpu")
     raise ThreecadError(f"unknown device '{name}'; use auto, cpu or cuda")
-
-
-@contextlib.contextmanager
-def single_thread_on_cpu(device: torch.device):
-    """One CPU thread for a loop of small memory-bound steps (coreset selection, many small
-    factorisations): with several, each step pays a thread hand-off, which is 4x slower on an
-    idle machine and far worse on a busy one."""
-    if device.type != "cpu":
-        yield
-        return
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def cpu_count() -> int:

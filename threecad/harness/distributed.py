@@ -91,10 +91,6 @@ class Solo:
         self._counters: dict[str, int] = {}
         self._values: dict[str, str] = {}
 
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
     def claim(self, key: str) -> int:
         n = self._counters.get(key, 0)
         self._counters[key] = n + 1

@@ -7,7 +7,6 @@ import heapq
 import itertools
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 

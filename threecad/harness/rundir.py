@@ -20,16 +20,19 @@ it, two runs into the same --out both "succeed" with their records mixed.
 """
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import math
 import os
+import secrets
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from threecad.choices import PAPER, PER_CATEGORY, UNIFIED
 from threecad.errors import ThreecadError
 from threecad.fsutil import atomic_write_json, atomic_write_text
 
@@ -148,6 +151,44 @@ class RunDir:
         return results
 
 
+def run_name(prefix: str) -> str:
+    """A new run's name (its default folder, or its run id): `<prefix>-<UTC time>-<random>`."""
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    return f"{prefix}-{stamp}-{secrets.token_hex(3)}"
+
+
+def utc_now() -> str:
+    """The time a run or study starts or finishes, as its records hold it."""
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def make_run_dir(out: Path) -> Path | None:
+    """Create the run directory; returns the topmost folder created (None: it existed)."""
+    top = None
+    for p in [out, *out.parents]:
+        if p.exists():
+            break
+        top = p
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ThreecadError(f"cannot create the run directory {out}: {(exc.strerror or str(exc)).lower()}") from None
+    return top
+
+
+def remove_empty_dirs(out: Path, top: Path) -> None:
+    """Remove `out` and its parents up to `top` while they are empty (what a refused command made)."""
+    p = out
+    while True:
+        try:
+            p.rmdir()
+        except OSError:
+            return
+        if p == top:
+            return
+        p = p.parent
+
+
 class RunLock:
     """An exclusive, non-blocking lock on a run directory for the whole run.
 
@@ -203,7 +244,7 @@ def mean_metrics(categories: dict[str, dict[str, Any]], protocol: str) -> dict[s
     ok = [c for c in categories.values() if c.get("status") == "ok" and isinstance(c.get("metrics"), dict)]
     for metric in MAIN_METRICS:
         values = [c["metrics"][metric] for c in ok if _finite(c["metrics"].get(metric))]
-        if protocol == "3cad-paper":
+        if protocol == PAPER:
             values = [round(v, 3) for v in values]
         if values:
             out[metric] = float(np.mean(values))
@@ -233,14 +274,14 @@ def markdown(results: dict[str, Any]) -> str:
     """The paper's wide layout: metrics as rows, categories as columns, then Mean (percent)."""
     cats = [a for a, r in results["categories"].items() if r.get("status") == "ok"]
     header = ["Metric", *cats, "Mean"]
-    setting = results.get("setting", "per-category")
+    setting = results.get("setting", PER_CATEGORY)
     lines = [f"# {results['method']} ({results['preset']}) on {results['dataset']['name']}",
              "",
              f"Protocol `{results['protocol']}`, setting `{setting}`, evaluation size {results['eval_size']}, "
              f"device {results['device']}, run `{results['run_id']}`.", ""]
-    if setting == "unified":
+    if setting == UNIFIED:
         lines += [f"> {UNIFIED_NOTE.format(categories=', '.join(results.get('unified_categories') or cats))}", ""]
-    if results["protocol"] == "3cad-paper":
+    if results["protocol"] == PAPER:
         lines += [f"> {PAPER_CAVEAT}", ""]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for metric in MAIN_METRICS:

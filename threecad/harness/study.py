@@ -3,8 +3,7 @@
 `threecad bench --method a,b --out S` is the paper's experiment in one command: a run
 directory per method (`S/a/`, `S/b/`, each exactly what `--method a --out S/a` writes),
 `S/study.json` (what the study is, checked by `--resume`), and `S/study.md` / `S/study.csv`
-in the paper's layout (methods as rows, categories then Mean as columns, one table per main
-metric, the best of each column marked).
+in the paper's layout (threecad.harness.studytable).
 
 The unit of work is a (method, category) pair, so that the same code runs it in one process
 or shared by the ranks of a torchrun job (threecad.harness.distributed):
@@ -22,32 +21,31 @@ or shared by the ranks of a torchrun job (threecad.harness.distributed):
    the study table, and releases the locks.
 
 With `--ddp` there is no queue: the ranks take the pairs in order and each pair is fitted by
-all of them (threecad.harness.runner.DDPFit); rank 0 evaluates and writes. A lone method
+all of them (threecad.harness.fitting.DDPFit); rank 0 evaluates and writes. A lone method
 (`--method a`) under torchrun shares its categories the same way into the run directory
 `--out` itself, and writes no study table.
 """
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
-import io
 import json
 import logging
-import math
-import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-import pandas as pd
-
 from threecad.catalog import Category
+from threecad.choices import UNIFIED
 from threecad.errors import ThreecadError
 from threecad.fsutil import atomic_write_json, atomic_write_text
 from threecad.harness import distributed
-from threecad.harness.rundir import MAIN_METRICS, PAPER_CAVEAT, RunDir, RunLock, mean_metrics
-from threecad.harness.runner import (BenchSpec, DDPFit, Plan, _extra, _make_run_dir, _now, _unified_model,
-                                     finish_run, open_run, pending, prepare, remove_empty_dirs, run_pair)
+from threecad.harness.fitting import DDPFit
+from threecad.harness.prepare import BenchSpec, Plan, prepare
+from threecad.harness.records import environment_facts
+from threecad.harness.rundir import RunDir, RunLock, make_run_dir, remove_empty_dirs, run_name, utc_now
+from threecad.harness.runner import finish_run, open_run, pending, run_pair
+from threecad.harness.studytable import study_tables
+from threecad.harness.unified import unified_model
 from threecad.registry import load_method
 
 log = logging.getLogger(__name__)
@@ -55,8 +53,6 @@ log = logging.getLogger(__name__)
 STUDY_SCHEMA = "threecad.study/1"
 # study.json and a --resume must agree on these
 STUDY_KEYS = ("methods", "categories", "preset", "configs", "protocol", "eval_size", "setting", "ddp", "dataset")
-METRIC_TITLES = {"i_auroc": "I-AUROC", "i_ap": "I-AP", "i_f1max": "I-F1max", "p_auroc": "P-AUROC",
-                 "p_ap": "P-AP", "p_f1max": "P-F1max", "au_pro": "AU-PRO"}
 # the arguments every rank must have been given alike, and the option that sets each
 ARGUMENT_OPTIONS = {"methods": "--method", "root": "--root", "categories": "--category", "preset": "--preset",
                     "overrides": "--set", "device": "--device", "protocol": "--protocol", "out": "--out",
@@ -198,10 +194,7 @@ def _arguments(spec: StudySpec) -> dict[str, Any]:
 def _out_dir(spec: StudySpec) -> Path:
     if spec.bench.out is not None:
         return Path(spec.bench.out).expanduser()
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    first = spec.methods[0].lower()
-    name = f"study-{stamp}-{secrets.token_hex(3)}" if spec.is_study else f"{first}-{stamp}-{secrets.token_hex(3)}"
-    return Path("runs") / name
+    return Path("runs") / run_name("study" if spec.is_study else spec.methods[0].lower())
 
 
 # ---------------------------------------------------------------------- checking (no writes)
@@ -213,7 +206,7 @@ def _plan(spec: StudySpec, out: Path, group: distributed.Solo) -> list[Member]:
         twice = next(n for n in names if names.count(n) > 1)
         raise ThreecadError(f"--method: '{twice}' is named twice")
     if spec.ddp:
-        if spec.bench.setting == "unified":
+        if spec.bench.setting == UNIFIED:
             raise ThreecadError("--ddp fits one model per category; it does not run with --setting unified")
         for cls in classes:
             if not cls.trains_by_gradient:
@@ -320,7 +313,7 @@ def _open(spec: StudySpec, out: Path, members: list[Member], locks: list[RunLock
     try:
         dirs = ([out] if spec.is_study else []) + [m.run.path for m in members]
         for d in dirs:
-            top = _make_run_dir(d)
+            top = make_run_dir(d)
             if top is not None:
                 created.append((d, top))
             lock = RunLock(RunDir(d))
@@ -330,14 +323,14 @@ def _open(spec: StudySpec, out: Path, members: list[Member], locks: list[RunLock
             record = _study_record(spec, members)
             previous = _read_study(out)  # again, under the lock
             if previous is None:
-                atomic_write_json(out / "study.json", {**record, "started": _now()})
+                atomic_write_json(out / "study.json", {**record, "started": utc_now()})
             else:
                 _check_same_study(previous, record, out)
         work: list[list[str | None]] = []
         for m in members:
             open_run(m.plan, m.spec, m.run)
             _, todo = pending(m.plan, m.run)
-            if m.plan.setting == "unified":
+            if m.plan.setting == UNIFIED:
                 work += [[m.name, None]] if todo else []
             else:
                 work += [[m.name, c.abbreviation] for c in todo]
@@ -385,7 +378,7 @@ def _run_item(spec: StudySpec, m: Member, abbr: str | None, say, group: distribu
     plan = m.plan
     label = (lambda cat: f"{m.name} {cat.abbreviation}")
     if abbr is None:  # --setting unified: the one fit, then every category still to run
-        fitted = _unified_model(plan, m.spec, m.run, lambda msg: say(f"{m.name} {msg}"))
+        fitted = unified_model(plan, m.spec, m.run, lambda msg: say(f"{m.name} {msg}"))
         _, todo = pending(plan, m.run)
         cats = todo
     else:
@@ -394,7 +387,7 @@ def _run_item(spec: StudySpec, m: Member, abbr: str | None, say, group: distribu
         run_pair(plan, m.spec, m.run, cat, say, fitted, ddp=ddp, label=label(cat))
         if not group.distributed:  # one process: keep results.json current, as a single run does
             records = {c.abbreviation: r for c in plan.categories if (r := m.run.read_category(c.abbreviation))}
-            m.run.write_results(plan.run_spec, records, _extra())
+            m.run.write_results(plan.run_spec, records, environment_facts())
 
 
 def _category(plan: Plan, abbr: str) -> Category:
@@ -426,79 +419,3 @@ def _finish(spec: StudySpec, out: Path, members: list[Member], items: list, echo
         if not (f.is_file() and f.read_text(encoding="utf-8") == text):  # a finished study resumed: untouched
             atomic_write_text(f, text)
     return Outcome(md, code)
-
-
-# ---------------------------------------------------------------------- the table
-def study_tables(results: dict[str, dict[str, Any]], categories: list[str]) -> tuple[str, str]:
-    """(study.md, study.csv) from each method's results.json content.
-
-    Values in percent. Mean is each method's own mean over its finished categories (as its
-    results.json). The best of each column (at the printed precision, ties all marked) is
-    bold in the markdown and named in the CSV's `best` column.
-    """
-    first = next(iter(results.values()))
-    protocol = first["protocol"]
-    lines = [f"# Study on {first['dataset']['name']}: {', '.join(results)}", "",
-             f"Preset `{first['preset']}`, protocol `{protocol}`, setting `{first.get('setting', 'per-category')}`, "
-             f"evaluation size {first['eval_size']}. Values in percent; the best of each column in bold; "
-             "Mean over each method's finished categories.", ""]
-    if protocol == "3cad-paper":
-        lines += [f"> {PAPER_CAVEAT}", ""]
-    columns = [*categories, "Mean"]
-    rows = []
-    for metric in MAIN_METRICS:
-        table = {name: _row(res, metric, categories) for name, res in results.items()}
-        if not any(_finite(v) for row in table.values() for v in row.values()):
-            continue
-        best = {col: _best(table, col) for col in columns}
-        lines += [f"## {METRIC_TITLES.get(metric, metric)}", "", "| Method | " + " | ".join(columns) + " |",
-                  "|" + "---|" * (len(columns) + 1)]
-        for name, row in table.items():
-            cells = [_cell(row[col], name in best[col]) for col in columns]
-            lines.append(f"| {name} | " + " | ".join(cells) + " |")
-            rows.append({"metric": metric, "method": name, "preset": results[name]["preset"],
-                         **{col: row[col] for col in columns},
-                         "best": ";".join(col for col in columns if name in best[col])})
-        lines.append("")
-    failed = [(name, abbr, rec) for name, res in results.items() for abbr, rec in res["categories"].items()
-              if rec.get("status") != "ok"]
-    missing = [(name, abbr) for name, res in results.items() for abbr in categories if abbr not in res["categories"]]
-    if failed or missing:
-        lines += ["Pairs without a result:", ""]
-        lines += [f"- {name} on {abbr}: {rec.get('error', 'unknown error')} (see {name}/{rec.get('traceback')})"
-                  for name, abbr, rec in failed]
-        lines += [f"- {name} on {abbr}: not run" for name, abbr in missing]
-        lines.append("")
-    frame = pd.DataFrame(rows, columns=["metric", "method", "preset", *columns, "best"])
-    buf = io.StringIO()
-    frame.to_csv(buf, index=False)
-    return "\n".join(lines).rstrip("\n") + "\n", buf.getvalue()
-
-
-def _row(results: dict[str, Any], metric: str, categories: list[str]) -> dict[str, float | None]:
-    row: dict[str, float | None] = {}
-    for abbr in categories:
-        rec = results["categories"].get(abbr) or {}
-        v = (rec.get("metrics") or {}).get(metric) if rec.get("status") == "ok" else None
-        row[abbr] = 100 * v if _finite(v) else None
-    mean = mean_metrics(results["categories"], results["protocol"]).get(metric)
-    row["Mean"] = 100 * mean if _finite(mean) else None
-    return row
-
-
-def _best(table: dict[str, dict[str, float | None]], col: str) -> set[str]:
-    shown = {name: round(row[col], 1) for name, row in table.items() if _finite(row[col])}
-    if not shown:
-        return set()
-    top = max(shown.values())
-    return {name for name, v in shown.items() if v == top}
-
-
-def _cell(v: float | None, best: bool) -> str:
-    if not _finite(v):
-        return "-"
-    return f"**{v:.1f}**" if best else f"{v:.1f}"
-
-
-def _finite(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)

@@ -19,6 +19,7 @@ from typing import Any
 import pandas as pd
 
 from threecad.catalog import MVTEC, THREECAD, resolve_category
+from threecad.choices import SETTINGS
 from threecad.errors import ThreecadError
 from threecad.leaderboard.names import display_name, formula_reason, unsafe_reason
 from threecad.leaderboard.runcheck import check_run
@@ -128,9 +129,6 @@ def _run_date(data: dict) -> str:
 def _format(value: float, digits: int) -> str:
     text = f"{value:.{digits}f}"
     return text.rstrip("0").rstrip(".") if "." in text else text
-
-
-SETTINGS = ("per-category", "unified")
 
 
 def variant_of(path: Path, data: dict[str, Any], preset: str, records: dict[str, dict[str, Any]]) -> str:

@@ -14,6 +14,7 @@ from datetime import date
 import pandas as pd
 
 from threecad.catalog import MVTEC, THREECAD
+from threecad.choices import PROTOCOLS
 from threecad.errors import ThreecadError
 from threecad.leaderboard.names import formula_reason, unsafe_reason
 
@@ -30,7 +31,6 @@ KEY: tuple[str, ...] = ("method", "variant", "protocol", "dataset", "category", 
 SUBMISSION: tuple[str, ...] = ("method", "variant", "source", "reference", "protocol", "dataset")
 
 SOURCES: tuple[str, ...] = ("paper", "run")
-PROTOCOLS: tuple[str, ...] = ("standard", "3cad-paper")
 DATASETS: tuple[str, ...] = ("3cad", "3cad-synthetic", "mvtec", "custom")
 METRICS: tuple[str, ...] = ("i_auroc", "i_ap", "i_f1max", "p_auroc", "p_ap", "p_f1max", "au_pro")
 METRIC_LABELS: dict[str, str] = {

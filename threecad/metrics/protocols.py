@@ -31,6 +31,10 @@ I-AP, I-F1max and P-F1max are not in the release; they are threecad's (curves), 
 same way.  Streaming mode bins the pooled pixels (P-AUROC, P-AP within their bounds); image
 metrics and PRO stay exact there.
 
+What the harness does with a predicted batch under each protocol is decided here too
+(`evaluator_inputs`, `ranking_scores`, `recorded_postprocess`), so that no other module
+repeats a protocol's rules.
+
 Where the official code crashes or returns NaN, threecad returns a documented number:
 - an image with a constant map (np.arange with a zero step), or none of whose thresholds
   reaches FPR < 0.3 (auc of no point): 0.0;
@@ -47,13 +51,10 @@ from collections.abc import Iterable
 import numpy as np
 from scipy import ndimage
 
+from threecad.choices import PAPER, PROTOCOLS, STANDARD
 from threecad.errors import ThreecadError
 from threecad.metrics.regions import EIGHT_CONNECTED
 from threecad.smoothing import release_blur
-
-STANDARD = "standard"
-PAPER = "3cad-paper"
-PROTOCOLS = (STANDARD, PAPER)
 
 PAPER_BLUR_SIGMA = 4.0
 PAPER_THRESHOLDS = 200
@@ -70,6 +71,37 @@ def check_protocol(protocol: str) -> str:
 def paper_blur(maps: np.ndarray) -> np.ndarray:
     """The release's single blur of raw (N, H, W) maps, in float64 as the release holds its map."""
     return release_blur(np.asarray(maps, dtype=np.float64), sigma=PAPER_BLUR_SIGMA)
+
+
+def evaluator_inputs(protocol: str, scores, maps, post):
+    """(scores, maps) of a predicted batch as the Evaluator takes them under `protocol`.
+
+    `standard`: the method's declared post-processing (`post`, a threecad.postprocess.PostProcess)
+    applied once; `3cad-paper`: no score and the raw maps, since the Evaluator blurs once and
+    scores each image by the max of its blurred map, as the release.
+    """
+    if check_protocol(protocol) == STANDARD:
+        return post.apply(maps, scores)
+    return None, maps
+
+
+def ranking_scores(protocol: str, scores, maps) -> np.ndarray:
+    """The score each image is ranked by under `protocol`, from (scores, maps) as fed to the
+    Evaluator (so the images pictured as hardest are the ones its metrics rank so): the score
+    given, else the max of the map (`standard`); the max of the release's blur (`3cad-paper`)."""
+    maps = np.asarray(maps)
+    if check_protocol(protocol) == PAPER:
+        return paper_blur(maps).reshape(len(maps), -1).max(axis=1)
+    if scores is not None:
+        return np.asarray(scores)
+    return maps.reshape(len(maps), -1).max(axis=1)
+
+
+def recorded_postprocess(protocol: str, post) -> dict:
+    """The post-processing a run under `protocol` applied to the raw maps, as its records say."""
+    if check_protocol(protocol) == STANDARD:
+        return post.as_dict()
+    return {"release_blur_sigma": PAPER_BLUR_SIGMA}
 
 
 def paper_round(value):

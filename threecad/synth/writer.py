@@ -32,6 +32,7 @@ from tqdm import tqdm
 from threecad.catalog import Category, resolve_categories, table1
 from threecad.errors import ThreecadError
 from threecad.fsutil import atomic_write_json
+from threecad.layout import SYNTHETIC_MARKER as MARKER
 from threecad.synth.kinds import DEFECT_TYPES
 from threecad.synth.plan import ImageJob, plan_category, scaled_count, test_good_floor, train_floor
 from threecad.synth.render import render_job
@@ -43,7 +44,6 @@ log = logging.getLogger(__name__)
 # new layout per image.
 GENERATOR_VERSION = "4"
 DATASET_NAME = "3cad-synthetic"
-MARKER = "synthetic.json"
 SIDECAR = "defect_regions.csv"
 SIDECAR_COLUMNS = ["image", "region", "defect_type", "y", "x", "area"]
 PNG_COMPRESS_LEVEL = 1  # fast zlib: encoding would otherwise cost more than drawing

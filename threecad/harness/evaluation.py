@@ -1,0 +1,80 @@
+"""Evaluating a fitted method on one category's test set: every batch from the loader to the
+Evaluator, in one loop.
+
+Each batch is predicted (throughput timed after a warm-up batch, with device
+synchronisation), given the protocol's treatment (threecad.metrics.protocols: the method's
+post-processing under `standard`, raw maps under `3cad-paper`), resized to the evaluation
+grid and streamed into the Evaluator; the hardest images are kept for the picture, ranked
+by the score the protocol ranks them by.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from threecad.harness import devices
+from threecad.harness.fitting import loader
+from threecad.harness.pictures import HardestImages
+from threecad.harness.prepare import BenchSpec
+from threecad.harness.rundir import MAIN_METRICS
+from threecad.metrics import Evaluator
+from threecad.metrics.protocols import evaluator_inputs, ranking_scores
+from threecad.method import Method
+from threecad.progress import progress
+
+EXACT_PIXEL_LIMIT = 250_000_000  # above this many test pixels, `auto` metrics stream
+
+
+@dataclass
+class Evaluation:
+    """One category's test set, predicted and scored."""
+
+    metrics: dict[str, Any]
+    notes: str
+    breakdowns: dict[str, Any]
+    infer_images_per_s: float
+    mode: str
+    hardest: HardestImages
+
+
+def evaluate(method: Method, post, config, test, device: torch.device, spec: BenchSpec, label: str) -> Evaluation:
+    """Predict the test set, streamed into the Evaluator (throughput timed after a warm-up batch)."""
+    protocol, eval_size = spec.protocol, spec.eval_size
+    pixels = len(test) * eval_size ** 2
+    mode = spec.metrics_mode if spec.metrics_mode != "auto" else (
+        "exact" if pixels <= EXACT_PIXEL_LIMIT else "streaming")
+    evaluator = Evaluator(protocol=protocol, mode=mode)
+    hardest = HardestImages(spec.pictures)
+    infer_s, infer_n = 0.0, 0
+    test_loader = loader(test, config.batch_size, device, False, config.seed)
+    for i, batch in enumerate(progress(test_loader, desc=f"{label} test", unit="batch")):
+        images = batch["image"]
+        devices.synchronize(device)
+        t1 = time.perf_counter()
+        x = images.to(device, non_blocking=True)  # at config.image_size: see threecad.dataset.EvalView
+        with torch.inference_mode():
+            scores, maps = method.predict(x)
+            scores, maps = evaluator_inputs(protocol, scores, maps.float(), post)
+            maps = F.interpolate(maps[:, None], size=(eval_size, eval_size),
+                                 mode="bilinear", align_corners=False)[:, 0].cpu()
+            scores = None if scores is None else scores.float().cpu()
+        devices.synchronize(device)
+        if i > 0 or len(test_loader) == 1:  # the first batch is warm-up
+            infer_s += time.perf_counter() - t1
+            infer_n += len(images)
+        masks = batch["mask"][:, 0] > 0.5
+        evaluator.update(maps, masks, scores=scores, labels=batch["label"],
+                         defect_types=list(batch["defect_type"]))
+        hardest.update(images, maps, masks, ranking_scores(protocol, scores, maps), batch["label"],
+                       list(batch["path"]))
+    computed = evaluator.compute()
+    # None: the data cannot define the metric (e.g. no defect pixel at all); `notes` says why
+    metrics = {k: None if computed[k] is None else float(computed[k]) for k in MAIN_METRICS if k in computed}
+    return Evaluation(metrics=metrics, notes=str(computed.get("notes") or ""),
+                      breakdowns={k: v for k, v in computed.items() if k not in MAIN_METRICS and k != "notes"},
+                      infer_images_per_s=infer_n / infer_s if infer_s > 0 else float("nan"), mode=mode,
+                      hardest=hardest)

@@ -1,0 +1,298 @@
+"""Preparing a run: everything `threecad bench` was asked, checked before the first write.
+
+Settings, the method built once (its config and weights files), the categories, the layout
+(a root with result-changing errors is refused), the split manifest, the datasets (caches
+filled) and the run directory's state (`--resume` compares the config in `config_dict`'s
+canonical form). A refused command leaves no file, so the corrected command is not refused
+in turn. The result is a `Plan`, which the runner (threecad.harness.runner) and a study
+(threecad.harness.study) execute.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from threecad.catalog import Category, resolve_categories
+from threecad.choices import PER_CATEGORY, PROTOCOLS, SETTINGS, STANDARD, UNIFIED
+from threecad.errors import DatasetError, ThreecadError
+from threecad.harness import devices
+from threecad.harness.loggers import check_logger
+from threecad.harness.rundir import RunDir, run_name
+from threecad.layout import SYNTHETIC_MARKER, fingerprint, layout_errors, scan_root
+from threecad.method import Method, MethodConfig, build_config, config_dict
+from threecad.registry import load_method
+from threecad.synth.writer import DATASET_NAME as SYNTHETIC_DATASET
+from threecad.wording import plural
+
+log = logging.getLogger(__name__)
+METRICS_MODES = ("auto", "exact", "streaming")  # auto: exact up to a test-set size, then streaming
+MIN_EVAL_SIZE = 16
+# run.json and a --resume must agree on these (compared in config_dict's canonical form)
+RESUME_KEYS = ("method", "preset", "config", "protocol", "eval_size", "dataset", "setting", "unified_categories",
+               "ddp")
+# run.json files written before the unified setting existed say nothing: they ran per category;
+# "ddp" is true only in a run trained with --ddp (its categories fitted across the ranks)
+SPEC_DEFAULTS = {"setting": PER_CATEGORY, "unified_categories": None, "ddp": None}
+
+
+@dataclass
+class BenchSpec:
+    """What `threecad bench` was asked to do."""
+
+    method: str
+    root: Path
+    categories: tuple[str, ...] = ("all",)
+    preset: str | None = None  # None: "paper" on CUDA, "cpu" on the CPU
+    overrides: dict[str, str] = field(default_factory=dict)
+    device: str = "auto"
+    protocol: str = STANDARD
+    out: Path | None = None
+    resume: bool = False
+    eval_size: int = 256
+    metrics_mode: str = "auto"  # one of METRICS_MODES
+    pictures: int = 6
+    allow_layout_problems: bool = False  # run on a root with layout errors (warned, counted)
+    setting: str = PER_CATEGORY  # or UNIFIED: one model fitted on the union of the categories
+    ddp: bool = False  # each category fitted across the ranks of a torchrun job (threecad.harness.study)
+    logger: str | None = None  # also log to "tensorboard" or "mlflow" (threecad.harness.loggers)
+    study: Path | None = None  # the study folder this run belongs to (its trackers' root and tag)
+
+
+@dataclass
+class CategoryData:
+    """One category's datasets, built (and their caches filled) before anything is written."""
+
+    category: Category
+    train: Any
+    val: Any
+    test: Any
+
+
+@dataclass
+class Plan:
+    """Everything checked before the first write: a command refused here leaves no file."""
+
+    method_cls: type[Method]
+    config: MethodConfig
+    preset: str
+    device: torch.device
+    root: Path
+    scan: Any
+    categories: list[Category]
+    run_spec: dict[str, Any]
+    out: Path
+    previous: dict[str, Any] | None
+    done: dict[str, dict[str, Any]]  # --resume: records of categories that finished
+    data: dict[str, CategoryData]  # the categories still to run
+    manifest: Any  # the checked split manifest (DataFrame) or None
+    split_note: str | None
+    eval_size: int
+    setting: str = PER_CATEGORY
+
+    def datasets(self, cat: Category) -> CategoryData:
+        """The category's datasets: those built by `prepare`, else built now (a unified refit
+        needs the training images of categories that finished before)."""
+        return self.data.get(cat.abbreviation) or _category_data(cat, self.scan, self.root, self.config,
+                                                                 self.eval_size, self.manifest)
+
+
+def dataset_name(root: Path, scan_dataset: str) -> str:
+    return SYNTHETIC_DATASET if (root / SYNTHETIC_MARKER).is_file() else scan_dataset
+
+
+def prepare(spec: BenchSpec) -> Plan:
+    """Check every setting, build the method once and the datasets; write nothing."""
+    check_logger(spec.logger)  # a tracker that is not installed is refused before any write
+    if spec.protocol not in PROTOCOLS:
+        raise ThreecadError(f"unknown protocol '{spec.protocol}'; valid: {', '.join(PROTOCOLS)}")
+    if spec.metrics_mode not in METRICS_MODES:
+        raise ThreecadError(f"unknown metrics mode '{spec.metrics_mode}'; valid: {', '.join(METRICS_MODES)}")
+    if not isinstance(spec.eval_size, int) or spec.eval_size < MIN_EVAL_SIZE:
+        raise ThreecadError(f"--eval-size {spec.eval_size}: must be an integer of at least {MIN_EVAL_SIZE}")
+    if not isinstance(spec.pictures, int) or spec.pictures < 0:
+        raise ThreecadError(f"--pictures {spec.pictures}: must be 0 or more")
+    if spec.setting not in SETTINGS:
+        raise ThreecadError(f"unknown --setting '{spec.setting}'; valid: {', '.join(SETTINGS)}")
+    device = devices.pick_device(spec.device)
+    devices.configure_threads(device)
+    method_cls = load_method(spec.method)
+    if spec.setting == UNIFIED and not method_cls.supports_unified:
+        raise ThreecadError(f"method '{method_cls.name}' cannot run in --setting unified (one model for all "
+                            "categories); run it with --setting per-category")
+    preset = spec.preset or ("paper" if device.type == "cuda" else "cpu")
+    if spec.preset is None:
+        log.info("preset %s (default for %s)", preset, device.type)
+    config = build_config(method_cls, preset, spec.overrides)
+
+    root = Path(spec.root).expanduser()
+    scan = scan_root(root)
+    order = {c: i for i, c in enumerate(scan.categories)}
+    categories = sorted(resolve_categories(spec.categories, scan.categories), key=order.__getitem__)
+    problems = _layout_problems(scan, categories)
+    if problems and not spec.allow_layout_problems:
+        raise DatasetError(f"{plural(len(problems), 'layout error')} under {root} would change the results "
+                           f"(first: {problems[0].kind}: {problems[0].path}: {problems[0].message}); "
+                           "fix them (`threecad verify` lists them) or pass --allow-layout-problems")
+    if problems:
+        log.warning("%s under %s (first: %s); running anyway (--allow-layout-problems)",
+                    plural(len(problems), "layout error"), root, problems[0])
+    manifest, split = _split_manifest(root, scan, categories)
+
+    dataset = {"name": dataset_name(root, scan.dataset), "root": str(root.resolve()),
+               "fingerprint": fingerprint(scan.table, root), "split": None,
+               "layout_problems": len(problems)}
+    split_note = None
+    if split is not None:
+        dataset["files_fingerprint"] = dataset["fingerprint"]
+        dataset["fingerprint"] = hashlib.sha256(
+            f"{dataset['fingerprint']}\0{split['sha256']}".encode()).hexdigest()[:16]
+        dataset["split"] = split
+        split_note = f"using split manifest {split['path']} (val {plural(split['val_images'], 'image')})"
+    run_spec = {
+        "method": method_cls.name, "preset": preset, "config": config_dict(config),
+        "protocol": spec.protocol, "eval_size": spec.eval_size, "dataset": dataset,
+        "setting": spec.setting, "seed": config.seed, "device": str(device),
+    }
+    if spec.setting == UNIFIED:  # the union the one model is fitted on: part of what the run is
+        run_spec["unified_categories"] = [c.abbreviation for c in categories]
+    if spec.ddp:  # absent otherwise, so that run.json of a plain run is as before
+        run_spec["ddp"] = True
+    out = Path(spec.out).expanduser() if spec.out else Path("runs") / run_name(f"{method_cls.name}-{preset}")
+    if out.exists() and not out.is_dir():
+        raise ThreecadError(f"--out {out} is a file, not a folder")
+    run = RunDir(out)
+    previous = run.read_spec()
+    check_resumable(previous, run_spec, spec.resume, out)
+    done: dict[str, dict[str, Any]] = {}
+    if previous is not None:
+        for cat in categories:
+            record = run.read_category(cat.abbreviation)
+            if record is not None and record.get("status") == "ok":
+                done[cat.abbreviation] = record
+    if len(done) < len(categories):  # a finished run resumed builds nothing
+        check_method(method_cls, config)
+    # unified: a refit needs every category's training images, finished or not
+    unfinished = [c for c in categories if c.abbreviation not in done]
+    needed = categories if spec.setting == UNIFIED and unfinished else unfinished
+    data = {cat.abbreviation: _category_data(cat, scan, root, config, spec.eval_size, manifest) for cat in needed}
+    return Plan(method_cls=method_cls, config=config, preset=preset, device=device, root=root, scan=scan,
+                categories=categories, run_spec=run_spec, out=out, previous=previous, done=done,
+                data=data, manifest=manifest, split_note=split_note, eval_size=spec.eval_size,
+                setting=spec.setting)
+
+
+def check_method(method_cls: type[Method], config: MethodConfig) -> None:
+    """Build the method once on the CPU (config checks, weights files), then drop it."""
+    try:
+        method = method_cls(config, device="cpu", amp=False)
+        method.postprocess()
+    except ThreecadError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any construction failure is a bad setting, said in one line
+        first = (str(exc).strip().splitlines() or [""])[0]
+        weights = getattr(config, "weights", None)
+        if isinstance(weights, str) and _raised_by_torch_load(exc):
+            raise ThreecadError(f"the weights file {weights} cannot be read as a PyTorch state dict "
+                                f"({type(exc).__name__}: {first}); pass a file saved with torch.save") from exc
+        raise ThreecadError(f"method '{method_cls.name}' cannot be built with this config: "
+                            f"{type(exc).__name__}: {first}") from exc
+    del method
+
+
+def _raised_by_torch_load(exc: BaseException) -> bool:
+    tb = exc.__traceback__
+    while tb is not None:
+        name = tb.tb_frame.f_code.co_filename.replace("\\", "/")
+        if name.endswith(("torch/serialization.py", "torch/_weights_only_unpickler.py")):
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def check_resumable(previous: dict[str, Any] | None, run_spec: dict[str, Any], resume: bool, out: Path) -> None:
+    """Refuse to write into another run, or to resume one that was run differently."""
+    if previous is None:
+        return
+    if not resume:
+        raise ThreecadError(f"{out} already holds a run; pass --resume to finish it, or choose another --out")
+    diff = [k for k in RESUME_KEYS if spec_value(previous, k) != spec_value(run_spec, k)]
+    if "setting" in diff and "unified_categories" in diff:  # one difference, said once
+        diff.remove("unified_categories")
+    if diff:
+        detail = ""
+        if "config" in diff:
+            old, new = previous.get("config") or {}, run_spec["config"]
+            keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+            detail = f" (config {', '.join(f'{k}: {old.get(k)!r} then, {new.get(k)!r} now' for k in keys[:3])})"
+        if "unified_categories" in diff and "setting" not in diff:
+            detail += f" (categories {','.join(previous.get('unified_categories') or [])} then; pass them again)"
+        if "setting" in diff:
+            detail += (f" (setting {spec_value(previous, 'setting')} then, {run_spec.get('setting')} now; "
+                       f"pass --setting {spec_value(previous, 'setting')})")
+        if "ddp" in diff:
+            detail += " (trained with --ddp then, not now)" if previous.get("ddp") else " (not trained with --ddp then)"
+        raise ThreecadError(f"cannot resume {out}: it was run with a different {', '.join(diff)}{detail}")
+
+
+def spec_value(spec: dict[str, Any], key: str) -> Any:
+    """A run.json or results.json field, with the value older runs meant when they lack it."""
+    return spec.get(key, SPEC_DEFAULTS.get(key))
+
+
+def _layout_problems(scan, categories: list[Category]) -> list:
+    """The scan's result-changing errors in the chosen categories (or at the root itself)."""
+    folders = {c.folder.lower() for c in categories} | {c.abbreviation.lower() for c in categories}
+    out = []
+    for p in layout_errors(scan):
+        try:
+            rel = Path(p.path).relative_to(scan.root).parts
+        except ValueError:
+            rel = ()
+        if not rel or rel[0].lower() in folders:
+            out.append(p)
+    return out
+
+
+def _split_manifest(root: Path, scan, categories: list[Category]) -> tuple[Any, dict[str, Any] | None]:
+    """The `split.csv` every bench on this root uses (checked), and its record for results.json."""
+    from threecad.splits import find_manifest, read_manifest
+
+    path = find_manifest(root)
+    if path is None:
+        return None, None
+    manifest = read_manifest(path, scan.table)
+    used = manifest[manifest["category"].isin([c.abbreviation for c in categories])]
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    return manifest, {"path": str(path.resolve()), "sha256": digest,
+                      "val_images": int((used["subset"] == "val").sum()),
+                      "train_images": int((used["subset"] == "train").sum())}
+
+
+def _category_data(cat: Category, scan, root: Path, config: MethodConfig, eval_size: int,
+                   manifest) -> CategoryData:
+    from threecad.dataset import EvalView, ThreeCAD
+
+    rows = scan.table[scan.table["category"] == cat.abbreviation]
+    for split in ("train", "test"):
+        if not (rows["split"] == split).any():
+            raise DatasetError(f"{cat.abbreviation}: no {split} images under {root / cat.folder}")
+    if manifest is not None and cat.abbreviation not in set(manifest["category"]):
+        log.info("%s is not in the split manifest; training on all of train/good", cat.abbreviation)
+        manifest = None
+    train = ThreeCAD(root, cat.abbreviation, "train", image_size=config.image_size, table=scan.table,
+                     manifest=manifest)
+    val = None
+    if manifest is not None and ((manifest["category"] == cat.abbreviation)
+                                 & (manifest["subset"] == "val")).any():
+        val = ThreeCAD(root, cat.abbreviation, "val", image_size=config.image_size, table=scan.table,
+                       manifest=manifest)
+    test = ThreeCAD(root, cat.abbreviation, "test", image_size=eval_size, table=scan.table)
+    if config.image_size != eval_size:  # the model sees test images resized as its training images
+        test = EvalView(ThreeCAD(root, cat.abbreviation, "test", image_size=config.image_size, table=scan.table),
+                        test)
+    return CategoryData(cat, train, val if val is not None and len(val) > 0 else None, test)
