@@ -132,7 +132,7 @@ def test_extraction_beyond_free_space(tmp_path, root, dataset, monkeypatch):
     archive = _zip_dir(dataset, tmp_path / "3cad.zip")
     monkeypatch.setattr(arc, "free_bytes", lambda path: 1000)
     monkeypatch.setattr(arc, "EXTRACT_SPACE_MARGIN", 0)
-    monkeypatch.setattr("threecad.download.FREE_SPACE_MARGIN", 0)
+    monkeypatch.setattr("threecad.download.unpack.FREE_SPACE_MARGIN", 0)
     assert_refused(_dl(root, "--source", "path", "--path", str(archive)), names=["3cad.zip", "1000 B free"],
                    watch=[root.parent, archive])
 

@@ -17,7 +17,7 @@ from loopback import FakeHub, HubRepo, Loopback
 from threecad import download as dl
 from threecad.archive import UnsafeArchiveError
 from threecad.cli import main
-from threecad.download import DownloadError, DownloadRequest, download, gdrive_url
+from threecad.download import DownloadError, DownloadRequest, download, gdrive_url, unpack
 from threecad.errors import DatasetError, ThreecadError
 from threecad.manifest import MANIFEST_NAME, read_manifest
 from threecad.verify import verify
@@ -189,20 +189,20 @@ def test_dataset_failing_verify_is_not_installed(tmp_path):
 
 
 def test_interrupted_extraction_leaves_no_partial_root(tmp_path, archive, monkeypatch):
-    real = dl.safe_extract
+    real = unpack.safe_extract
 
     def extract_then_die(*args, **kwargs):
         real(*args, **kwargs)  # every file is out, then the user hits Ctrl-C
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(dl, "safe_extract", extract_then_die)
+    monkeypatch.setattr(unpack, "safe_extract", extract_then_die)
     root = tmp_path / "r"
     with pytest.raises(KeyboardInterrupt):
         download(DownloadRequest(root=root, source="path", path=archive, progress=False))
     assert not root.exists() and _siblings(root) == []
     # a run killed outright leaves its temporary folder; the next run clears it
     (tmp_path / ".r.tmp-killed" / "3CAD").mkdir(parents=True)
-    monkeypatch.setattr(dl, "safe_extract", real)
+    monkeypatch.setattr(unpack, "safe_extract", real)
     download(DownloadRequest(root=root, source="path", path=archive, progress=False))
     assert _siblings(root) == []
     _installed_ok(root, archive.read_bytes())
@@ -256,7 +256,7 @@ def test_folder_source_and_empty_root(tmp_path, dataset):
 
 
 def test_free_space_check(tmp_path, archive, monkeypatch):
-    monkeypatch.setattr(dl, "_free_bytes", lambda path: 1000)
+    monkeypatch.setattr(unpack, "free_bytes", lambda path: 1000)
     root = tmp_path / "r"
     with pytest.raises(ThreecadError, match="not enough free space"):
         download(DownloadRequest(root=root, source="path", path=archive, progress=False))

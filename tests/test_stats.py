@@ -18,6 +18,8 @@ from threecad.catalog import table1
 from threecad.cli import main
 from threecad.errors import DatasetError
 from threecad.layout import scan_root
+from threecad.masks import read_mask
+from threecad.stats import pool
 
 EIGHT = np.ones((3, 3), bool)
 
@@ -194,7 +196,7 @@ def test_mask_files_read_like_a_plain_threshold(tmp_path, kind):
     img.save(path)
     with Image.open(path) as im:
         expected = np.asarray(im, dtype=bool) if im.mode == "1" else np.asarray(im.convert("L")) > 127
-    assert np.array_equal(st.read_mask(path), expected)
+    assert np.array_equal(read_mask(path), expected)
     from_file = st.analyze_mask(path)
     from_array = st.analyze_mask_array(expected)
     assert (from_file.height, from_file.width) == expected.shape
@@ -212,8 +214,8 @@ def test_cache_reuses_unchanged_files_and_recomputes_changed_ones(tmp_path, monk
         paths.append(str(tmp_path / f"m{i}.png"))
         _save_mask(paths[-1], m)
     calls = []
-    real = st.analyze_mask
-    monkeypatch.setattr(st, "analyze_mask", lambda p: calls.append(p) or real(p))
+    real = pool.analyze_mask
+    monkeypatch.setattr(pool, "analyze_mask", lambda p: calls.append(p) or real(p))
     first = st.analyze_masks(paths, workers=1, cache_dir=tmp_path / "c", progress=False)
     assert len(calls) == 3
     second = st.analyze_masks(paths, workers=1, cache_dir=tmp_path / "c", progress=False)

@@ -60,12 +60,6 @@ def table1() -> pd.DataFrame:
         return pd.read_csv(fh).set_index("abbreviation")
 
 
-def paper_results() -> pd.DataFrame:
-    """The paper's published per-category results (long form, values in percent)."""
-    with resources.files("threecad.data").joinpath("3cad_paper_results.csv").open() as fh:
-        return pd.read_csv(fh)
-
-
 def _names(cat: Category) -> set[str]:
     return {cat.abbreviation.lower(), cat.folder.lower()}
 

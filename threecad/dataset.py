@@ -60,11 +60,6 @@ def _load_image(path: str | os.PathLike, size: int) -> tuple[np.ndarray, tuple[i
     return np.asarray(rgb).transpose(2, 0, 1), hw
 
 
-def load_image(path: str | os.PathLike, size: int) -> np.ndarray:
-    """Decode an image -> (3, size, size) uint8 RGB, bilinear with antialiasing."""
-    return _load_image(path, size)[0]
-
-
 def load_mask(path: str | os.PathLike | None, size: int,
               image_size: tuple[int, int] | None = None) -> np.ndarray:
     """Decode a mask -> (1, size, size) uint8 0/1, nearest; all zeros when there is none.

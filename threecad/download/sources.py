@@ -35,11 +35,8 @@ class DownloadError(ThreecadError):
     """A transfer failed in a way the user can act on (network, HTTP status, checksum)."""
 
 
-def _free_bytes(path: Path) -> int:
-    return free_bytes(path)
-
-
-def _gib(n: int) -> str:
+def human_size(n: int) -> str:
+    """Bytes in GiB, or MiB below a quarter GiB."""
     return f"{n / 2**30:.2f} GiB" if n >= 2**28 else f"{n / 2**20:.1f} MiB"
 
 
@@ -178,8 +175,8 @@ def fetch_url(url: str, staging: Path, retries: int = 2, timeout: float = 60.0,
             validator = resp.headers.get("ETag") or resp.headers.get("Last-Modified")
             if validator and validator.startswith("W/"):
                 validator = resp.headers.get("Last-Modified")
-            if total is not None and _free_bytes(staging) < total - offset + FREE_SPACE_MARGIN:
-                raise DownloadError(f"not enough free space in {staging} for {_gib(total - offset)} more; "
+            if total is not None and free_bytes(staging) < total - offset + FREE_SPACE_MARGIN:
+                raise DownloadError(f"not enough free space in {staging} for {human_size(total - offset)} more; "
                                     "free space or choose a --root on a larger disk")
             meta_path.write_text(json.dumps({"url": url, "validator": validator, "total": total}))
             try:

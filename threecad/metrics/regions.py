@@ -17,6 +17,7 @@ from scipy import ndimage
 
 from threecad.errors import ThreecadError
 from threecad.metrics import kernels
+from threecad.row_runs import flag_runs
 
 #: 3x3 structuring element: diagonal neighbours join a region (8-connectivity), as in MVTec AD.
 EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
@@ -93,12 +94,6 @@ def rows_with_defect(masks: np.ndarray) -> np.ndarray:
     return masks.any(axis=2)
 
 
-def _row_runs(flags: np.ndarray) -> list[tuple[int, int]]:
-    """[start, stop) of each run of True in a 1-D boolean array."""
-    edges = np.flatnonzero(np.diff(np.concatenate([[0], flags.view(np.int8), [0]])))
-    return list(zip(edges[::2].tolist(), edges[1::2].tolist()))
-
-
 def label_regions(masks: np.ndarray, size_edges: Sequence[float] = DEFAULT_SIZE_EDGES) -> BatchRegions:
     """8-connected regions of each boolean mask in an (N, H, W) batch."""
     n, h, w = masks.shape
@@ -112,7 +107,7 @@ def label_regions(masks: np.ndarray, size_edges: Sequence[float] = DEFAULT_SIZE_
     parts_pix, parts_area, parts_img = [], [], []
     total = 0
     for b in np.flatnonzero(rows_any.any(axis=1)):
-        for r0, r1 in _row_runs(rows_any[b]):       # regions never cross a defect-free row
+        for r0, r1 in flag_runs(rows_any[b]):       # regions never cross a defect-free row
             band = masks[b, r0:r1]
             c = np.flatnonzero(band.any(axis=0))
             crop = band[:, c[0]:c[-1] + 1]
