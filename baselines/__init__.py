@@ -1,1 +1,1 @@
-"""Baseline anomaly-detection methods that the 3CAD paper compares, on the threecad harness."""
+"""Baseline anomaly-detection methods that the 3CAD paper compares, on the harness."""

@@ -1,4 +1,4 @@
-"""DeSTSeg (Zhang et al., CVPR 2023) on the threecad harness: `threecad bench --method destseg`.
+"""DeSTSeg (Zhang et al., CVPR 2023) on the harness: `threecad bench --method destseg`.
 
 A frozen ImageNet teacher and a randomly initialised student of the same architecture (its
 encoder to stride 32, then a decoder of residual blocks back to the teacher's three taps)

@@ -35,11 +35,10 @@ SSIM dynamic range is fixed at 1 (the reference guesses it from the reconstructi
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -337,14 +336,7 @@ class DRAEM(TrainedMethod):
         }
 
     # ------------------------------------------------------------------ persistence
-    def state_dict(self) -> dict[str, Any]:
-        return {"config": dataclasses.asdict(self.config), "model": self.net.state_dict(),
-                "texture_source": self.texture_source}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.net.load_state_dict(state["model"])
-        self.texture_source = state.get("texture_source")
-        self.net.eval()
+    checkpoint_facts = ("texture_source",)
 
     def info(self) -> dict[str, Any]:
         from threecad.model_card import count_parameters

@@ -43,17 +43,16 @@ Departures, and why:
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from threecad.backbones import BACKBONES, FeatureExtractor, random_weights
+from threecad.backbones import BACKBONES, FeatureExtractor
 from threecad.errors import ThreecadError
 from threecad.feature_cache import DEFAULT_BUDGET_MB, FeatureCache
 from threecad.postprocess import PostProcess
@@ -366,17 +365,11 @@ class FastFlow(TrainedMethod):
                           "LayerNorm parameters grow with the input size (normalised over C, H, W)",
                           "image score: max of the map (anomalib); gathierry reports pixel AUROC only"]}
 
-    def state_dict(self) -> dict[str, Any]:
-        state = {"config": dataclasses.asdict(self.config), "model": self.net.trainable.state_dict()}
-        if random_weights(self.config.weights):
-            state["encoder"] = self.net.encoder.state_dict()
-        return state
+    def trained_module(self) -> nn.Module:
+        return self.net.trainable
 
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.net.trainable.load_state_dict(state["model"])
-        if "encoder" in state:
-            self.net.encoder.load_state_dict(state["encoder"])
-        self.net.eval()
+    def frozen_backbone(self) -> tuple[str, nn.Module]:
+        return "encoder", self.net.encoder
 
     def info(self) -> dict[str, Any]:
         out: dict[str, Any] = {

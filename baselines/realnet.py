@@ -51,11 +51,10 @@ no DDP/SyncBN (single process); the synthesizer redraws empty Perlin masks.
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -575,14 +574,7 @@ class RealNet(TrainedMethod):
         }
 
     # ------------------------------------------------------------------ persistence
-    def state_dict(self) -> dict[str, Any]:
-        return {"config": dataclasses.asdict(self.config), "model": self.net.state_dict(),
-                "texture_source": self.texture_source}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.net.load_state_dict(state["model"])
-        self.texture_source = state.get("texture_source")
-        self.net.eval()
+    checkpoint_facts = ("texture_source",)
 
     def info(self) -> dict[str, Any]:
         out: dict[str, Any] = {"anomaly_source": self.texture_source,

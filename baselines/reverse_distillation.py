@@ -13,15 +13,14 @@ harness applies the smoothing this method declares (`postprocess`).
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import nn
 
-from threecad.backbones import FeatureExtractor, random_weights
+from threecad.backbones import FeatureExtractor
 from threecad.distillation import (MirroredDecoder, OneClassBottleneck, cosine_distance, flattened_cosine_loss,
                                    upsampled_sum)
 from threecad.postprocess import PostProcess
@@ -128,17 +127,11 @@ class ReverseDistillation(TrainedMethod):
                 "notes": ["bottleneck: without the 1x1 conv + BN (4 c3 -> 2 c3) that RD's release defines "
                           "and never calls (8,392,704 parameters with WideResNet-50)"]}
 
-    def state_dict(self) -> dict[str, Any]:
-        state = {"config": dataclasses.asdict(self.config), "model": self.net.trainable.state_dict()}
-        if random_weights(self.config.weights):
-            state["teacher"] = self.net.teacher.state_dict()
-        return state
+    def trained_module(self) -> nn.Module:
+        return self.net.trainable
 
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.net.trainable.load_state_dict(state["model"])
-        if "teacher" in state:
-            self.net.teacher.load_state_dict(state["teacher"])
-        self.net.eval()
+    def frozen_backbone(self) -> tuple[str, nn.Module]:
+        return "teacher", self.net.teacher
 
     def info(self) -> dict[str, Any]:
         out: dict[str, Any] = {"teacher": self.config.backbone, "teacher_channels": list(self.net.teacher.channels),

@@ -51,16 +51,15 @@ and is kept here for now; it is meant to move to one shared module.
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from threecad.backbones import FeatureExtractor, random_weights
+from threecad.backbones import FeatureExtractor
 from threecad.errors import ThreecadError
 from threecad.feature_cache import DEFAULT_BUDGET_MB, FeatureCache
 from threecad.patch_features import aggregate_patches
@@ -304,19 +303,8 @@ class SimpleNet(TrainedMethod):
         return patch.flatten(1).amax(dim=1), maps
 
     # ------------------------------------------------------------------ persistence
-    def state_dict(self) -> dict[str, Any]:
-        state: dict[str, Any] = {"config": dataclasses.asdict(self.config), "model": self.net.state_dict()}
-        if random_weights(self.config.weights):  # then part of the model, not rebuilt from a file
-            state["backbone"] = self.extractor.state_dict()
-        return state
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        if "model" not in state:
-            raise ThreecadError("SimpleNet checkpoint has no 'model' entry: not a SimpleNet state")
-        self.net.load_state_dict(state["model"])
-        if "backbone" in state:
-            self.extractor.load_state_dict(state["backbone"])
-        self.net.eval()
+    def frozen_backbone(self) -> tuple[str, nn.Module]:
+        return "backbone", self.extractor
 
     def info(self) -> dict[str, Any]:
         cfg = self.config

@@ -32,15 +32,13 @@ head. Model selection is the last epoch, as the reference's evaluation (it loads
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from threecad.backbones import random_weights
 from threecad.efficientnet_taps import NAME as B4, align_features, frozen_taps
 from threecad.errors import ThreecadError
 from threecad.feature_cache import DEFAULT_BUDGET_MB, FeatureCache
@@ -333,17 +331,11 @@ class UniAD(TrainedMethod):
                             "size": side, "tokens": side * side},
                 "notes": notes}
 
-    def state_dict(self) -> dict[str, Any]:
-        state = {"config": dataclasses.asdict(self.config), "model": self.net.reconstruction.state_dict()}
-        if random_weights(self.config.weights):  # a random backbone travels along
-            state["backbone"] = self.net.backbone.state_dict()
-        return state
+    def trained_module(self) -> nn.Module:
+        return self.net.reconstruction
 
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.net.reconstruction.load_state_dict(state["model"])
-        if "backbone" in state:
-            self.net.backbone.load_state_dict(state["backbone"])
-        self.net.eval()
+    def frozen_backbone(self) -> tuple[str, nn.Module]:
+        return "backbone", self.net.backbone
 
     def info(self) -> dict[str, Any]:
         out: dict[str, Any] = {"backbone": self.config.backbone, "feature_channels": sum(self.net.backbone.channels),

@@ -1,4 +1,4 @@
-"""CFRG on the threecad harness: `threecad bench --method cfrg`.
+"""CFRG on the harness: `threecad bench --method cfrg`.
 
 Preset `paper` is the official release (WideResNet-50 teacher, EfficientNet-B0 student
 built as the release builds it (`efficientnet_b0_tf`: BatchNorm eps 1e-3 / momentum 0.01,
@@ -25,10 +25,9 @@ reward a network that flags nothing.
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -38,7 +37,6 @@ from torch import nn
 from cfrg.losses import discrimination_loss, recovery_loss, segmentation_loss
 from cfrg.network import CFRGNet
 from threecad.anomaly_synthesis import SynthesisConfig
-from threecad.backbones import random_weights
 from threecad.distillation import cosine_distance, upsampled_sum
 from threecad.errors import ThreecadError
 from threecad.postprocess import PostProcess
@@ -211,19 +209,13 @@ class CFRG(TrainedMethod):
         }
 
     # ------------------------------------------------------------------ persistence
-    def state_dict(self) -> dict[str, Any]:
-        state = {"config": dataclasses.asdict(self.config), "model": self.net.trainable.state_dict(),
-                 "texture_source": self.texture_source}
-        if random_weights(self.config.weights):  # then part of the model, not rebuilt from a file
-            state["teacher"] = self.net.teacher.state_dict()
-        return state
+    checkpoint_facts = ("texture_source",)
 
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.net.trainable.load_state_dict(state["model"])
-        if "teacher" in state:
-            self.net.teacher.load_state_dict(state["teacher"])
-        self.texture_source = state.get("texture_source")
-        self.net.eval()
+    def trained_module(self) -> nn.Module:
+        return self.net.trainable
+
+    def frozen_backbone(self) -> tuple[str, nn.Module]:
+        return "teacher", self.net.teacher
 
     def info(self) -> dict[str, Any]:
         cfg = self.config

@@ -25,6 +25,7 @@ from conftest import make_tiny_dataset
 from threecad.cli import main
 from threecad.harness import BenchSpec, run_benchmark
 from threecad.registry import available_methods
+from threecad.trained import short_lengths
 
 METHODS = available_methods()  # at collection: a newly registered method is tested without edits
 
@@ -33,10 +34,8 @@ def fast_overrides(cls) -> dict[str, str]:
     """Settings that make a method's cpu preset run in seconds on 64 px images."""
     names = {f.name for f in dataclasses.fields(cls.config_class)}
     out = {"image_size": "64"}
-    # training lengths, however a method counts them: one pass, or two steps
-    short = {"epochs": "1", "meta_epochs": "1", "gan_epochs": "1", "steps": "2", "student_steps": "1",
-             "steps_per_checkpoint": "1", "afs_batches": "1"}
-    out.update({k: v for k, v in short.items() if k in names})
+    # every declared training length, however a method counts it: a one-step fit
+    out.update({k: str(v) for k, v in short_lengths(cls.config_class, 1).items()})
     if "neighbour_size" in names:  # UniAD: 64 px at stride 16 is a 4x4 token grid, which 7x7 would mask whole
         out["neighbour_size"] = "3"
     return out

@@ -9,12 +9,14 @@ A trained method supplies what its paper defines, as hooks:
 - `step(batch) -> losses`: the losses of one batch, `loss` their sum;
 - optionally `validation_loss(batch) -> (mean loss, weight)` and `start_validation()`, which
   make `select=val` available (the epoch with the lowest weighted mean is kept);
-- optionally `after_fit()` to drop what only training needed (feature caches).
+- optionally `after_fit()` to drop what only training needed (feature caches);
+- what its checkpoint holds, as declarations: `trained_module()` (default `self.net`),
+  `frozen_backbone()` (kept only when its weights are random) and `checkpoint_facts`.
 
 The base owns the rest, the same for every method: seeding, the AMP scaler, the epoch loop
 with its resumable checkpoint and model selection (`threecad.training.train_epochs`), the
 loss history, the data-parallel gradient sync (`gradient_sync`, set by the harness under
-`--ddp`), and eval mode after the fit. Config lengths (epochs, steps) are declared with
+`--ddp`), eval mode after the fit, and `state_dict`/`load_state_dict`. Config lengths (epochs, steps) are declared with
 `length(...)`, so that tools which shorten a fit find them without a list of names.
 """
 from __future__ import annotations
@@ -25,11 +27,12 @@ import dataclasses
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Iterable, Iterator
+from typing import Any, Callable, ClassVar, Iterable, Iterator, Mapping
 
 import torch
 from torch import nn
 
+from threecad.backbones import random_weights
 from threecad.errors import ThreecadError
 from threecad.method import Method, MethodConfig
 from threecad.training import check_selection, loader_length, seed_everything, train_epochs
@@ -174,6 +177,38 @@ class TrainedMethod(Method):
             total += float(loss) * weight
             n += weight
         return total / max(n, 1)
+
+    # ------------------------------------------------------------------ the checkpoint, once
+    # Plain attributes the checkpoint carries beside the weights (e.g. "texture_source").
+    checkpoint_facts: ClassVar[tuple[str, ...]] = ()
+
+    def trained_module(self) -> nn.Module:
+        """The weights training changes: the checkpoint's `model` entry (default: all of `self.net`)."""
+        return self.net
+
+    def frozen_backbone(self) -> tuple[str, nn.Module] | None:
+        """(checkpoint key, module) of a frozen backbone whose weights come from a file. It joins
+        the checkpoint only when the config asks for random weights: no file could rebuild it."""
+        return None
+
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = {"config": dataclasses.asdict(self.config), "model": self.trained_module().state_dict()}
+        state.update({name: getattr(self, name) for name in self.checkpoint_facts})
+        frozen = self.frozen_backbone()
+        if frozen is not None and random_weights(getattr(self.config, "weights", None)):
+            state[frozen[0]] = frozen[1].state_dict()
+        return state
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if "model" not in state:
+            raise ThreecadError(f"this checkpoint has no 'model' entry: not a {self.name} state")
+        self.trained_module().load_state_dict(state["model"])
+        frozen = self.frozen_backbone()
+        if frozen is not None and frozen[0] in state:
+            frozen[1].load_state_dict(state[frozen[0]])
+        for name in self.checkpoint_facts:
+            setattr(self, name, state.get(name))
+        self.net.eval()
 
     def training_facts(self) -> dict[str, Any]:
         """The last fit's loop facts for `info()` (selected epoch, how chosen, final losses)."""
