@@ -155,8 +155,8 @@ def test_parallel_build_equals_serial(tiny_root, tmp_path):
     def load(i: int) -> np.ndarray:
         return load_sample(rows["image_path"][i], rows["mask_path"][i], 16)
 
-    serial = ensure_cache(tmp_path / "serial.npy", len(rows), (4, 16, 16), load, workers=1)
-    parallel = ensure_cache(tmp_path / "parallel.npy", len(rows), (4, 16, 16), load, workers=4)
+    serial = ensure_cache(tmp_path / "serial.npy", len(rows), (4 * 16 * 16,), load, workers=1)
+    parallel = ensure_cache(tmp_path / "parallel.npy", len(rows), (4 * 16 * 16,), load, workers=4)
     a, b = CachedArray(serial), CachedArray(parallel)
     assert all(np.array_equal(a[i], b[i]) for i in range(len(rows)))
     assert np.array_equal(a[2], load(2))
@@ -213,16 +213,16 @@ def test_bad_input_gets_clear_errors(tiny_root, tmp_path):
     assert not list((tmp_path / "c").glob("*.npy"))
 
 
-def test_eval_view_gives_model_size_images_and_eval_size_masks(tiny_root, tmp_path):
-    from threecad.dataset import EvalView
-
+def test_mask_size_gives_model_size_images_and_eval_size_masks(tiny_root, tmp_path):
+    """A test split as the evaluation uses it: each resized once from the original."""
+    both = ThreeCAD(tiny_root, "ACC", "test", image_size=32, mask_size=64, cache=tmp_path / "c")
     model = ThreeCAD(tiny_root, "ACC", "test", image_size=32, cache=tmp_path / "c")
     evaluation = ThreeCAD(tiny_root, "ACC", "test", image_size=64, cache=tmp_path / "c")
-    view = EvalView(model, evaluation)
-    assert len(view) == len(evaluation) and (view.image_size, view.mask_size) == (32, 64)
-    for i in range(len(view)):
-        item = view[i]
+    uncached = ThreeCAD(tiny_root, "ACC", "test", image_size=32, mask_size=64, cache=False)
+    assert len(both) == len(evaluation)
+    for i in range(len(both)):
+        item = both[i]
+        assert item["image"].shape == (3, 32, 32) and item["mask"].shape == (1, 64, 64)
         assert torch.equal(item["image"], model[i]["image"]) and torch.equal(item["mask"], evaluation[i]["mask"])
+        assert torch.equal(item["image"], uncached[i]["image"]) and torch.equal(item["mask"], uncached[i]["mask"])
         assert (item["label"], item["path"]) == (evaluation[i]["label"], evaluation[i]["path"])
-    with pytest.raises(ThreecadError, match="same images"):
-        EvalView(ThreeCAD(tiny_root, "CS", "test", image_size=32, cache=False), evaluation)

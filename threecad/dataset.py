@@ -31,6 +31,7 @@ from threecad.catalog import Category, resolve_category
 from threecad.errors import DatasetError, ThreecadError
 from threecad.layout import fingerprint, require_readable, scan_root
 from threecad.masks import MaskError, read_mask
+from threecad.preprocess import Preprocess
 from threecad.splits import read_manifest, select_rows, table_categories, validate_manifest
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,8 @@ log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
 # Part of every cache key: bump it when load_sample changes, so old caches are not reused.
 # 2: masks read by threecad.masks (colour masks by their largest channel, size checked).
-PREPROCESS_VERSION = 2
+# 3: a sample is the image and the mask flattened (the mask may be at another size).
+PREPROCESS_VERSION = 3
 
 
 def _to_rgb(im: Image.Image) -> Image.Image:
@@ -49,20 +51,20 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
-def _load_image(path: str | os.PathLike, size: int) -> tuple[np.ndarray, tuple[int, int]]:
-    """(3, size, size) uint8 RGB and the image's own (height, width)."""
+def _load_image(path: str | os.PathLike, pre: Preprocess) -> tuple[np.ndarray, tuple[int, int]]:
+    """(3, size, size) uint8 through the method's pipeline, and the image's own (height, width)."""
     try:
         with Image.open(path) as im:
             hw = (im.height, im.width)
-            rgb = _to_rgb(im).resize((size, size), Image.Resampling.BILINEAR)
+            image = pre.image(_to_rgb(im))
     except (OSError, ValueError, SyntaxError) as exc:
         raise DatasetError(f"cannot decode image {path} ({exc}); run `threecad verify`") from exc
-    return np.asarray(rgb).transpose(2, 0, 1), hw
+    return image, hw
 
 
-def load_mask(path: str | os.PathLike | None, size: int,
+def load_mask(path: str | os.PathLike | None, pre: Preprocess, size: int,
               image_size: tuple[int, int] | None = None) -> np.ndarray:
-    """Decode a mask -> (1, size, size) uint8 0/1, nearest; all zeros when there is none.
+    """Decode a mask -> (1, size, size) uint8 0/1 in the image's geometry; zeros when there is none.
 
     Read by threecad.masks (the rule verify and stats use); `image_size` (height, width) of
     its image, when given, must be the mask's size, else a MaskError (a ThreecadError).
@@ -73,14 +75,17 @@ def load_mask(path: str | os.PathLike | None, size: int,
         mask = read_mask(path, expected_size=image_size)
     except MaskError as exc:
         raise MaskError(f"{exc}; run `threecad verify`", kind=exc.kind) from None
-    resized = Image.fromarray(mask.astype(np.uint8)).resize((size, size), Image.Resampling.NEAREST)
-    return np.asarray(resized)[None]
+    return pre.mask(mask, size)
 
 
-def load_sample(image_path: str, mask_path: str | None, size: int) -> np.ndarray:
-    """Image and mask stacked as (4, size, size) uint8: what the cache stores per sample."""
-    image, hw = _load_image(image_path, size)
-    return np.concatenate([image, load_mask(mask_path, size, image_size=hw)])
+def load_sample(image_path: str, mask_path: str | None, pre: Preprocess | int,
+                mask_size: int | None = None) -> np.ndarray:
+    """Image and mask flattened into one uint8 vector (3*S*S + M*M): what the cache stores
+    per sample. `pre` is the pipeline (an int: the default one at that size)."""
+    pre = pre if isinstance(pre, Preprocess) else Preprocess(size=int(pre))
+    image, hw = _load_image(image_path, pre)
+    mask = load_mask(mask_path, pre, mask_size or pre.size, image_size=hw)
+    return np.concatenate([image.ravel(), mask.ravel()])
 
 
 class ThreeCAD(Dataset):
@@ -95,14 +100,21 @@ class ThreeCAD(Dataset):
     def __init__(self, root: str | os.PathLike, category: str | Category, split: str = "train",
                  image_size: int = 256, transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
                  cache: bool | str | os.PathLike = True, table: pd.DataFrame | None = None,
-                 manifest: str | os.PathLike | pd.DataFrame | None = None):
+                 manifest: str | os.PathLike | pd.DataFrame | None = None, preprocess: Preprocess | None = None,
+                 mask_size: int | None = None):
         if split not in SPLITS:
             raise ThreecadError(f"split must be one of {', '.join(SPLITS)}, got '{split}'")
         if not isinstance(image_size, (int, np.integer)) or image_size < 1:
             raise ThreecadError(f"image_size must be a positive integer, got {image_size!r}")
+        if preprocess is not None and preprocess.size != image_size:
+            raise ThreecadError(f"preprocess size {preprocess.size} is not image_size {image_size}")
+        if mask_size is not None and (not isinstance(mask_size, (int, np.integer)) or mask_size < 1):
+            raise ThreecadError(f"mask_size must be a positive integer, got {mask_size!r}")
         self.root = Path(root).expanduser()
         self.split = split
         self.image_size = int(image_size)
+        self.mask_size = int(mask_size or image_size)
+        self.preprocess = preprocess or Preprocess(size=self.image_size)
         self.transform = transform
         scan = None
         if table is None:
@@ -155,11 +167,13 @@ class ThreeCAD(Dataset):
                                f"e.g. {missing['image_path'].iloc[0]}; run `threecad verify`")
 
     def _build_cache(self, cache_dir: Path) -> None:
-        fp = f"v{PREPROCESS_VERSION}-{fingerprint(self.samples, with_mtime=True)}"
+        pipeline = "-".join(filter(None, (self.preprocess.key(),
+                                          f"mask{self.mask_size}" if self.mask_size != self.image_size else "")))
+        fp = "-".join(filter(None, (f"v{PREPROCESS_VERSION}", pipeline, fingerprint(self.samples, with_mtime=True))))
         path = cache_file(cache_dir, fp, self.category.abbreviation, self.split, self.image_size)
-        load = functools.partial(_load_index, self._paths, self._masks, self.image_size)
-        s = self.image_size
-        self.cache_path = ensure_cache(path, len(self), (4, s, s), load,
+        load = functools.partial(_load_index, self._paths, self._masks, self.preprocess, self.mask_size)
+        s, m = self.image_size, self.mask_size
+        self.cache_path = ensure_cache(path, len(self), (3 * s * s + m * m,), load,
                                        desc=f"caching {self.category} {self.split} {s}px")
         self._cached = CachedArray(self.cache_path)
 
@@ -174,9 +188,10 @@ class ThreeCAD(Dataset):
         if self._cached is not None:
             sample = self._cached[index]
         else:
-            sample = load_sample(self._paths[index], self._masks[index], self.image_size)
-        image = torch.from_numpy(sample[:3]).float().div_(255.0)
-        mask = torch.from_numpy(sample[3:]).float()
+            sample = load_sample(self._paths[index], self._masks[index], self.preprocess, self.mask_size)
+        s, m = self.image_size, self.mask_size
+        image = torch.from_numpy(sample[:3 * s * s].reshape(3, s, s)).float().div_(255.0)
+        mask = torch.from_numpy(sample[3 * s * s:].reshape(1, m, m)).float()
         if self.transform is not None:
             image = self.transform(image)
         return {"image": image, "mask": mask, "label": self._labels[index],
@@ -184,40 +199,11 @@ class ThreeCAD(Dataset):
 
     def __repr__(self) -> str:
         cache = f", cache={self.cache_path}" if self.cache_path else ""
+        masks = f", mask_size={self.mask_size}" if self.mask_size != self.image_size else ""
         return (f"ThreeCAD(root={self.root}, category={self.category}, split={self.split}, "
-                f"image_size={self.image_size}, n={len(self)}{cache})")
+                f"image_size={self.image_size}{masks}, n={len(self)}{cache})")
 
 
-def _load_index(paths: list[str], masks: list[str | None], size: int, index: int) -> np.ndarray:
-    return load_sample(paths[index], masks[index], size)
-
-
-class EvalView(Dataset):
-    """A test split as the evaluation uses it: the image at the model's input size, the mask
-    at the evaluation size.
-
-    Why: a model must see test images resized from the originals the way its training images
-    were (one antialiased resize to `image_size`), while the metrics are computed on masks at
-    `eval_size`. Resizing an `eval_size` image once more to the model's size would feed the
-    model a resampled copy (blurred when smaller, upsampled when larger: a 288 px model would
-    see a 256 px image blown up) that its training never saw.
-    """
-
-    def __init__(self, model_view: ThreeCAD, eval_view: ThreeCAD):
-        if model_view._paths != eval_view._paths:
-            raise ThreecadError("EvalView: the two views must list the same images in the same order")
-        self.model_view, self.eval_view = model_view, eval_view
-        self.image_size, self.mask_size = model_view.image_size, eval_view.image_size
-        self.category, self.split = eval_view.category, eval_view.split
-
-    def __len__(self) -> int:
-        return len(self.eval_view)
-
-    def __getitem__(self, index: int) -> dict:
-        item = self.eval_view[index]
-        item["image"] = self.model_view[index]["image"]
-        return item
-
-    def __repr__(self) -> str:
-        return (f"EvalView(category={self.category}, image_size={self.image_size}, "
-                f"mask_size={self.mask_size}, n={len(self)})")
+def _load_index(paths: list[str], masks: list[str | None], pre: Preprocess, mask_size: int,
+                index: int) -> np.ndarray:
+    return load_sample(paths[index], masks[index], pre, mask_size)

@@ -5,12 +5,14 @@ over categories, devices, timing, metrics, smoothing and files. A third-party pa
 a method by registering its class under the entry-point group `threecad.methods`.
 
 What a method implements: `fit`, `predict` (raw maps: never smoothed), `state_dict`,
-`load_state_dict`; what it declares: `postprocess()` (its paper's smoothing and
-image-score rule, applied by the harness under the `standard` protocol) and `parts()`
-(its named networks, counted by the model card, `threecad methods NAME`).
+`load_state_dict`; what it declares: `preprocess()` (its reference's input pipeline,
+applied by the dataset), `postprocess()` (its paper's smoothing and image-score rule,
+applied by the harness under the `standard` protocol) and `parts()` (its named networks,
+counted by the model card, `threecad methods NAME`). Gradient-trained methods subclass
+`threecad.trained.TrainedMethod`, which writes `fit` once.
 
 Loader batches are dicts: `image` float32 (N,3,S,S) in [0, 1] (not normalised: each
-method normalises for its own backbone), `mask` float32 (N,1,S,S), `label` int64 (N,),
+method normalises for its own backbone), `mask` float32 (N,1,M,M), `label` int64 (N,),
 `defect_type` list[str], `path` list[str].
 """
 from __future__ import annotations
@@ -29,6 +31,7 @@ from torch import nn
 
 from threecad.errors import ThreecadError
 from threecad.postprocess import PostProcess
+from threecad.preprocess import Preprocess
 
 
 @dataclass
@@ -101,6 +104,11 @@ class Method(abc.ABC):
         reweighted nearest-neighbour distance); None lets the harness apply the rule.
         Called under torch.inference_mode() by the harness; higher is more anomalous.
         """
+
+    def preprocess(self) -> Preprocess:
+        """How an image file becomes this method's input (resize library, geometry, channel
+        order), as its reference does it; the dataset applies it to training and test images."""
+        return Preprocess(size=self.config.image_size)
 
     def postprocess(self) -> PostProcess:
         """How the harness smooths this method's maps and scores images under `standard`."""

@@ -60,6 +60,7 @@ def model_card(method_cls: type[Method], preset: str | None = None,
         # parts may overlap (a whole network and the slice of it that runs): count each tensor once
         "total": count_parameters(torch.nn.ModuleList(method.parts().values())),
         "reference_parts": {name: count_parameters(module) for name, module in method.reference_parts().items()},
+        "preprocess": method.preprocess().as_dict(),
         "postprocess": method.postprocess().as_dict(),
         **method.card_details(),
     }

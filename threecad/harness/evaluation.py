@@ -55,7 +55,7 @@ def evaluate(method: Method, post, config, test, device: torch.device, spec: Ben
         images = batch["image"]
         devices.synchronize(device)
         t1 = time.perf_counter()
-        x = images.to(device, non_blocking=True)  # at config.image_size: see threecad.dataset.EvalView
+        x = images.to(device, non_blocking=True)  # through the method's preprocess, as in training
         with torch.inference_mode():
             scores, maps = method.predict(x)
             scores, maps = evaluator_inputs(protocol, scores, maps.float(), post)

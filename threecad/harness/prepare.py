@@ -25,6 +25,7 @@ from threecad.harness.loggers import check_logger
 from threecad.harness.rundir import RunDir, run_name
 from threecad.layout import SYNTHETIC_MARKER, fingerprint, layout_errors, scan_root
 from threecad.method import Method, MethodConfig, build_config, config_dict
+from threecad.preprocess import Preprocess
 from threecad.registry import load_method
 from threecad.synth.writer import DATASET_NAME as SYNTHETIC_DATASET
 from threecad.wording import plural
@@ -92,12 +93,13 @@ class Plan:
     manifest: Any  # the checked split manifest (DataFrame) or None
     split_note: str | None
     eval_size: int
+    preprocess: Preprocess | None  # the method's input pipeline (None: nothing left to run)
     setting: str = PER_CATEGORY
 
     def datasets(self, cat: Category) -> CategoryData:
         """The category's datasets: those built by `prepare`, else built now (a unified refit
         needs the training images of categories that finished before)."""
-        return self.data.get(cat.abbreviation) or _category_data(cat, self.scan, self.root, self.config,
+        return self.data.get(cat.abbreviation) or _category_data(cat, self.scan, self.root, self.preprocess,
                                                                  self.eval_size, self.manifest)
 
 
@@ -174,23 +176,26 @@ def prepare(spec: BenchSpec) -> Plan:
             record = run.read_category(cat.abbreviation)
             if record is not None and record.get("status") == "ok":
                 done[cat.abbreviation] = record
-    if len(done) < len(categories):  # a finished run resumed builds nothing
-        check_method(method_cls, config)
+    # a finished run resumed builds nothing
+    preprocess = check_method(method_cls, config) if len(done) < len(categories) else None
     # unified: a refit needs every category's training images, finished or not
     unfinished = [c for c in categories if c.abbreviation not in done]
     needed = categories if spec.setting == UNIFIED and unfinished else unfinished
-    data = {cat.abbreviation: _category_data(cat, scan, root, config, spec.eval_size, manifest) for cat in needed}
+    data = {cat.abbreviation: _category_data(cat, scan, root, preprocess, spec.eval_size, manifest)
+            for cat in needed}
     return Plan(method_cls=method_cls, config=config, preset=preset, device=device, root=root, scan=scan,
                 categories=categories, run_spec=run_spec, out=out, previous=previous, done=done,
                 data=data, manifest=manifest, split_note=split_note, eval_size=spec.eval_size,
-                setting=spec.setting)
+                preprocess=preprocess, setting=spec.setting)
 
 
-def check_method(method_cls: type[Method], config: MethodConfig) -> None:
-    """Build the method once on the CPU (config checks, weights files), then drop it."""
+def check_method(method_cls: type[Method], config: MethodConfig) -> Preprocess:
+    """Build the method once on the CPU (config checks, weights files), then drop it; its
+    declared input pipeline is what the datasets apply."""
     try:
         method = method_cls(config, device="cpu", amp=False)
         method.postprocess()
+        preprocess = method.preprocess()
     except ThreecadError:
         raise
     except Exception as exc:  # noqa: BLE001 - any construction failure is a bad setting, said in one line
@@ -202,6 +207,7 @@ def check_method(method_cls: type[Method], config: MethodConfig) -> None:
         raise ThreecadError(f"method '{method_cls.name}' cannot be built with this config: "
                             f"{type(exc).__name__}: {first}") from exc
     del method
+    return preprocess
 
 
 def _raised_by_torch_load(exc: BaseException) -> bool:
@@ -273,9 +279,8 @@ def _split_manifest(root: Path, scan, categories: list[Category]) -> tuple[Any, 
                       "train_images": int((used["subset"] == "train").sum())}
 
 
-def _category_data(cat: Category, scan, root: Path, config: MethodConfig, eval_size: int,
-                   manifest) -> CategoryData:
-    from threecad.dataset import EvalView, ThreeCAD
+def _category_data(cat: Category, scan, root: Path, pre: Preprocess, eval_size: int, manifest) -> CategoryData:
+    from threecad.dataset import ThreeCAD
 
     rows = scan.table[scan.table["category"] == cat.abbreviation]
     for split in ("train", "test"):
@@ -284,15 +289,14 @@ def _category_data(cat: Category, scan, root: Path, config: MethodConfig, eval_s
     if manifest is not None and cat.abbreviation not in set(manifest["category"]):
         log.info("%s is not in the split manifest; training on all of train/good", cat.abbreviation)
         manifest = None
-    train = ThreeCAD(root, cat.abbreviation, "train", image_size=config.image_size, table=scan.table,
-                     manifest=manifest)
+    train = ThreeCAD(root, cat.abbreviation, "train", image_size=pre.size, table=scan.table, manifest=manifest,
+                     preprocess=pre)
     val = None
     if manifest is not None and ((manifest["category"] == cat.abbreviation)
                                  & (manifest["subset"] == "val")).any():
-        val = ThreeCAD(root, cat.abbreviation, "val", image_size=config.image_size, table=scan.table,
-                       manifest=manifest)
-    test = ThreeCAD(root, cat.abbreviation, "test", image_size=eval_size, table=scan.table)
-    if config.image_size != eval_size:  # the model sees test images resized as its training images
-        test = EvalView(ThreeCAD(root, cat.abbreviation, "test", image_size=config.image_size, table=scan.table),
-                        test)
+        val = ThreeCAD(root, cat.abbreviation, "val", image_size=pre.size, table=scan.table, manifest=manifest,
+                       preprocess=pre)
+    # the model sees test images as its training images; the masks are at the evaluation size
+    test = ThreeCAD(root, cat.abbreviation, "test", image_size=pre.size, table=scan.table, preprocess=pre,
+                    mask_size=eval_size)
     return CategoryData(cat, train, val if val is not None and len(val) > 0 else None, test)
