@@ -19,9 +19,9 @@ x8 (bilinear, corners aligned), unsmoothed; image score = max of the map average
 32x32 windows (`postprocess`). In training, with probability 0.5 per batch, N(0, 0.05^2)
 noise is added to the local coordinates (the repository's `noise_std: 0.05`).
 
-CRAD is a unified method: the paper trains one model on all categories
-(`unified_by_default = True`, for the harness's `--setting unified`); it fits on whatever
-training loader it gets, so the per-category setting works as well.
+The taps, their alignment, the map, the image score and the unified setting (one model for
+all categories, as the paper trains) are what CRAD shares with UniAD:
+`threecad.feature_reconstruction`. This file holds the memory, the bottlenecks and the blend.
 
 Preset `paper` is the reference's MVTec config: 224 px, ImageNet normalisation, batch 16
 (per GPU; the README trains on 4 GPUs), 50 epochs, AdamW with two groups (network lr 1e-3,
@@ -46,12 +46,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from threecad.efficientnet_taps import NAME as B4, align_features, frozen_taps
 from threecad.errors import ThreecadError
-from threecad.feature_cache import DEFAULT_BUDGET_MB, FeatureCache
+from threecad.feature_reconstruction import FeatureReconstruction, FeatureReconstructionConfig
 from threecad.optim import clip_gradients, delayed_step_lr
-from threecad.postprocess import PostProcess
-from threecad.trained import TrainedConfig, TrainedMethod, TrainingSetup, length, not_length, seeded_weights
+from threecad.trained import TrainedConfig, TrainingSetup, length, not_length
 
 
 # --------------------------------------------------------------------------- the network
@@ -141,12 +139,10 @@ def blend(rec: torch.Tensor, feats: torch.Tensor, mse_weight: float, cos_weight:
 
 # --------------------------------------------------------------------------- the method
 @dataclass
-class CRADConfig(TrainedConfig):
+class CRADConfig(FeatureReconstructionConfig, TrainedConfig):
     image_size: int = 224
     batch_size: int = 16  # per process (the README: 4 GPUs x 16)
     seed: int = 42  # the reference seeds nothing
-    backbone: str = B4  # frozen; efficientnet_b4 is tapped by block, any threecad backbone by stride
-    weights: str = "imagenet"  # backbone weights: imagenet | none | PATH to a state dict
     blocks: tuple[int, ...] = (9, 21)  # lukemelas block indices (efficientnet_b4)
     strides: tuple[int, ...] = (8, 16)  # taps of any other backbone
     out_stride: int = 8  # MFCN: every tap resized to this stride
@@ -168,11 +164,10 @@ class CRADConfig(TrainedConfig):
     clip_norm: float = 0.1  # max global gradient norm; 0 = no clipping
     score_pool: int = 32  # image score: max of the map averaged over score_pool x score_pool windows
     select: str = "last"  # last epoch, or "val": lowest loss on the validation split's good images
-    cache_features: bool = False  # keep training images' backbone features after epoch 1 (host memory, bounded)
 
     def validate(self) -> None:
-        for key in ("local_resolution", "global_resolution", "expansion", "epochs", "lr_step", "out_stride",
-                    "score_pool"):
+        super().validate()
+        for key in ("local_resolution", "global_resolution", "expansion", "epochs", "lr_step"):
             if getattr(self, key) < 1:
                 raise ThreecadError(f"config {key}={getattr(self, key)}: must be at least 1")
         if self.layers < 0:
@@ -180,56 +175,31 @@ class CRADConfig(TrainedConfig):
         if self.coord_noise < 0 or not 0 <= self.coord_noise_prob <= 1:
             raise ThreecadError(f"config coord_noise={self.coord_noise}, coord_noise_prob={self.coord_noise_prob}: "
                                 "need coord_noise >= 0 and 0 <= coord_noise_prob <= 1")
-        taps = self.strides if self.backbone != B4 else (16,)
-        deepest = max(max(taps), self.out_stride)
-        if self.image_size % deepest:
-            raise ThreecadError(f"config image_size={self.image_size}: must be a multiple of {deepest} "
-                                "(the deepest feature stride)")
-        if self.score_pool > self.image_size:
-            raise ThreecadError(f"config score_pool={self.score_pool}: larger than image_size={self.image_size}")
 
 
-class CRADNet(nn.Module):
-    def __init__(self, cfg: CRADConfig):
-        super().__init__()
-        self.backbone = frozen_taps(cfg.backbone, cfg.blocks, cfg.strides, cfg.weights)
-        side = cfg.image_size // cfg.out_stride
-        self.out_stride = cfg.out_stride
-        self.reconstruction = CRADReconstruction(sum(self.backbone.channels), side, side, cfg.local_resolution,
-                                                 cfg.global_resolution, cfg.layers, cfg.expansion)
-
-    def features(self, images: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            return align_features(self.backbone(images), self.backbone.strides, self.out_stride)
-
-
-class CRAD(TrainedMethod):
+class CRAD(FeatureReconstruction):
     name = "crad"
     description = "CRAD: continuous memory (learned query grids) rebuilds frozen EfficientNet features, unified"
     config_class = CRADConfig
-    unified_by_default = True  # the paper trains one model on all categories
     presets = {
         "paper": {},
         # Offline EfficientNet-Lite0 tapped at strides 8/16 (the B4 taps' strides), 256 px
         # (32x32 features), 3 bottlenecks of expansion 304 (2x the 152 channels), 60 epochs,
         # features cached (frozen backbone, no augmentation). 256 px because at 128 px the
-        # stators' slots (~9 px apart) blur into the feature grids: on `synth --scale 0.01
-        # --max-size 128`, seeds 9/4, per category, mean (lowest) .898 (.688 CS) / .904 (.625 CS)
-        # at 128 px, .986 (.922) / .994 (.969) at 256 px, about 100 s a category on one core.
+        # stators' slots (about 9 px apart) blur into the feature grids and their scores drop
+        # (see the README for the scores).
         "cpu": {"backbone": "efficientnet_lite0", "image_size": 256, "batch_size": 8, "layers": 3,
                 "expansion": 304, "epochs": 60, "lr_step": 1000, "cache_features": True},
     }
 
-    def __init__(self, config: CRADConfig, device: str | torch.device = "cpu", amp: bool = False):
-        super().__init__(config, device, amp)
-        with seeded_weights(config.seed):
-            self.net = CRADNet(config).to(self.device)
-        self.feature_cache = FeatureCache(DEFAULT_BUDGET_MB if config.cache_features else 0, host=True,
-                                          owner=self.name)
+    def reconstruction_network(self, channels: int, side: int) -> CRADReconstruction:
+        cfg = self.config
+        return CRADReconstruction(channels, side, side, cfg.local_resolution, cfg.global_resolution, cfg.layers,
+                                  cfg.expansion)
 
-    def forward(self, images: torch.Tensor, train: bool,
+    def rebuild(self, images: torch.Tensor, train: bool,
                 feats: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """images (or their aligned features) -> (aligned features, blended reconstruction rec'), float32."""
+        """The blended reconstruction rec' (the paper's map and loss are on rec', not on rec)."""
         cfg = self.config
         feats = self.net.features(images) if feats is None else feats
         # the coin is drawn in evaluation too, as the reference does; it only matters in training
@@ -256,62 +226,19 @@ class CRAD(TrainedMethod):
         return TrainingSetup(self.net.reconstruction, optimizer, delayed_step_lr(optimizer, cfg.lr_step, cfg.lr_gamma),
                              cfg.epochs)
 
-    def step(self, batch: dict) -> dict[str, torch.Tensor]:
-        feats, rec = self.forward(batch["image"], train=True, feats=self.feature_cache.get(batch, self.net.features))
-        return {"loss": F.mse_loss(rec, feats)}
-
-    def validation_loss(self, batch: dict) -> tuple[torch.Tensor, int]:
-        feats, rec = self.forward(batch["image"], train=False)
-        return F.mse_loss(rec, feats), len(feats)
-
-    def after_fit(self) -> None:
-        self.feature_cache.clear()
-
-    def predict(self, images: torch.Tensor) -> tuple[None, torch.Tensor]:
-        self.net.eval()
-        feats, rec = self.forward(images, train=False)
-        dist = (rec - feats).pow(2).sum(dim=1, keepdim=True).sqrt()
-        maps = F.interpolate(dist, size=images.shape[-2:], mode="bilinear", align_corners=True)
-        return None, maps[:, 0]
-
-    def postprocess(self) -> PostProcess:
-        return PostProcess(sigma=0.0, score="mean_pool_max", pool=self.config.score_pool, pool_pad=0)
-
     def parts(self) -> dict[str, nn.Module]:
         rec = self.net.reconstruction
-        grids = nn.ParameterDict({"local": rec.local_grid, "global": rec.global_grid})
-        return {f"backbone ({self.config.backbone}, used part)": self.net.backbone,
-                "neck (MFCN)": nn.Module(),
-                "reconstruction: query grids": grids,
+        return {**super().parts(),
+                "reconstruction: query grids": nn.ParameterDict({"local": rec.local_grid, "global": rec.global_grid}),
                 "reconstruction: coordinate heads": nn.ModuleList([rec.global_coord, rec.local_coord]),
                 "reconstruction: bottlenecks": rec.layers,
                 "reconstruction: recover": rec.recover}
 
     def card_details(self) -> dict[str, Any]:
-        cfg = self.config
         rec = self.net.reconstruction
-        side = cfg.image_size // cfg.out_stride
-        notes = [f"reconstruction total {sum(p.numel() for p in rec.parameters()):,} parameters; the global "
-                 "grid holds a whole feature map per cell, so it grows with the image size",
-                 "the query grids train at lr grid_lr (a second AdamW group)"]
-        if cfg.backbone == B4:
-            notes.append("backbone: stem + blocks 0..21 of EfficientNet-B4 (3,635,984 parameters); the reference "
-                         "builds and runs the whole network (19,341,616) and uses only blocks 9 and 21; "
-                         "threecad stops after block 21")
-            notes.append("backbone weights: torchvision's ImageNet file, not lukemelas' TensorFlow port")
-        return {"taps": self.net.backbone.describe_taps(cfg.image_size),
-                "aligned": {"stride": cfg.out_stride, "channels": sum(self.net.backbone.channels), "size": side},
-                "grids": {"local": list(rec.local_grid.shape), "global": list(rec.global_grid.shape)},
+        details = super().card_details()
+        notes = [f"reconstruction total {sum(p.numel() for p in rec.parameters()):,} parameters; the global grid "
+                 "holds a whole feature map per cell, so it grows with the image size",
+                 "the query grids train at lr grid_lr (a second AdamW group)", *details.pop("notes")]
+        return {**details, "grids": {"local": list(rec.local_grid.shape), "global": list(rec.global_grid.shape)},
                 "notes": notes}
-
-    def trained_module(self) -> nn.Module:
-        return self.net.reconstruction
-
-    def frozen_backbone(self) -> tuple[str, nn.Module]:
-        return "backbone", self.net.backbone
-
-    def info(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"backbone": self.config.backbone, "feature_channels": sum(self.net.backbone.channels),
-                               "trainable_parameters": sum(p.numel() for p in self.net.reconstruction.parameters())}
-        out.update(self.training_facts())
-        return out

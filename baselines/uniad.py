@@ -13,9 +13,9 @@ identity, which would rebuild anomalies as well as normal regions:
 - feature jittering: Gaussian noise scaled by each token's norm is added to the input
   tokens during training (the target stays clean).
 
-UniAD is a unified method: the paper trains one model on all categories
-(`unified_by_default = True`, for the harness's `--setting unified`); it fits on whatever
-training loader it gets, so the per-category setting works as well.
+The taps, their alignment, the map, the image score and the unified setting (one model for
+all categories, as the paper trains) are what UniAD shares with CRAD:
+`threecad.feature_reconstruction`. This file holds the transformer and its three devices.
 
 Preset `paper` is the reference's MVTec config: 224 px, ImageNet normalisation, batch 8
 (per GPU; the README trains on 8 GPUs), AdamW lr 1e-4 betas (0.9, 0.999) wd 1e-4, 1000
@@ -36,15 +36,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from threecad.efficientnet_taps import NAME as B4, align_features, frozen_taps
 from threecad.errors import ThreecadError
-from threecad.feature_cache import DEFAULT_BUDGET_MB, FeatureCache
+from threecad.feature_reconstruction import FeatureReconstruction, FeatureReconstructionConfig
 from threecad.optim import clip_gradients, delayed_step_lr
-from threecad.postprocess import PostProcess
-from threecad.trained import TrainedConfig, TrainedMethod, TrainingSetup, length, not_length, seeded_weights
+from threecad.trained import TrainedConfig, TrainingSetup, length, not_length
 
 
 # --------------------------------------------------------------------------- the network
@@ -155,15 +152,11 @@ def jitter(tokens: torch.Tensor, scale: float, prob: float) -> torch.Tensor:
 
 # --------------------------------------------------------------------------- the method
 @dataclass
-class UniADConfig(TrainedConfig):
+class UniADConfig(FeatureReconstructionConfig, TrainedConfig):
+    # the taps (blocks 1, 5, 9, 21 aligned to stride 16) and the 16x16 score pool are the mixin's defaults
     image_size: int = 224
     batch_size: int = 8  # per process (the README: 8 GPUs x 8)
     seed: int = 133
-    backbone: str = B4  # frozen; efficientnet_b4 is tapped by block, any threecad backbone by stride
-    weights: str = "imagenet"  # backbone weights: imagenet | none | PATH to a state dict
-    blocks: tuple[int, ...] = (1, 5, 9, 21)  # lukemelas block indices (efficientnet_b4)
-    strides: tuple[int, ...] = (2, 4, 8, 16)  # taps of any other backbone
-    out_stride: int = 16  # MFCN: every tap resized to this stride
     hidden_dim: int = 256
     heads: int = 8
     encoder_layers: int = 4
@@ -181,13 +174,11 @@ class UniADConfig(TrainedConfig):
     lr_step: int = not_length(800, "epochs between x lr_gamma decays")
     lr_gamma: float = 0.1
     clip_norm: float = 0.1  # max global gradient norm; 0 = no clipping
-    score_pool: int = 16  # image score: max of the map averaged over score_pool x score_pool windows
     select: str = "last"  # last epoch, or "val": lowest reconstruction loss on the validation split
-    cache_features: bool = False  # keep training images' backbone features after epoch 1 (host memory, bounded)
 
     def validate(self) -> None:
-        for key in ("hidden_dim", "heads", "encoder_layers", "decoder_layers", "ffn_dim", "epochs", "lr_step",
-                    "out_stride", "score_pool"):
+        super().validate()
+        for key in ("hidden_dim", "heads", "encoder_layers", "decoder_layers", "ffn_dim", "epochs", "lr_step"):
             if getattr(self, key) < 1:
                 raise ThreecadError(f"config {key}={getattr(self, key)}: must be at least 1")
         if self.hidden_dim % self.heads or self.hidden_dim % 2:
@@ -196,82 +187,57 @@ class UniADConfig(TrainedConfig):
             raise ThreecadError(f"config dropout={self.dropout}, jitter_prob={self.jitter_prob}, "
                                 f"jitter_scale={self.jitter_scale}: need 0 <= dropout < 1, 0 <= jitter_prob <= 1, "
                                 "jitter_scale >= 0")
-        taps = self.strides if self.backbone != B4 else (16,)
-        deepest = max(max(taps), self.out_stride)
-        if self.image_size % deepest:
-            raise ThreecadError(f"config image_size={self.image_size}: must be a multiple of {deepest} "
-                                "(the deepest feature stride)")
-        side = self.image_size // self.out_stride
-        if self.neighbour_size < 0 or (self.neighbour_size and (side - 1 + 1) // 2 <= self.neighbour_size // 2):
+        side = self.aligned_side()
+        if self.neighbour_size < 0 or (self.neighbour_size and side // 2 <= self.neighbour_size // 2):
             raise ThreecadError(f"config neighbour_size={self.neighbour_size}: masks every token of the "
                                 f"{side}x{side} token grid at image_size={self.image_size}; use a smaller "
                                 "neighbourhood or a larger image")
-        if self.score_pool > self.image_size:
-            raise ThreecadError(f"config score_pool={self.score_pool}: larger than image_size={self.image_size}")
 
 
-class UniADNet(nn.Module):
-    def __init__(self, cfg: UniADConfig):
-        super().__init__()
-        self.backbone = frozen_taps(cfg.backbone, cfg.blocks, cfg.strides, cfg.weights)
-        side = cfg.image_size // cfg.out_stride
-        self.out_stride = cfg.out_stride
-        self.reconstruction = UniADReconstruction(
-            sum(self.backbone.channels), side, side, cfg.hidden_dim, cfg.heads, cfg.encoder_layers,
-            cfg.decoder_layers, cfg.ffn_dim, cfg.dropout, cfg.neighbour_size)
-
-    def features(self, images: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            return align_features(self.backbone(images), self.backbone.strides, self.out_stride)
-
-    def forward(self, images: torch.Tensor, jitter_scale: float = 0.0,
-                jitter_prob: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
-        """images -> (aligned features, reconstruction), both (N, C, h, w)."""
-        feats = self.features(images)
-        return feats, self.reconstruct(feats, jitter_scale, jitter_prob)
-
-    def reconstruct(self, feats: torch.Tensor, jitter_scale: float = 0.0, jitter_prob: float = 0.0) -> torch.Tensor:
-        n, c, h, w = feats.shape
-        tokens = feats.flatten(2).permute(2, 0, 1)  # (h*w, N, C)
-        if jitter_scale > 0:  # the caller asks for it in training only
-            tokens = jitter(tokens, jitter_scale, jitter_prob)
-        return self.reconstruction(tokens).permute(1, 2, 0).reshape(n, c, h, w)
-
-
-class UniAD(TrainedMethod):
+class UniAD(FeatureReconstruction):
     name = "uniad"
     description = "UniAD: a unified transformer rebuilds frozen EfficientNet features (one model for all categories)"
     config_class = UniADConfig
-    unified_by_default = True  # the paper trains one model on all categories
     presets = {
         "paper": {},
         # Offline EfficientNet-Lite0 at 256 px, tapped at strides 16/32 (112 + 320 channels) and
         # aligned to 16 as the paper aligns its taps: 16x16 tokens, as many as the paper's 14x14;
         # the 7x7 mask as the paper; a 2+2-layer transformer of width 128, lr 1e-3, 200 epochs;
-        # features cached (frozen, no augmentation). Per category on `threecad synth --scale 0.01
-        # --max-size 128` (generator 4), seeds 9 / 4: see the README. The earlier 128 px preset
-        # (strides 4/8/16 aligned to 8, 60 epochs) was undertrained on 16 images a category (mean
-        # .599 / .543, AI .303: AI's round hole outscored its defects); 200 epochs at 128 px
-        # fixed AI/ANI (1.000/.944) but not the stators (.656/.531), which the deep taps at 256 px
-        # raised (.703/.828); strides 4/8/16 or 8/16/32 at 256 px did less (.594/.594, .688/.766).
+        # features cached (frozen, no augmentation). Scores per category: see the README. An
+        # earlier 128 px preset (strides 4/8/16 aligned to 8, 60 epochs) was undertrained on 16
+        # images a category (AI's round hole outscored its defects); 200 epochs at 128 px fixed
+        # AI and ANI but not the stators, which the deep taps at 256 px raised; strides 4/8/16
+        # or 8/16/32 at 256 px did less.
         "cpu": {"backbone": "efficientnet_lite0", "image_size": 256, "batch_size": 8, "strides": (16, 32),
                 "out_stride": 16, "hidden_dim": 128, "heads": 4, "encoder_layers": 2, "decoder_layers": 2,
                 "ffn_dim": 256, "epochs": 200, "lr": 1e-3, "lr_step": 1000, "cache_features": True},
     }
 
-    def __init__(self, config: UniADConfig, device: str | torch.device = "cpu", amp: bool = False):
-        super().__init__(config, device, amp)
-        with seeded_weights(config.seed):
-            self.net = UniADNet(config).to(self.device)
-        self.feature_cache = FeatureCache(DEFAULT_BUDGET_MB if config.cache_features else 0, host=True,
-                                          owner=self.name)
-
-    def _loss(self, images: torch.Tensor, train: bool, feats: torch.Tensor | None = None) -> torch.Tensor:
+    def reconstruction_network(self, channels: int, side: int) -> UniADReconstruction:
         cfg = self.config
+        return UniADReconstruction(channels, side, side, cfg.hidden_dim, cfg.heads, cfg.encoder_layers,
+                                   cfg.decoder_layers, cfg.ffn_dim, cfg.dropout, cfg.neighbour_size)
+
+    def reconstruct(self, feats: torch.Tensor, train: bool) -> torch.Tensor:
+        """Aligned features (N, C, h, w) -> their reconstruction, from jittered tokens in training."""
+        cfg = self.config
+        n, c, h, w = feats.shape
+        tokens = feats.flatten(2).permute(2, 0, 1)  # (h*w, N, C)
+        if train and cfg.jitter_scale > 0:  # the target stays clean
+            tokens = jitter(tokens, cfg.jitter_scale, cfg.jitter_prob)
+        return self.net.reconstruction(tokens).permute(1, 2, 0).reshape(n, c, h, w)
+
+    def rebuild(self, images: torch.Tensor, train: bool,
+                feats: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         with self.autocast():
             feats = self.net.features(images) if feats is None else feats
-            rec = self.net.reconstruct(feats, cfg.jitter_scale if train else 0.0, cfg.jitter_prob)
-        return F.mse_loss(rec.float(), feats.float())
+            rec = self.reconstruct(feats, train)
+        return feats.float(), rec.float()
+
+    def cached_features(self, images: torch.Tensor) -> torch.Tensor:
+        """Under autocast, as `rebuild` computes uncached features: a cached epoch sees the same ones."""
+        with self.autocast():
+            return self.net.features(images)
 
     def training_setup(self, train_loader, val_loader=None) -> TrainingSetup:
         cfg = self.config
@@ -281,64 +247,17 @@ class UniAD(TrainedMethod):
         clip_gradients(optimizer, cfg.clip_norm)
         return TrainingSetup(params, optimizer, delayed_step_lr(optimizer, cfg.lr_step, cfg.lr_gamma), cfg.epochs)
 
-    def step(self, batch: dict) -> dict[str, torch.Tensor]:
-        feats = self.feature_cache.get(batch, self._features)
-        return {"loss": self._loss(batch["image"], train=True, feats=feats)}
-
-    def validation_loss(self, batch: dict) -> tuple[torch.Tensor, int]:
-        return self._loss(batch["image"], train=False), len(batch["image"])
-
-    def after_fit(self) -> None:
-        self.feature_cache.clear()
-
-    def _features(self, images: torch.Tensor) -> torch.Tensor:
-        with self.autocast():
-            return self.net.features(images)
-
-    def predict(self, images: torch.Tensor) -> tuple[None, torch.Tensor]:
-        self.net.eval()
-        with self.autocast():
-            feats, rec = self.net(images)
-        dist = (rec.float() - feats.float()).pow(2).sum(dim=1, keepdim=True).sqrt()
-        maps = F.interpolate(dist, size=images.shape[-2:], mode="bilinear", align_corners=True)
-        return None, maps[:, 0]
-
-    def postprocess(self) -> PostProcess:
-        return PostProcess(sigma=0.0, score="mean_pool_max", pool=self.config.score_pool, pool_pad=0)
-
     def parts(self) -> dict[str, nn.Module]:
         rec = self.net.reconstruction
-        transformer = nn.ModuleList([rec.encoder, rec.decoder, rec.decoder_norm])
-        return {f"backbone ({self.config.backbone}, used part)": self.net.backbone,
-                "neck (MFCN)": nn.Module(),
-                "reconstruction: transformer": transformer,
+        return {**super().parts(),
+                "reconstruction: transformer": nn.ModuleList([rec.encoder, rec.decoder, rec.decoder_norm]),
                 "reconstruction: input_proj": rec.input_proj,
                 "reconstruction: output_proj": rec.output_proj,
                 "reconstruction: pos_embed": rec.pos_embed}
 
     def card_details(self) -> dict[str, Any]:
-        cfg = self.config
-        side = cfg.image_size // cfg.out_stride
-        notes = ["reconstruction = transformer + input_proj + output_proj + pos_embed "
-                 f"({sum(p.numel() for p in self.net.reconstruction.parameters()):,} parameters)"]
-        if cfg.backbone == B4:
-            notes.append("backbone: stem + blocks 0..21 of EfficientNet-B4 (3,635,984 parameters at any size); the "
-                         "reference builds and runs the whole network (19,341,616, head and classifier "
-                         "included) and uses only these taps; threecad stops after block 21")
-            notes.append("backbone weights: torchvision's ImageNet file, not lukemelas' TensorFlow port")
-        return {"taps": self.net.backbone.describe_taps(cfg.image_size),
-                "aligned": {"stride": cfg.out_stride, "channels": sum(self.net.backbone.channels),
-                            "size": side, "tokens": side * side},
-                "notes": notes}
-
-    def trained_module(self) -> nn.Module:
-        return self.net.reconstruction
-
-    def frozen_backbone(self) -> tuple[str, nn.Module]:
-        return "backbone", self.net.backbone
-
-    def info(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"backbone": self.config.backbone, "feature_channels": sum(self.net.backbone.channels),
-                               "trainable_parameters": sum(p.numel() for p in self.net.reconstruction.parameters())}
-        out.update(self.training_facts())
-        return out
+        details = super().card_details()
+        details["aligned"]["tokens"] = self.config.aligned_side() ** 2
+        details["notes"].insert(0, "reconstruction = transformer + input_proj + output_proj + pos_embed "
+                                f"({sum(p.numel() for p in self.net.reconstruction.parameters()):,} parameters)")
+        return details
