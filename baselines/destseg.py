@@ -290,9 +290,8 @@ class DeSTSeg(TrainedMethod):
         # batch 4, a 64-wide segmentation network, procedural textures, 150 + 150 steps. Student lr
         # 0.1 instead of 0.4: a more cautious step for a from-scratch Lite0 (ReLU6, depthwise
         # convolutions) on a loss summed over the batch; its training loss falls steadily. top_k 25
-        # keeps the reference's fraction of the map (100 of 256x256 pixels) at 128 px. On `threecad
-        # synth --scale 0.02 --max-size 256 --seed 3` (generator 2), ACC / AI I-AUROC 0.795 / 0.952
-        # at 128 px against 0.693 / 0.838 at 96 px, for about 4 minutes per category on one core.
+        # keeps the reference's fraction of the map (100 of 256x256 pixels) at 128 px. Not 96 px:
+        # on an earlier synthetic set (generator 2) both ACC and AI scored clearly lower there.
         "cpu": {"teacher": "efficientnet_lite0", "image_size": 128, "batch_size": 4, "steps": 300,
                 "student_steps": 150, "lr_student": 0.1, "seg_channels": 64, "textures": "procedural",
                 "top_k": 25, "steps_per_checkpoint": 100},

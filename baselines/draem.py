@@ -17,7 +17,7 @@ shared synthesizer (`threecad.anomaly_synthesis`, `draw="augmented"`: DTD textur
 of DRAEM's augmentations). DTD is read from `dtd_root`, else from `threecad download --dataset
 dtd`'s folder; without it the run warns once and uses procedural textures, recorded as
 `texture_source: procedural`. Preset `cpu` uses narrow networks, small inputs, procedural
-textures and no rotation; a category trains in about eight minutes on one core.
+textures and no rotation, so that a category trains on a CPU.
 
 `predict` returns the raw map: softmax channel 1 of the U-Net at input resolution. The
 declared post-processing adds no smoothing and scores an image by the max of the map
@@ -210,11 +210,9 @@ class DRAEM(TrainedMethod):
         # learns from scratch, so the lr is 10x the reference's and training runs a fixed number of
         # steps (1200), whatever the category's size. The score window is 3 px: ACC's marks are 2-4 px
         # across at 128 px, and a wider window averages them away against broad, faint responses on
-        # good images. Measured on `synth --scale 0.02 --max-size 256 --seed 3` (generator 4),
-        # I-AUROC ACC/AI: this preset .784/1.000 (about 8 minutes a category on one core); 600 steps
-        # with a 5 px window .653/.804; the 1200-step model scored with 1/3/5/9 px windows
-        # .824/.773/.716/.562 on ACC (outside the harness); 600 steps on 128 px crops of 256 px
-        # inputs .398 (the sharp edges of the full-size part fire).
+        # good images (on the synthetic ACC, I-AUROC fell as the window widened; half the steps with
+        # a 5 px window scored lower on both ACC and AI). Not 128 px crops of 256 px inputs: the
+        # sharp edges of the full-size part fire. The README's Methods table gives what it reaches.
         "cpu": {"image_size": 128, "recon_width": 8, "disc_width": 16, "batch_size": 4, "steps": 1200,
                 "lr": 1e-3, "pool": 3, "rotate_prob": 0.0, "textures": "procedural"},
     }

@@ -36,10 +36,10 @@ Departures, and why:
   NumPy's unseeded global state), so a run repeats.
 - no smoothing (the references have none); maps leave `predict` raw.
 - preset `cpu` only: EfficientNet-Lite0 (offline weights) at 256 px tapped at strides 16 and
-  32 instead of the reference's 4/8/16 (measured in the preset's comment: with a few dozen
-  training images the shallow taps' flows missed the stators' defects), 4 steps per scale, 20
-  epochs of batch 4, and the encoder maps of the training images cached after their first
-  pass (`cache_features`; exact: the encoder is frozen and nothing is augmented).
+  32 instead of the reference's 4/8/16 (with a few dozen training images the shallow taps'
+  flows missed the stators' defects, as the README's Methods section shows), 4 steps per
+  scale, 20 epochs of batch 4, and the encoder maps of the training images cached after their
+  first pass (`cache_features`; exact: the encoder is frozen and nothing is augmented).
 """
 from __future__ import annotations
 
@@ -280,12 +280,10 @@ class FastFlow(TrainedMethod):
         # Offline EfficientNet-Lite0 at 256 px, tapped at strides 16/32 (112, 320 channels), 3x3
         # subnets as ResNet-18's config; 4 steps instead of 8 and cached encoder maps to fit two CPU
         # cores; small batches so that a few dozen training images still give 80-200 optimiser steps.
-        # I-AUROC on `threecad synth --scale 0.01 --max-size 128` (generator 4), all 8 categories,
-        # seeds 9 / 4: mean .973 / .968, lowest IS .844 / CS .906; ACC/AI of `--scale 0.02
-        # --max-size 256 --seed 3` .994/1.000. The reference's strides 4/8/16 scored .789 (IS .312)
-        # / .843 (CS .516) at 128 px and .899 (CS .703) at 256 px; 256 px at 8/16 .758 on the
-        # stators: with a few dozen images the flows on the shallow taps fit their texture, and
-        # the stride-4 map alone ranked IS's defects at chance (.52).
+        # Not the reference's strides 4/8/16, at 128 or 256 px, nor 8/16 at 256 px: each scored
+        # lower on the stators (the README's Methods section gives the reference taps' figures):
+        # with a few dozen images the flows on the shallow taps fit their texture, and the
+        # stride-4 map alone ranked Iron_Stator's defects at chance.
         "cpu": {"backbone": "efficientnet_lite0", "image_size": 256, "strides": (16, 32), "batch_size": 4,
                 "epochs": 20, "flow_steps": 4, "conv3x3_only": True, "cache_features": True},
     }

@@ -24,11 +24,10 @@ similar range: not exact simplex noise (no new dependency, vectorised over the b
 
 SSOT Sinkhorn: the reference calls geomloss (p 2, blur 0.05, scaling 0.95, diameter 1e7,
 debiased). `sinkhorn_divergence` below is our own log-domain, debiased Sinkhorn with the same
-epsilon-scaling schedule and symmetric updates (measured equal to geomloss 0.3.1 to float
-precision on the reference's problem; see tests). Note what the reference's problem is: B
-points (the batch) of dimension C*h*w against a permutation of the *same* points, so the
-divergence is 0 up to rounding and its gradient vanishes; SSOT is kept for fidelity, it
-shapes nothing.
+epsilon-scaling schedule and symmetric updates as geomloss 0.3.1 (the tests check it against
+closed forms). Note what the reference's problem is: B points (the batch) of dimension
+C*h*w against a permutation of the *same* points, so the divergence is 0 up to rounding and
+its gradient vanishes; SSOT is kept for fidelity, it shapes nothing.
 
 Departures (said here and in the model card): the bottleneck is RD's without the 1x1 conv +
 BN that the release defines and never calls (58,885,120 instead of 67,277,824 parameters
@@ -263,11 +262,10 @@ class RDPlusPlus(ReverseDistillation):
     presets = {
         "paper": {},
         # RD's cpu preset (offline teacher, 256 px, batch 4, 40 epochs, sigma 2); the projections
-        # shrink with the teacher's channels. I-AUROC on `threecad synth --scale 0.01 --max-size 128`
-        # (generator 4), seeds 9 / 4: mean .937 / .928, Copper_Stator .688 / .750, Iron_Stator
-        # .828 / .781, every other category >= .92. At 128 px (batch 8 as 2 micro-batches of 4) the
-        # stators fell to .516 / .484 (CS) and .750 / .594 (IS): as for RD, the stride-4 tap of a small
-        # input cannot tell a dent from the winding texture. About 1.5 minutes a category on one core.
+        # shrink with the teacher's channels (the README's Methods table gives what it reaches; it
+        # still misses the stators most). At 128 px (batch 8 as 2 micro-batches of 4) the stators
+        # fell further: as for RD, the stride-4 tap of a small input cannot tell a dent from the
+        # winding texture.
         "cpu": {"backbone": "efficientnet_lite0", "image_size": 256, "batch_size": 4, "accumulation": 1,
                 "epochs": 40, "sigma": 2.0},
     }

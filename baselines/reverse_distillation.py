@@ -73,10 +73,10 @@ class ReverseDistillation(TrainedMethod):
     config_class = ReverseDistillationConfig
     presets = {
         "paper": {},
-        # Offline pretrained teacher, 256 px inputs, 40 epochs, sigma 2: minutes per category on a
-        # 2-core laptop (the README's table gives what it reaches). Not smaller inputs: at 128 or
-        # 192 px the stride-4 tap cannot tell a dent or a slot mark on the stators from the
-        # per-image winding and slot texture.
+        # Offline pretrained teacher, 256 px inputs, 40 epochs, sigma 2: sized for a CPU (the
+        # README's Methods table gives what it reaches). Not smaller inputs: at 128 or 192 px the
+        # stride-4 tap cannot tell a dent or a slot mark on the stators from the per-image
+        # winding and slot texture.
         "cpu": {"backbone": "efficientnet_lite0", "image_size": 256, "batch_size": 4, "epochs": 40,
                 "sigma": 2.0},
     }

@@ -180,15 +180,15 @@ class SimpleNet(TrainedMethod):
         "paper": {},
         # Offline ImageNet backbone (EfficientNet-Lite0, strides 8/16: 40 and 112 channels, 360 and
         # 1008 neighbourhood values), 256 px as the paper (with its sigma 4), features pooled to 256.
-        # At 128 px the stators' slots (~9 px apart) blur into the stride-8/16 grids: Iron_Stator
-        # .531 on `synth --scale 0.01 --max-size 128 --seed 9`, .938 at 256 px (both seeds, all
-        # categories: mean .976/.965, lowest .926/.859; ACC/AI at scale 0.02 seed 3 .915/1.000).
-        # Lite0's block outputs are not rectified: its pooled features spread ~4 per dimension,
-        # and std-0.015 noise is invisible to the discriminator there (loss stuck at 2 x margin,
-        # measured). The noise is scaled so that its norm is ~0.3 of the distance from a held-out
-        # training patch to its nearest training patch (noise norm 8 vs 29 on the synthetic ACC),
-        # our estimate of the reference's ratio on WideResNet-50; higher learning rates and batch 4
-        # because a small training set gives hundreds of steps, not the reference's thousands.
+        # At 128 px the stators' slots (~9 px apart) blur into the stride-8/16 grids and Iron_Stator
+        # was missed; at 256 px it is found (the README's Methods table gives what the preset
+        # reaches). Lite0's block outputs are not rectified: its pooled features spread widely in
+        # every dimension, and std-0.015 noise is invisible to the discriminator there
+        # (the loss stayed at 2 x margin, its value when D scores true and fake alike). The noise is
+        # scaled so that its norm keeps, against the distance from a held-out training patch to its
+        # nearest training patch, the ratio we estimated for the reference on WideResNet-50; higher
+        # learning rates and batch 4 because a small training set gives hundreds of steps, not the
+        # reference's thousands.
         "cpu": {"backbone": "efficientnet_lite0", "image_size": 256, "batch_size": 4, "pretrain_dim": 256,
                 "target_dim": 256, "dsc_hidden": 256, "noise_std": 0.5, "dsc_lr": 1e-3, "adaptor_lr": 5e-4,
                 "meta_epochs": 15, "sigma": 4.0},

@@ -9,8 +9,8 @@ training image, no texture augmentation, Perlin masks rotated as images with zer
 empty masks kept. DTD is read from `dtd_root`, else from `threecad download --dataset dtd`'s
 folder; without it the run warns, uses procedural textures and records
 `texture_source: procedural`. Preset `cpu` swaps in an offline-pretrained small teacher,
-192 px inputs and procedural textures, so that a category of the demo set (16-22 training
-images) trains in about two minutes on two cores.
+192 px inputs and procedural textures, so that a category of the demo set trains in minutes
+on a CPU.
 
 `predict` returns the raw map (sum over scales of upsampled 1 - cos(T, R), plus the
 segmentation's sigmoid); the harness applies the declared post-processing (Gaussian
@@ -79,15 +79,15 @@ class CFRG(TrainedMethod):
     config_class = CFRGConfig
     presets = {
         "paper": {},
-        # Offline-pretrained EfficientNet-Lite0 teacher (no download; measured better than
+        # Offline-pretrained EfficientNet-Lite0 teacher (no download; it did better than
         # MobileNetV2 here), 192 px, a one-block recovery branch, small batches for more steps.
         # torchvision's B0 student: its BatchNorm momentum 0.1 settles in the few hundred steps
         # a cpu run takes, where the release's 0.01 leaves running statistics near their init.
         # 192 px because the stators' slots repeat every ~9 px at 128 px, near the stride-8/16
-        # grids' limit: the maps then light up every slot of every good image. Iron_Stator on
-        # `synth --scale 0.01 --max-size 128 --seed 4`: .688 at 128 px, .828 at 160, .969 at 192;
-        # 80 epochs at 128 px .750, 24 epochs at 192 px .891. A step costs about 2.4x the 128 px
-        # one on one thread (1.8x on two).
+        # grids' limit: the maps then light up every slot of every good image. Iron_Stator improved
+        # from 128 to 160 to 192 px; doubling the epochs at 128 px did not make up for the
+        # resolution, and fewer epochs at 192 px lost part of the gain; the preset pays 192 px's
+        # higher cost per step for that.
         "cpu": {"teacher": "efficientnet_lite0", "image_size": 192, "batch_size": 4, "epochs": 40,
                 "lr": 5e-3, "sigma": 2.0, "bottleneck_blocks": 1,
                 "decoder_blocks": (1, 1, 1), "perlin_max_scale": 4, "textures": "procedural",
