@@ -21,9 +21,12 @@ scores the unsmoothed patches); pixel map = the patch scores resized bilinearly
 sigma 4, border `reflect`, as the reference's scipy gaussian_filter).
 
 Where this differs from the reference, and why:
-- Input: 288x288 from the harness's square resize of the whole image. The reference
-  resizes to 329 and centre-crops 288; the harness evaluates every pixel of the full
-  image, and a crop would hide defects near the border (as PatchCore's and PaDiM's notes).
+- Input: preset `paper` reads images as the reference does (`resize_to=329`: the shorter
+  side resized to 329 with PIL's antialiased bilinear, the centre 288x288 cropped, as
+  torchvision's Resize + CenterCrop). The part of the image outside the crop is never
+  seen, so the evaluation covers the crop only (its masks are cropped the same way), which
+  the record's `preprocess` says. Preset `cpu` (`resize_to=0`) squashes the whole image
+  to a square and is evaluated on every pixel.
 - Model selection never looks at the test set. The reference evaluates the test set after
   every meta-epoch and keeps the best I-AUROC (ties broken by P-AUROC); here the last
   meta-epoch is kept, or with `select=val` the meta-epoch with the lowest truncated-L1 loss
@@ -64,6 +67,7 @@ from threecad.errors import ThreecadError
 from threecad.feature_cache import DEFAULT_BUDGET_MB, FeatureCache
 from threecad.patch_features import aggregate_patches
 from threecad.postprocess import PostProcess
+from threecad.preprocess import Preprocess
 from threecad.trained import TrainedConfig, TrainedMethod, TrainingSetup, length, seeded_weights
 from threecad.training import multistep_scheduler
 
@@ -72,7 +76,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class SimpleNetConfig(TrainedConfig):
-    image_size: int = 288  # square resize of the whole image (the reference: resize 329, centre-crop 288)
+    image_size: int = 288  # side of the square the networks see
+    resize_to: int = 329  # the shorter side before the centre crop (the reference's); 0 = squash the whole image
     batch_size: int = 8
     seed: int = 0  # run.sh's seed
     backbone: str = "wide_resnet50_2"  # frozen, ImageNet weights
@@ -104,6 +109,9 @@ class SimpleNetConfig(TrainedConfig):
         for key in ("pretrain_dim", "target_dim", "dsc_layers", "dsc_hidden", "meta_epochs", "gan_epochs"):
             if getattr(self, key) < 1:
                 raise ThreecadError(f"config {key}={getattr(self, key)}: must be >= 1")
+        if self.resize_to and self.resize_to < self.image_size:
+            raise ThreecadError(f"config resize_to={self.resize_to}: must be 0 (squash the whole image) or at "
+                                f"least image_size={self.image_size} (the centre crop)")
         for key in ("adaptor_layers", "feature_cache_mb"):
             if getattr(self, key) < 0:
                 raise ThreecadError(f"config {key}={getattr(self, key)}: must be >= 0")
@@ -189,9 +197,9 @@ class SimpleNet(TrainedMethod):
         # nearest training patch, the ratio we estimated for the reference on WideResNet-50; higher
         # learning rates and batch 4 because a small training set gives hundreds of steps, not the
         # reference's thousands.
-        "cpu": {"backbone": "efficientnet_lite0", "image_size": 256, "batch_size": 4, "pretrain_dim": 256,
-                "target_dim": 256, "dsc_hidden": 256, "noise_std": 0.5, "dsc_lr": 1e-3, "adaptor_lr": 5e-4,
-                "meta_epochs": 15, "sigma": 4.0},
+        "cpu": {"backbone": "efficientnet_lite0", "image_size": 256, "resize_to": 0, "batch_size": 4,
+                "pretrain_dim": 256, "target_dim": 256, "dsc_hidden": 256, "noise_std": 0.5, "dsc_lr": 1e-3,
+                "adaptor_lr": 5e-4, "meta_epochs": 15, "sigma": 4.0},
     }
 
     def __init__(self, config: SimpleNetConfig, device: str | torch.device = "cpu", amp: bool = False):
@@ -213,6 +221,12 @@ class SimpleNet(TrainedMethod):
     def parts(self) -> dict[str, nn.Module]:
         return {self.extractor.part_name(): self.extractor, "pre_projection (adaptor)": self.net["adaptor"],
                 "discriminator": self.net["discriminator"]}
+
+    def preprocess(self) -> Preprocess:
+        c = self.config
+        if c.resize_to == 0:
+            return Preprocess(size=c.image_size)
+        return Preprocess(size=c.image_size, geometry="shorter_side_crop", resize_to=c.resize_to)
 
     def card_details(self) -> dict[str, Any]:
         c = self.config
