@@ -178,16 +178,22 @@ def test_a_method_that_cannot_run_unified_is_refused_before_any_write(root, tmp_
     assert_refused(bench(root, out, "--setting", "multi"), names="--setting", watch=[out, root])
 
 
-def test_a_unified_method_run_per_category_gets_a_hint(root, tmp_path, monkeypatch):
+def test_a_unified_method_is_unified_under_its_paper_preset_and_hinted_otherwise(root, tmp_path, monkeypatch):
     import fake_methods
 
     monkeypatch.setattr(fake_methods.MeanDistance, "unified_by_default", True)
-    out = invoke(bench(root, tmp_path / "run", "--category", "ACC")).output
+    out = invoke(bench(root, tmp_path / "run", "--category", "ACC", "--preset", "cpu")).output
     hints = [line for line in out.splitlines() if line.startswith("note:")]
-    assert hints == ["note: meandist is meant to train one model for all categories; "
-                     "--setting unified does that (per-category is the default)"]
-    plain = invoke(bench(root, tmp_path / "unified", "--category", "ACC", "--setting", "unified")).output
-    assert "note:" not in plain
+    assert hints == ["note: meandist's paper trains one model for all categories (--setting unified, "
+                     "the default of --preset paper); this run fits one per category"]
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["setting"] == "per-category"
+    paper = invoke(bench(root, tmp_path / "paper", "--category", "ACC", "--preset", "paper")).output
+    assert "note:" not in paper
+    assert json.loads((tmp_path / "paper" / "run.json").read_text())["setting"] == "unified"
+    asked = invoke(bench(root, tmp_path / "asked", "--category", "ACC", "--preset", "paper",
+                         "--setting", "per-category")).output
+    assert json.loads((tmp_path / "asked" / "run.json").read_text())["setting"] == "per-category"
+    assert "note:" in asked
 
 
 def root_of(run: Path) -> Path:

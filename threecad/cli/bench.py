@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from threecad.choices import PER_CATEGORY, PROTOCOLS, SETTINGS, STANDARD
+from threecad.choices import PROTOCOLS, SETTINGS, STANDARD
 from threecad.cli.common import category_option, resolve_root, root_option
 
 
@@ -28,9 +28,10 @@ from threecad.cli.common import category_option, resolve_root, root_option
               help="Evaluation protocol; 3cad-paper reproduces the official release's metrics.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Run directory. Default: runs/<method>-<preset>-<time>.")
-@click.option("--setting", type=click.Choice(SETTINGS), default=PER_CATEGORY,
-              show_default=True, help="per-category: one model per category; unified: one model fitted on "
-                                      "the union of the categories' training images, evaluated per category.")
+@click.option("--setting", type=click.Choice(SETTINGS), default=None,
+              help="per-category: one model per category; unified: one model fitted on the union of the "
+                   "categories' training images, evaluated per category. Default: the paper's for --preset "
+                   "paper (unified for UniAD and CRAD), per-category otherwise.")
 @click.option("--resume", is_flag=True, help="Finish a run directory: skip categories already done.")
 @click.option("--eval-size", type=int, default=256, show_default=True, help="Side of the evaluation grid.")
 @click.option("--metrics", "metrics_mode", type=click.Choice(["auto", "exact", "streaming"]), default="auto",

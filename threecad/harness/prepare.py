@@ -58,7 +58,7 @@ class BenchSpec:
     metrics_mode: str = "auto"  # one of METRICS_MODES
     pictures: int = 6
     allow_layout_problems: bool = False  # run on a root with layout errors (warned, counted)
-    setting: str = PER_CATEGORY  # or UNIFIED: one model fitted on the union of the categories
+    setting: str | None = None  # PER_CATEGORY or UNIFIED; None: the method's default (default_setting)
     ddp: bool = False  # each category fitted across the ranks of a torchrun job (threecad.harness.study)
     logger: str | None = None  # also log to "tensorboard" or "mlflow" (threecad.harness.loggers)
     study: Path | None = None  # the study folder this run belongs to (its trackers' root and tag)
@@ -118,7 +118,7 @@ def prepare(spec: BenchSpec) -> Plan:
         raise ThreecadError(f"--eval-size {spec.eval_size}: must be an integer of at least {MIN_EVAL_SIZE}")
     if not isinstance(spec.pictures, int) or spec.pictures < 0:
         raise ThreecadError(f"--pictures {spec.pictures}: must be 0 or more")
-    if spec.setting not in SETTINGS:
+    if spec.setting is not None and spec.setting not in SETTINGS:
         raise ThreecadError(f"unknown --setting '{spec.setting}'; valid: {', '.join(SETTINGS)}")
     device = devices.pick_device(spec.device)
     devices.configure_threads(device)
@@ -129,6 +129,7 @@ def prepare(spec: BenchSpec) -> Plan:
     preset = spec.preset or ("paper" if device.type == "cuda" else "cpu")
     if spec.preset is None:
         log.info("preset %s (default for %s)", preset, device.type)
+    setting = spec.setting or default_setting(method_cls, preset, spec.ddp)
     config = build_config(method_cls, preset, spec.overrides)
 
     root = Path(spec.root).expanduser()
@@ -158,9 +159,9 @@ def prepare(spec: BenchSpec) -> Plan:
     run_spec = {
         "method": method_cls.name, "preset": preset, "config": config_dict(config),
         "protocol": spec.protocol, "eval_size": spec.eval_size, "dataset": dataset,
-        "setting": spec.setting, "seed": config.seed, "device": str(device),
+        "setting": setting, "seed": config.seed, "device": str(device),
     }
-    if spec.setting == UNIFIED:  # the union the one model is fitted on: part of what the run is
+    if setting == UNIFIED:  # the union the one model is fitted on: part of what the run is
         run_spec["unified_categories"] = [c.abbreviation for c in categories]
     if spec.ddp:  # absent otherwise, so that run.json of a plain run is as before
         run_spec["ddp"] = True
@@ -180,13 +181,22 @@ def prepare(spec: BenchSpec) -> Plan:
     preprocess = check_method(method_cls, config) if len(done) < len(categories) else None
     # unified: a refit needs every category's training images, finished or not
     unfinished = [c for c in categories if c.abbreviation not in done]
-    needed = categories if spec.setting == UNIFIED and unfinished else unfinished
+    needed = categories if setting == UNIFIED and unfinished else unfinished
     data = {cat.abbreviation: _category_data(cat, scan, root, preprocess, spec.eval_size, manifest)
             for cat in needed}
     return Plan(method_cls=method_cls, config=config, preset=preset, device=device, root=root, scan=scan,
                 categories=categories, run_spec=run_spec, out=out, previous=previous, done=done,
                 data=data, manifest=manifest, split_note=split_note, eval_size=spec.eval_size,
-                preprocess=preprocess, setting=spec.setting)
+                preprocess=preprocess, setting=setting)
+
+
+def default_setting(method_cls: type[Method], preset: str, ddp: bool = False) -> str:
+    """The setting a run takes when --setting is not given: its paper's for the paper preset
+    (one model for all categories for UniAD and CRAD), per category otherwise and under --ddp
+    (which shares one category's fit)."""
+    if preset == "paper" and method_cls.unified_by_default and not ddp:
+        return UNIFIED
+    return PER_CATEGORY
 
 
 def check_method(method_cls: type[Method], config: MethodConfig) -> Preprocess:

@@ -69,8 +69,8 @@ def _execute(plan: Plan, spec: BenchSpec, run: RunDir, echo) -> tuple[dict[str, 
     echo(f"{plan.method_cls.name} ({plan.preset}) on {plural(len(plan.categories), 'category')} of "
          f"{plan.root} -> {plan.out}  [{plan.device}]" + ("  one model for all (--setting unified)" if unified else ""))
     if not unified and plan.method_cls.unified_by_default:
-        echo(f"note: {plan.method_cls.name} is meant to train one model for all categories; "
-             "--setting unified does that (per-category is the default)")
+        echo(f"note: {plan.method_cls.name}'s paper trains one model for all categories (--setting unified, "
+             "the default of --preset paper); this run fits one per category")
     if plan.split_note:
         echo(plan.split_note)
     records, todo = pending(plan, run, echo)

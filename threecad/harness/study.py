@@ -285,7 +285,8 @@ def _study_record(spec: StudySpec, members: list[Member]) -> dict[str, Any]:
     return {"schema": STUDY_SCHEMA, "methods": [m.name for m in members],
             "categories": [c.abbreviation for c in first.categories], "preset": first.preset,
             "configs": {m.name: m.plan.run_spec["config"] for m in members},
-            "protocol": spec.bench.protocol, "eval_size": spec.bench.eval_size, "setting": spec.bench.setting,
+            "protocol": spec.bench.protocol, "eval_size": spec.bench.eval_size,
+            "setting": spec.bench.setting or {m.name: m.plan.setting for m in members},
             "ddp": spec.ddp, "dataset": {k: first.run_spec["dataset"][k] for k in ("name", "fingerprint")}}
 
 
