@@ -48,6 +48,7 @@ from pathlib import Path
 import torch
 
 from threecad.errors import ThreecadError
+from threecad.method import uses_amp
 from threecad.trained import short_lengths
 
 log = logging.getLogger("benchmarks.gpu_check")
@@ -127,6 +128,7 @@ def make_plan(cls, steps: int, image_size: int | None, n_train: int) -> Plan:
     paper = build_config(cls, "paper")
     lengths = short_lengths(cls.config_class, steps)
     overrides = {k: str(v) for k, v in lengths.items()}
+    overrides["precision"] = "amp"  # the float16 path is the one the CPU suite cannot exercise
     w_over, weights = weights_overrides(paper)
     overrides.update(w_over)
     size = paper.image_size
@@ -174,7 +176,7 @@ def predict_batch(cls, config, checkpoint: Path, device: torch.device, images: t
     from threecad.training import seed_everything
 
     seed_everything(config.seed)
-    method = cls(config, device=device, amp=device.type == "cuda")
+    method = cls(config, device=device, amp=uses_amp(config, device))
     method.load_state_dict(load_checked(checkpoint))
     with torch.inference_mode():
         scores, maps = method.predict(images.to(device))
@@ -205,7 +207,9 @@ def run_harness(name: str, plan: Plan, root: Path, abbr: str, device: str, out: 
     spec = BenchSpec(method=name, root=root, categories=(abbr,), preset="paper", overrides=plan.overrides,
                      device=device, out=out, eval_size=eval_size, pictures=0)
     results, _ = run_benchmark(spec, echo=lambda msg: log.info("%s [%s] %s", name, device, msg))
-    return results["categories"][abbr], out / "checkpoints" / f"{abbr}.pt"
+    # a unified paper preset (UniAD, CRAD) fits its one model on this one category: unified.pt
+    stem = "unified" if results.get("setting") == "unified" else abbr
+    return results["categories"][abbr], out / "checkpoints" / f"{stem}.pt"
 
 
 def check_method(name: str, cls, args: argparse.Namespace, root: Path, abbr: str, n_train: int,

@@ -53,6 +53,7 @@ class CFRGConfig(SynthesisConfig, TrainedConfig):
     image_size: int = 256  # inputs resized to a square, as the release
     batch_size: int = 32
     seed: int = 42
+    precision: str = "amp"  # the release trains and tests under float16 autocast
     teacher: str = "wide_resnet50_2"  # frozen, tapped at strides 4/8/16
     weights: str = "imagenet"  # teacher weights: imagenet | none | PATH to a state dict
     student: str = "efficientnet_b0_tf"  # random init, tapped at strides 4/8/16; "_tf": built as the release

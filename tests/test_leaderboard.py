@@ -565,6 +565,24 @@ def test_a_real_benchmark_run_is_accepted_and_a_killed_one_refused(tiny_root, tm
         submit_run(run, table, replace=True)
 
 
+def test_a_run_with_overrides_is_listed_under_a_variant_that_names_them(tiny_root, tmp_path, table):
+    from fake_methods import pythonpath_with, write_distribution
+
+    env = dict(os.environ, PYTHONPATH=pythonpath_with(write_distribution(tmp_path / "site")),
+               THREECAD_CACHE=str(tmp_path / "cache"), OMP_NUM_THREADS="1")
+    run = tmp_path / "run"
+    bench = subprocess.run([sys.executable, "-m", "threecad", "bench", "--method", "meandist", "--root",
+                            str(tiny_root), "--out", str(run), "--device", "cpu", "--eval-size", "64",
+                            "--preset", "cpu", "--set", "image_size=48", "--set", "seed=7"],
+                           env=env, capture_output=True, text=True, timeout=300)
+    assert bench.returncode == 0, bench.stderr
+    assert json.loads((run / "results.json").read_text())["overrides"] == {"image_size": 48, "seed": 7}
+    result = cli("submit", str(run), "--csv", str(table))
+    assert result.exit_code == 0, result.output
+    run_id = json.loads((run / "run.json").read_text())["run_id"]
+    assert set(run_rows(table, run_id)["variant"]) == {"cpu+image_size=48+seed=7"}  # never shown as "cpu"
+
+
 def test_variant_marks_unified_runs_and_procedural_textures():
     from pathlib import Path
 
@@ -581,6 +599,12 @@ def test_variant_marks_unified_runs_and_procedural_textures():
     assert variant_of(f, {"setting": "per-category"}, "paper", procedural) == "paper-procedural"
     with pytest.raises(LeaderboardError, match="setting"):
         variant_of(f, {"setting": "sideways"}, "paper", dtd)
+    overridden = {"setting": "unified", "overrides": {"precision": "amp", "decoder_blocks": [1, 1, 1],
+                                                      "weights": "/home/me/w.pt"}}
+    assert variant_of(f, overridden, "paper", dtd) == \
+        "paper-unified+decoder_blocks=1,1,1+precision=amp+weights=_home_me_w.pt"
+    with pytest.raises(LeaderboardError, match="overrides"):
+        variant_of(f, {"overrides": ["epochs"]}, "paper", dtd)
 
 
 def test_readme_names_the_method_that_runs_each_paper_row():

@@ -34,6 +34,9 @@ from threecad.postprocess import PostProcess
 from threecad.preprocess import Preprocess
 
 
+PRECISIONS = ("fp32", "amp")
+
+
 @dataclass
 class MethodConfig:
     """Fields every method config has; methods subclass this with their own fields."""
@@ -41,6 +44,7 @@ class MethodConfig:
     image_size: int = 256  # input side; images are resized to a square (as the 3CAD release)
     batch_size: int = 8
     seed: int = 42
+    precision: str = "fp32"  # "fp32", or "amp": float16 autocast on CUDA (the CPU runs fp32 either way)
 
     def __post_init__(self) -> None:
         """Checks every config shares; a method adds its own in `validate` (called from here)."""
@@ -55,10 +59,17 @@ class MethodConfig:
             raise ThreecadError(f"config batch_size={self.batch_size}: must be a positive integer")
         if not isinstance(self.seed, int) or self.seed < 0:
             raise ThreecadError(f"config seed={self.seed}: must be an integer >= 0")
+        if self.precision not in PRECISIONS:
+            raise ThreecadError(f"config precision={self.precision}: must be one of {', '.join(PRECISIONS)}")
         self.validate()
 
     def validate(self) -> None:
         """Method-specific checks; raise ThreecadError naming the field."""
+
+
+def uses_amp(config: MethodConfig, device: torch.device) -> bool:
+    """Whether a method runs under float16 autocast: asked for by its config, and on CUDA."""
+    return config.precision == "amp" and device.type == "cuda"
 
 
 def config_dict(config: MethodConfig) -> dict[str, Any]:

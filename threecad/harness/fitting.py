@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from threecad.harness import devices
-from threecad.method import Method
+from threecad.method import Method, uses_amp
 from threecad.training import GradientSync, seed_everything
 from threecad.wording import plural
 
@@ -58,7 +58,7 @@ class DDPFit:
 def new_method(method_cls: type[Method], config, device: torch.device, work_dir: Path) -> Method:
     """The method, built after seeding (its initial weights repeat) with its scratch folder."""
     seed_everything(config.seed)
-    method = method_cls(config, device=device, amp=device.type == "cuda")
+    method = method_cls(config, device=device, amp=uses_amp(config, device))
     method.work_dir = work_dir
     return method
 

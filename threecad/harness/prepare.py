@@ -156,8 +156,11 @@ def prepare(spec: BenchSpec) -> Plan:
             f"{dataset['fingerprint']}\0{split['sha256']}".encode()).hexdigest()[:16]
         dataset["split"] = split
         split_note = f"using split manifest {split['path']} (val {plural(split['val_images'], 'image')})"
+    preset_values = config_dict(build_config(method_cls, preset))
     run_spec = {
         "method": method_cls.name, "preset": preset, "config": config_dict(config),
+        # the fields set away from the preset: a leaderboard row names them in its variant
+        "overrides": {k: v for k, v in config_dict(config).items() if preset_values.get(k) != v},
         "protocol": spec.protocol, "eval_size": spec.eval_size, "dataset": dataset,
         "setting": setting, "seed": config.seed, "device": str(device),
     }

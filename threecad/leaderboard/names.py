@@ -30,8 +30,8 @@ _DISPLAY: dict[str, str] = {
     "efficientad": "EfficientAD",
 }
 
-SAFE_CHARACTERS = "letters, digits, '.', '_', '+', '-' and spaces"
-_SAFE = re.compile(r"[A-Za-z0-9._+\- ]+")
+SAFE_CHARACTERS = "letters, digits, '.', '_', '+', '-', '=', ',' and spaces"
+_SAFE = re.compile(r"[A-Za-z0-9._+\-=, ]+")
 # Characters that make a spreadsheet read a cell as a formula (tab and CR too, by OWASP's list).
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -132,18 +133,31 @@ def _format(value: float, digits: int) -> str:
 
 
 def variant_of(path: Path, data: dict[str, Any], preset: str, records: dict[str, dict[str, Any]]) -> str:
-    """The row's variant: the preset, marked when the run is not that preset's usual setting.
+    """The row's variant: the preset, marked wherever the run is not that preset as it stands.
 
     A unified run (one model for all categories) gets `-unified`; a run whose synthetic
-    anomalies used procedural textures instead of DTD gets `-procedural`, so that such a row
-    never passes for the paper's setting.
+    anomalies used procedural textures instead of DTD gets `-procedural`; every config field
+    set away from the preset (`--set`) is named with its value (`cpu+epochs=24+image_size=128`),
+    so that such a row never passes for the preset.
     """
     setting = data.get("setting", "per-category")
     if setting not in SETTINGS:
         raise _fail(path, "setting", f"unknown setting {setting!r}; known: {', '.join(SETTINGS)}")
     variant = preset + ("-unified" if setting == "unified" else "")
     sources = {str((r.get("method_info") or {}).get("texture_source")) for r in records.values()}
-    return variant + ("-procedural" if "procedural" in sources else "")
+    variant += "-procedural" if "procedural" in sources else ""
+    overrides = data.get("overrides") or {}
+    if not isinstance(overrides, dict):
+        raise _fail(path, "overrides", "is not a JSON object of config fields")
+    return variant + "".join(f"+{_plain(key)}={_plain(value)}" for key, value in sorted(overrides.items()))
+
+
+def _plain(value: Any) -> str:
+    """A config key or value as variant text: sequences comma-joined, other characters as '_'."""
+    if isinstance(value, (list, tuple)):
+        value = ",".join(str(v) for v in value)
+    text = re.sub(r"[^A-Za-z0-9._\-,]", "_", str(value))
+    return text if len(text) <= 32 else text[:29] + "..."
 
 
 def rows_from_run(run_dir: str | Path) -> RunRows:
