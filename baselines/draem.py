@@ -30,8 +30,9 @@ split's good images turned into synthetic anomalies with a fixed seed.
 Departures from the reference: an epoch is one shuffled pass over the training images (the
 reference draws len(train) images at random with replacement); empty Perlin masks are
 redrawn by the synthesizer (the reference keeps them as clean samples, about 5% at 256 px);
-the texture augmentations are the synthesizer's torch versions of DRAEM's imgaug ones; the
-SSIM dynamic range is fixed at 1 (the reference guesses it from the reconstruction's range).
+the texture augmentations are the synthesizer's torch versions of DRAEM's imgaug ones.
+The SSIM term takes its dynamic range from the reconstruction as the reference's `ssim` does
+(2 while the reconstruction dips below -0.5, early in training; else 1).
 """
 from __future__ import annotations
 
@@ -256,13 +257,14 @@ class DRAEM(TrainedMethod):
         return targets, inputs, masks
 
     def losses(self, targets: torch.Tensor, inputs: torch.Tensor, masks: torch.Tensor) -> dict[str, torch.Tensor]:
-        """L2 and SSIM of the reconstruction against the clean target, focal loss of the U-Net's
-        softmax against the mask (all weight 1), and their sum `loss`."""
+        """L2 and SSIM (dynamic range read off the reconstruction, as the reference) of the
+        reconstruction against the clean target, focal loss of the U-Net's softmax against the
+        mask (all weight 1), and their sum `loss`."""
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
         with self.autocast():
             rec, logits = self.net(inputs.contiguous(memory_format=fmt))
         rec, probs = rec.float(), torch.softmax(logits.float(), dim=1)
-        out = {"l2": F.mse_loss(rec, targets), "ssim": ssim_loss(rec, targets),
+        out = {"l2": F.mse_loss(rec, targets), "ssim": ssim_loss(rec, targets, value_range=None),
                "focal": softmax_focal_loss(probs, masks)}
         out["loss"] = out["l2"] + out["ssim"] + out["focal"]
         return out

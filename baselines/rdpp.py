@@ -17,10 +17,13 @@ This builds on `baselines.reverse_distillation` (teacher, bottleneck, decoder, m
 the projection joins RD's trainable `ModuleDict`, so RD's checkpointing carries it.
 
 Noise: every training image gets one patch (h, w ~ randint(10, 32) at 256 px, scaled with the
-input size) of 0.2 x fractal 3-D noise (6 octaves, persistence 0.6, frequency 32 px, z =
-colour channel), added to the [0, 1] image. The reference uses OpenSimplex noise (numba); this
-file draws 3-D *gradient (Perlin) noise* in torch with the same octave structure and a
-similar range: not exact simplex noise (no new dependency, vectorised over the batch).
+input size) added to the [0, 1] image. As in the reference, the noise is one fixed field for
+the whole run (its dataset makes one OpenSimplex instance and samples every patch from the
+origin): each patch is the field's top-left h x w crop. The field is fractal 3-D noise (6
+octaves, persistence 0.6, frequency 32 px, z = colour channel) scaled to the std of the
+reference's (0.2 x its octaves). The reference's noise is OpenSimplex (numba); this file draws
+3-D *gradient (Perlin) noise* in torch with the same octave structure: not simplex noise (no
+new dependency), so the field is another one of the same kind, not the reference's.
 
 SSOT Sinkhorn: the reference calls geomloss (p 2, blur 0.05, scaling 0.95, diameter 1e7,
 debiased). `sinkhorn_divergence` below is our own log-domain, debiased Sinkhorn with the same
@@ -151,31 +154,28 @@ def _fade(t: torch.Tensor) -> torch.Tensor:
     return t * t * t * (t * (t * 6 - 15) + 10)
 
 
-def gradient_noise_3d(shape: tuple[int, int, int, int], frequency: float, generator: torch.Generator,
-                      device: torch.device | str = "cpu") -> torch.Tensor:
-    """3-D Perlin gradient noise (N,Z,H,W) sampled at (z, y, x) / frequency, about [-1, 1]."""
-    n, zs, hs, ws = shape
-    coords = [torch.arange(s, dtype=torch.float32) / frequency for s in (zs, hs, ws)]
+def gradient_noise_3d(shape: tuple[int, int, int], frequency: float, generator: torch.Generator) -> torch.Tensor:
+    """3-D Perlin gradient noise (Z,H,W) sampled at (z, y, x) / frequency."""
+    coords = [torch.arange(s, dtype=torch.float32) / frequency for s in shape]
     sizes = [int(c[-1].floor()) + 2 for c in coords]
-    grads = torch.randn(n, *sizes, 3, generator=generator)
+    grads = torch.randn(*sizes, 3, generator=generator)
     grads = grads / grads.norm(dim=-1, keepdim=True).clamp_min(1e-6)
     z, y, x = torch.meshgrid(*coords, indexing="ij")
     i0 = [c.floor().long() for c in (z, y, x)]
     fr = [c - c.floor() for c in (z, y, x)]
-    total = torch.zeros(n, zs, hs, ws)
-    batch = torch.arange(n)[:, None, None, None]
+    total = torch.zeros(shape)
     for dz in (0, 1):
         for dy in (0, 1):
             for dx in (0, 1):
-                g = grads[batch, (i0[0] + dz)[None], (i0[1] + dy)[None], (i0[2] + dx)[None]]
+                g = grads[i0[0] + dz, i0[1] + dy, i0[2] + dx]
                 dot = g[..., 0] * (fr[0] - dz) + g[..., 1] * (fr[1] - dy) + g[..., 2] * (fr[2] - dx)
                 w = ((_fade(fr[0]) if dz else 1 - _fade(fr[0])) * (_fade(fr[1]) if dy else 1 - _fade(fr[1]))
                      * (_fade(fr[2]) if dx else 1 - _fade(fr[2])))
-                total = total + w[None] * dot
-    return (total * math.sqrt(2)).to(device)  # scaled so its range is about that of simplex noise
+                total = total + w * dot
+    return total
 
 
-def fractal_noise(shape: tuple[int, int, int, int], generator: torch.Generator, octaves: int = 6,
+def fractal_noise(shape: tuple[int, int, int], generator: torch.Generator, octaves: int = 6,
                   persistence: float = 0.6, frequency: float = 32.0) -> torch.Tensor:
     """Sum of octaves: frequency halves (finer detail) and amplitude x persistence per octave."""
     total, amplitude = torch.zeros(shape), 1.0
@@ -185,19 +185,31 @@ def fractal_noise(shape: tuple[int, int, int, int], generator: torch.Generator, 
     return total
 
 
-def add_noise_patches(images: torch.Tensor, generator: torch.Generator, amplitude: float = 0.2,
-                      min_side: int = 10, max_side: int = 32, frequency: float = 32.0,
-                      octaves: int = 6, persistence: float = 0.6) -> torch.Tensor:
-    """One fractal-noise patch per image, sides in [min_side, max_side) px, not clipped."""
-    n, c, size, _ = images.shape
-    noise = amplitude * fractal_noise((n, c, max_side, max_side), generator, octaves, persistence, frequency)
+def noise_field(side: int, std: float, generator: torch.Generator, channels: int = 3, frequency: float = 32.0,
+                octaves: int = 6, persistence: float = 0.6) -> torch.Tensor:
+    """The run's one noise field (channels, side, side): fractal noise scaled to root mean square `std`.
+
+    The reference makes one OpenSimplex instance per dataset and samples every patch from
+    coordinate (0, 0, 0), so all patches are top-left crops of one field. Scaling the field
+    itself gives the reference's std (`noise_std`) whatever the seed.
+    """
+    field = fractal_noise((channels, side, side), generator, octaves, persistence, frequency)
+    return field * (std / field.pow(2).mean().sqrt().clamp_min(1e-12))
+
+
+def add_noise_patches(images: torch.Tensor, field: torch.Tensor, generator: torch.Generator,
+                      min_side: int = 10, max_side: int = 32) -> torch.Tensor:
+    """One patch per image, sides h, w in [min_side, max_side): the field's top-left h x w crop
+    added at a random place (top, left >= 1, as the reference), not clipped."""
+    n, _, size, _ = images.shape
+    field = field.to(images.device, images.dtype)
     out = images.clone()
     sides = torch.randint(min_side, max_side, (n, 2), generator=generator)
     for i in range(n):
         h, w = int(sides[i, 0]), int(sides[i, 1])
         top = int(torch.randint(1, max(size - h, 2), (1,), generator=generator))
         left = int(torch.randint(1, max(size - w, 2), (1,), generator=generator))
-        out[i, :, top:top + h, left:left + w] += noise[i, :, :h, :w].to(images.device, images.dtype)
+        out[i, :, top:top + h, left:left + w] += field[:, :h, :w]
     return out
 
 
@@ -226,7 +238,7 @@ class RDPlusPlusConfig(ReverseDistillationConfig):
     lr: float = 0.005  # decoder + bottleneck (Adam)
     proj_lr: float = 0.001  # projection layers (Adam), same betas
     weight_proj: float = 0.2  # L = L_distill + weight_proj * L_proj
-    noise_amplitude: float = 0.2
+    noise_std: float = 0.085  # the fixed field's root mean square: the std of the reference's 0.2 x OpenSimplex
     noise_min_side: int = 10  # noise patch sides at 256 px (randint(min, max)); scaled with image_size
     noise_max_side: int = 32
     noise_frequency: float = 32.0  # first octave, in px at 256 px; scaled with image_size
@@ -250,8 +262,9 @@ class RDPlusPlusConfig(ReverseDistillationConfig):
         if not 1 <= self.noise_min_side < self.noise_max_side:
             raise ThreecadError(f"config noise_min_side={self.noise_min_side}: must be >= 1 and below "
                                 f"noise_max_side={self.noise_max_side}")
-        if self.weight_proj < 0:
-            raise ThreecadError(f"config weight_proj={self.weight_proj}: must be >= 0")
+        for name in ("weight_proj", "noise_std"):
+            if getattr(self, name) < 0:
+                raise ThreecadError(f"config {name}={getattr(self, name)}: must be >= 0")
 
 
 class RDPlusPlus(ReverseDistillation):
@@ -285,18 +298,24 @@ class RDPlusPlus(ReverseDistillation):
         projected = parts["projection"](teacher)
         return projected, parts["decoder"](parts["bottleneck"](projected))
 
-    def _noise_settings(self) -> dict[str, Any]:
+    def _patch_sides(self) -> tuple[int, int]:
+        """(min_side, max_side) of the noise patches at this input size."""
         cfg, scale = self.config, self.config.image_size / 256
         lo = max(1, int(round(cfg.noise_min_side * scale)))
-        hi = max(lo + 1, int(round(cfg.noise_max_side * scale)))
-        return dict(amplitude=cfg.noise_amplitude, min_side=lo, max_side=hi,
-                    frequency=cfg.noise_frequency * scale, octaves=cfg.noise_octaves,
-                    persistence=cfg.noise_persistence)
+        return lo, max(lo + 1, int(round(cfg.noise_max_side * scale)))
 
-    def losses(self, images: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    def draw_noise_field(self, generator: torch.Generator) -> torch.Tensor:
+        """The run's fixed noise field, large enough for the largest patch."""
+        cfg = self.config
+        return noise_field(self._patch_sides()[1], cfg.noise_std, generator,
+                           frequency=cfg.noise_frequency * cfg.image_size / 256, octaves=cfg.noise_octaves,
+                           persistence=cfg.noise_persistence).to(self.device)
+
+    def losses(self, images: torch.Tensor, field: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
         """All losses of one micro-batch: distillation on the clean image, projection terms."""
         cfg = self.config
-        noisy = add_noise_patches(images, generator, **self._noise_settings())
+        lo, hi = self._patch_sides()
+        noisy = add_noise_patches(images, field, generator, lo, hi)
         with torch.no_grad():
             teacher = self.net.teacher(images)
             teacher_noisy = self.net.teacher(noisy)
@@ -318,13 +337,16 @@ class RDPlusPlus(ReverseDistillation):
             {"params": list(parts["decoder"].parameters()) + list(parts["bottleneck"].parameters()), "lr": cfg.lr},
         ], betas=(cfg.beta1, cfg.beta2))  # one Adam, two groups: the reference's two Adams exactly
         scheduler = multistep_scheduler(optimizer, cfg.epochs, (), 1.0)  # constant learning rates
-        self._noise = torch.Generator().manual_seed(cfg.seed)  # noise patches and SSOT shuffles
+        # the field first, then patch places and SSOT shuffles from the same stream; a resume
+        # draws the field again from the seed and then restores the stream's state
+        self._noise = torch.Generator().manual_seed(cfg.seed)
+        self._field = self.draw_noise_field(self._noise)
         return TrainingSetup(parts, optimizer, scheduler, cfg.epochs, generators={"noise": self._noise})
 
     def step(self, batch: dict) -> dict[str, torch.Tensor]:
         total: dict[str, torch.Tensor] = {}
         for micro in batch["image"].chunk(self.config.accumulation):  # summed, as the reference accumulates
-            for key, value in self.losses(micro, self._noise).items():
+            for key, value in self.losses(micro, self._field, self._noise).items():
                 total[key] = total[key] + value if key in total else value
         return total
 
@@ -366,8 +388,11 @@ class RDPlusPlus(ReverseDistillation):
         details["projection_parameters"] = {name: sum(p.numel() for p in getattr(proj, name).parameters())
                                             for name in ("proj_a", "proj_b", "proj_c")}
         details["notes"] = list(details.get("notes", [])) + [
-            "noise anomalies: 3-D gradient (Perlin) noise with the reference's octave structure, "
-            "not OpenSimplex", "model selection: last epoch (the reference selects on the test set)",
+            "noise anomalies: one fixed noise field for the whole run, drawn once from the seed, whose "
+            "top-left h x w crop is added in every patch (as the reference's single OpenSimplex instance); "
+            "3-D gradient (Perlin) fractal noise with the reference's octaves, not OpenSimplex, scaled to "
+            f"the std of the reference's field ({self.config.noise_std:g})",
+            "model selection: last epoch (the reference selects on the test set)",
             f"gradient accumulation: {self.config.accumulation} micro-batches of "
             f"{self.config.batch_size // self.config.accumulation} summed within one step"]
         return details
@@ -375,5 +400,6 @@ class RDPlusPlus(ReverseDistillation):
     def info(self) -> dict[str, Any]:
         out = super().info()
         out["projection_parameters"] = sum(p.numel() for p in self.net.trainable["projection"].parameters())
-        out["noise"] = "3-D gradient noise (Perlin), fractal, one patch per image"
+        out["noise"] = (f"one fixed 3-D gradient (Perlin) fractal field, std {self.config.noise_std:g}, "
+                        "its top-left crop in one patch per image")
         return out

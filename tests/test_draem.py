@@ -113,6 +113,26 @@ def test_losses_against_hand_computation():
     assert float(losses["l2"]) == pytest.approx(float(((rec - x) ** 2).mean()), rel=1e-5)
 
 
+def test_ssim_term_reads_its_range_off_the_reconstruction():
+    """As the reference's ssim (val_range None): range 2 while the reconstruction dips below -0.5."""
+    from threecad.losses import ssim_loss
+
+    g = torch.Generator().manual_seed(4)
+    targets = torch.rand(2, 3, 32, 32, generator=g)
+    rec = 2.0 * torch.rand(2, 3, 32, 32, generator=g) - 0.7  # min below -0.5, max above 1
+    logits = torch.zeros(2, 2, 32, 32)
+
+    class Fixed(torch.nn.Module):
+        def forward(self, x):
+            return rec, logits
+
+    method = DRAEM(small_config(image_size=32))
+    method.net = Fixed()
+    value = method.losses(targets, targets, torch.zeros(2, 1, 32, 32))["ssim"]
+    assert torch.equal(value, ssim_loss(rec, targets, value_range=2.0))
+    assert float(value) != pytest.approx(float(ssim_loss(rec, targets)), abs=1e-4)
+
+
 def test_one_step_lowers_the_loss_on_a_fixed_batch():
     from threecad.anomaly_synthesis import AnomalySynthesizer
 

@@ -42,3 +42,42 @@ def test_binary_focal_loss_matches_the_formula():
     p, t = torch.tensor([0.9, 0.2]), torch.tensor([1.0, 1.0])
     expected = sum(-math.log(v) * (1 - v) ** 4 for v in (0.9, 0.2)) / 2
     assert binary_focal_loss(p, t).item() == pytest.approx(expected, rel=1e-6)
+
+
+def reference_ssim_loss(img1: torch.Tensor, img2: torch.Tensor, window_size: int = 11) -> torch.Tensor:
+    """DRAEM's loss.SSIM()(img1, img2) written out from its definition (VitjanZ/DRAEM loss.py,
+    `ssim` with val_range None): the range is guessed from img1 with Python comparisons."""
+    max_val = 255 if torch.max(img1) > 128 else 1
+    min_val = -1 if torch.min(img1) < -0.5 else 0
+    big_l = max_val - min_val
+    gauss = torch.tensor([math.exp(-(x - window_size // 2) ** 2 / float(2 * 1.5 ** 2)) for x in range(window_size)])
+    gauss = (gauss / gauss.sum()).unsqueeze(1)  # float32, as torch.Tensor builds it there
+    channel = img1.shape[1]
+    window = gauss.mm(gauss.t()).expand(channel, 1, window_size, window_size).contiguous().to(img1.dtype)
+    pad = window_size // 2
+    conv = lambda x: torch.nn.functional.conv2d(x, window, padding=pad, groups=channel)  # noqa: E731
+    mu1, mu2 = conv(img1), conv(img2)
+    sigma1_sq = conv(img1 * img1) - mu1.pow(2)
+    sigma2_sq = conv(img2 * img2) - mu2.pow(2)
+    sigma12 = conv(img1 * img2) - mu1 * mu2
+    c1, c2 = (0.01 * big_l) ** 2, (0.03 * big_l) ** 2
+    v1, v2 = 2.0 * sigma12 + c2, sigma1_sq + sigma2_sq + c2
+    return 1.0 - (((2 * mu1 * mu2 + c1) * v1) / ((mu1.pow(2) + mu2.pow(2) + c1) * v2)).mean()
+
+
+@pytest.mark.parametrize("low, high, expected_range", [(-0.8, 1.3, 2), (0.0, 1.0, 1), (-0.9, 200.0, 256),
+                                                       (0.0, 200.0, 255)])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_inferred_ssim_range_as_draems_reference(low, high, expected_range, dtype):
+    """value_range=None (DRAEM): the range read off the first image, as the reference's ssim."""
+    g = torch.Generator().manual_seed(3)
+    rec = low + (high - low) * torch.rand(2, 3, 40, 40, generator=g, dtype=torch.float64)
+    rec[0, 0, 0, 0], rec[1, 2, 5, 7] = low, high  # the extremes are reached
+    rec, target = rec.to(dtype), torch.rand(2, 3, 40, 40, generator=g, dtype=torch.float64).to(dtype)
+    ours = ssim_loss(rec, target, value_range=None)
+    # equal up to the reference's float32 Gaussian window
+    assert ours.item() == pytest.approx(reference_ssim_loss(rec, target).item(), rel=1e-6)
+    assert torch.equal(ssim_map(rec, target, value_range=None),
+                       ssim_map(rec, target, value_range=float(expected_range)))
+    if expected_range != 1:  # where the fixed range of 1 departs from the reference
+        assert abs(ssim_loss(rec, target).item() - ours.item()) > 1e-4

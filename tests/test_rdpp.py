@@ -1,6 +1,7 @@
 """RD++: the reference's parameter counts per part, its losses against hand computation, the
-Sinkhorn divergence against a closed form, the noise patches, a tiny fit/predict with a
-checkpoint round trip, one optimisation step, bad configs."""
+Sinkhorn divergence against a closed form, the noise patches (crops of one fixed field), a tiny
+fit/predict with a checkpoint round trip, a resume from the epoch checkpoint, one optimisation
+step, bad configs."""
 from __future__ import annotations
 
 import math
@@ -11,7 +12,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from baselines.rdpp import (MultiProjection, RDPlusPlus, RDPlusPlusConfig, add_noise_patches, fractal_noise,
-                            projection_loss, sinkhorn_divergence)
+                            noise_field, projection_loss, sinkhorn_divergence)
 from baselines.reverse_distillation import ReverseDistillation
 from conftest import make_tiny_dataset
 from threecad.dataset import ThreeCAD
@@ -82,18 +83,38 @@ def test_projection_loss_terms_against_hand_computation():
     assert float(out["proj"]) == pytest.approx(expected, rel=1e-6)
 
 
-def test_noise_patches_one_per_image_within_bounds():
-    images = torch.full((3, 3, 64, 64), 0.5)
-    noisy = add_noise_patches(images, torch.Generator().manual_seed(0), amplitude=0.2, min_side=3, max_side=8,
-                              frequency=8.0)
-    for i in range(3):
-        changed = (noisy[i] != images[i]).any(0)
-        rows, cols = changed.any(1).nonzero(), changed.any(0).nonzero()
-        h, w = int(rows.max() - rows.min() + 1), int(cols.max() - cols.min() + 1)
-        assert 1 <= h <= 7 and 1 <= w <= 7 and int(rows.min()) >= 1 and int(cols.min()) >= 1
-    noise = fractal_noise((4, 3, 32, 32), torch.Generator().manual_seed(1))
-    # fractal sum of 6 octaves (persistence 0.6) of noise in about [-1, 1]
+def test_noise_patches_are_top_left_crops_of_one_field():
+    """As the reference's one OpenSimplex instance sampled from the origin: the same field in
+    every patch, its top-left h x w crop, at top, left >= 1."""
+    field = noise_field(8, 0.085, torch.Generator().manual_seed(1), frequency=8.0)
+    images = torch.full((4, 3, 64, 64), 0.5)
+    noisy = add_noise_patches(images, field, torch.Generator().manual_seed(0), min_side=3, max_side=8)
+    sides = set()
+    for i in range(4):
+        diff = noisy[i] - images[i]
+        rows, cols = (diff != 0).any(0).any(1).nonzero(), (diff != 0).any(0).any(0).nonzero()
+        top, left = int(rows.min()), int(cols.min())
+        h, w = int(rows.max()) - top + 1, int(cols.max()) - left + 1
+        assert 3 <= h <= 7 and 3 <= w <= 7 and top >= 1 and left >= 1
+        assert torch.allclose(diff[:, top:top + h, left:left + w], field[:, :h, :w], atol=1e-7)
+        sides.add((h, w))
+    assert len(sides) > 1  # patches differ in size, not in content
+
+
+def test_noise_field_has_the_reference_std_and_comes_from_the_seed():
+    field = noise_field(32, 0.085, torch.Generator().manual_seed(7))
+    assert field.shape == (3, 32, 32)
+    assert float(field.pow(2).mean().sqrt()) == pytest.approx(0.085, rel=1e-5)
+    assert torch.equal(field, noise_field(32, 0.085, torch.Generator().manual_seed(7)))
+    assert not torch.equal(field, noise_field(32, 0.085, torch.Generator().manual_seed(8)))
+    # fractal sum of 6 octaves (persistence 0.6) of Perlin noise; channels correlated (z = colour, 1/32 apart)
+    noise = fractal_noise((3, 32, 32), torch.Generator().manual_seed(1))
     assert float(noise.abs().max()) < 1 / (1 - 0.6) and float(noise.std()) > 0.05
+    assert float(torch.corrcoef(noise.flatten(1))[0, 2]) > 0.5
+    method = RDPlusPlus(small_config())  # 64 px: sides and frequency scaled by 1/4
+    assert method._patch_sides() == (2, 8)
+    assert method.draw_noise_field(torch.Generator()).shape == (3, 8, 8)
+    assert RDPlusPlus.config_class().noise_std == 0.085
 
 
 def small_config(**overrides) -> RDPlusPlusConfig:
@@ -134,6 +155,38 @@ def test_fit_predict_save_load(tmp_path):
         assert torch.equal(restored.predict(images)[1], maps)
 
 
+def test_resume_from_the_epoch_checkpoint_repeats_the_run(tmp_path):
+    """Killed in epoch 2, resumed: the same weights as a run never stopped (the field is drawn
+    again from the seed, the noise stream restored from the checkpoint)."""
+    root = make_tiny_dataset(tmp_path / "tiny", categories=("Copper_Stator",), n_train=8, n_good=1, n_defect=1)
+    train = ThreeCAD(root, "CS", "train", image_size=64, cache=False)
+
+    def run(work: str, stop_at: int | None = None) -> RDPlusPlus:
+        method = RDPlusPlus(small_config())
+        method.work_dir = tmp_path / work
+        calls, step = [0], method.step
+
+        def counted(batch):
+            calls[0] += 1
+            if calls[0] == stop_at:
+                raise KeyboardInterrupt
+            return step(batch)
+
+        method.step = counted
+        method.fit(DataLoader(train, batch_size=4, shuffle=True, generator=torch.Generator().manual_seed(0)))
+        return method
+
+    whole = run("whole")
+    with pytest.raises(KeyboardInterrupt):
+        run("cut", stop_at=3)  # the first batch of epoch 2
+    assert (tmp_path / "cut" / "epoch.pt").exists()
+    resumed = run("cut")
+    assert resumed.loop.resumed_after == 1
+    restored = resumed.net.trainable.state_dict()
+    for key, value in whole.net.trainable.state_dict().items():
+        assert torch.equal(value, restored[key]), key
+
+
 def test_one_step_lowers_the_loss_on_a_fixed_batch():
     method = RDPlusPlus(small_config(lr=0.001, proj_lr=0.001))
     images = torch.rand(4, 3, 64, 64, generator=torch.Generator().manual_seed(0))
@@ -142,7 +195,8 @@ def test_one_step_lowers_the_loss_on_a_fixed_batch():
     opt = torch.optim.Adam(parts.parameters(), lr=1e-3, betas=(0.5, 0.999))
 
     def loss() -> torch.Tensor:
-        return method.losses(images, torch.Generator().manual_seed(5))["loss"]  # the same noise each time
+        gen = torch.Generator().manual_seed(5)  # the same noise each time
+        return method.losses(images, method.draw_noise_field(gen), gen)["loss"]
 
     before = loss()
     opt.zero_grad()
@@ -154,7 +208,7 @@ def test_one_step_lowers_the_loss_on_a_fixed_batch():
 
 
 @pytest.mark.parametrize("field, value", [("accumulation", 3), ("proj_lr", 0.0), ("image_size", 80),
-                                          ("sinkhorn_scaling", 1.0), ("noise_min_side", 40)])
+                                          ("sinkhorn_scaling", 1.0), ("noise_min_side", 40), ("noise_std", -0.1)])
 def test_bad_config_names_the_field(field, value):
     with pytest.raises(ThreecadError, match=field):
         small_config(**{field: value})

@@ -3,7 +3,7 @@
 Each follows the form its reference code computes, which is not always the textbook one:
 DRAEM's focal loss takes softmax probabilities with smoothed one-hot targets, DeSTSeg's
 takes sigmoid probabilities; SSIM uses an 11x11 Gaussian window (sigma 1.5) with zero
-padding, per channel, for images in [0, 1] (dynamic range 1).
+padding, per channel, for images in [0, 1] (dynamic range 1) unless told otherwise.
 """
 from __future__ import annotations
 
@@ -18,9 +18,26 @@ def _gaussian_window(size: int, sigma: float, channels: int, like: torch.Tensor)
     return (g[:, None] @ g[None, :]).expand(channels, 1, size, size).contiguous()
 
 
+def inferred_value_range(image: torch.Tensor) -> torch.Tensor:
+    """The dynamic range DRAEM's `ssim` guesses from its first image when `val_range` is None.
+
+    Top 255 if the max is above 128, else 1; bottom -1 if the min is below -0.5, else 0. A
+    0-dim float64 tensor, so that no host sync is needed and the constants round as the
+    reference's Python floats do.
+    """
+    top = torch.where(image.max() > 128, 255.0, 1.0)
+    bottom = torch.where(image.min() < -0.5, -1.0, 0.0)
+    return (top - bottom).double()
+
+
 def ssim_map(a: torch.Tensor, b: torch.Tensor, window: int = 11, sigma: float = 1.5,
-             value_range: float = 1.0) -> torch.Tensor:
-    """Per-pixel structural similarity of two (N, C, H, W) batches (zero padding at borders)."""
+             value_range: float | None = 1.0) -> torch.Tensor:
+    """Per-pixel structural similarity of two (N, C, H, W) batches (zero padding at borders).
+
+    `value_range` None: inferred from `a` as DRAEM's reference does (`inferred_value_range`).
+    """
+    if value_range is None:
+        value_range = inferred_value_range(a)
     channels = a.shape[1]
     w = _gaussian_window(window, sigma, channels, a)
     pad = window // 2
