@@ -6,7 +6,8 @@ clean image, and a discriminative U-Net looks at the (reconstruction, input) pai
 where they disagree in a way that matters. Both are trained from scratch, together, with
 L2 + SSIM on the reconstruction and a focal loss on the U-Net's softmax output.
 
-Preset `paper` is the reference's MVTec setting (VitjanZ/DRAEM): 256 px, no normalisation,
+Preset `paper` is the reference's MVTec setting (VitjanZ/DRAEM): images read as the reference
+reads them (OpenCV's bilinear resize without antialiasing, BGR channels), 256 px, no normalisation,
 reconstructive network base width 128 (plain encoder-decoder, no skips), discriminative U-Net
 base 64 on the 6-channel concatenation, convs N(0, 0.02) and BatchNorm weight N(1, 0.02) /
 bias 0, one Adam (lr 1e-4, default betas) for both networks, x0.2 at 80% and 90% of 700
@@ -30,7 +31,9 @@ split's good images turned into synthetic anomalies with a fixed seed.
 Departures from the reference: an epoch is one shuffled pass over the training images (the
 reference draws len(train) images at random with replacement); empty Perlin masks are
 redrawn by the synthesizer (the reference keeps them as clean samples, about 5% at 256 px);
-the texture augmentations are the synthesizer's torch versions of DRAEM's imgaug ones.
+the texture augmentations are the synthesizer's torch versions of DRAEM's imgaug ones; DTD
+textures are read and resized with PIL (the reference: OpenCV, BGR). Preset `cpu` reads
+training and test images with PIL (antialiased, RGB).
 The SSIM term takes its dynamic range from the reconstruction as the reference's `ssim` does
 (2 while the reconstruction dips below -0.5, early in training; else 1).
 """
@@ -49,6 +52,7 @@ from threecad.anomaly_synthesis import SynthesisConfig
 from threecad.errors import ThreecadError
 from threecad.losses import softmax_focal_loss, ssim_loss
 from threecad.postprocess import PostProcess
+from threecad.preprocess import COLOURS, LIBRARIES, Preprocess
 from threecad.trained import TrainedConfig, TrainedMethod, TrainingSetup, epochs_for, length, seeded_weights
 from threecad.training import multistep_scheduler
 
@@ -164,6 +168,8 @@ class DRAEMConfig(SynthesisConfig, TrainedConfig):
     image_size: int = 256  # inputs resized to a square; a multiple of 32 (five 2x poolings)
     batch_size: int = 8
     seed: int = 42
+    resize_library: str = "cv2"  # the reference reads and resizes with OpenCV (no antialiasing)...
+    colour: str = "bgr"  # ...and keeps OpenCV's channel order
     recon_width: int = 128  # base width of the reconstructive encoder-decoder
     disc_width: int = 64  # base width of the discriminative U-Net
     epochs: int = length(700)
@@ -178,6 +184,10 @@ class DRAEMConfig(SynthesisConfig, TrainedConfig):
     select: str = "last"  # last epoch (the reference), or "val": lowest loss on synthetic anomalies of val
 
     def validate(self) -> None:
+        if self.resize_library not in LIBRARIES:
+            raise ThreecadError(f"config resize_library={self.resize_library}: must be one of {', '.join(LIBRARIES)}")
+        if self.colour not in COLOURS:
+            raise ThreecadError(f"config colour={self.colour}: must be one of {', '.join(COLOURS)}")
         if self.image_size % 32:
             raise ThreecadError(f"config image_size={self.image_size}: must be a multiple of 32 "
                                 f"(the discriminative U-Net halves it five times)")
@@ -214,8 +224,8 @@ class DRAEM(TrainedMethod):
         # good images (on the synthetic ACC, I-AUROC fell as the window widened; half the steps with
         # a 5 px window scored lower on both ACC and AI). Not 128 px crops of 256 px inputs: the
         # sharp edges of the full-size part fire. The README's Methods table gives what it reaches.
-        "cpu": {"image_size": 128, "recon_width": 8, "disc_width": 16, "batch_size": 4, "steps": 1200,
-                "lr": 1e-3, "pool": 3, "rotate_prob": 0.0, "textures": "procedural"},
+        "cpu": {"image_size": 128, "resize_library": "pil", "colour": "rgb", "recon_width": 8, "disc_width": 16,
+                "batch_size": 4, "steps": 1200, "lr": 1e-3, "pool": 3, "rotate_prob": 0.0, "textures": "procedural"},
     }
 
     def __init__(self, config: DRAEMConfig, device: str | torch.device = "cpu", amp: bool = False):
@@ -315,6 +325,10 @@ class DRAEM(TrainedMethod):
                 "reconstructive.decoder": self.net.reconstructive["decoder"],
                 "discriminative.encoder": self.net.discriminative["encoder"],
                 "discriminative.decoder": self.net.discriminative["decoder"]}
+
+    def preprocess(self) -> Preprocess:
+        cfg = self.config
+        return Preprocess(size=cfg.image_size, library=cfg.resize_library, colour=cfg.colour)
 
     def card_details(self) -> dict[str, Any]:
         cfg = self.config

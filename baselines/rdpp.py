@@ -13,6 +13,9 @@ L = L_distill + 0.2 L_proj, L_proj = (SSOT + 0.01 L_recon + 0.1 L_contrast) / 1.
 decoder still rebuilds the teacher's features of the clean image; the map is the sum over
 levels of upsampled 1 - cos, smoothed with sigma 4 by the harness, score = max.
 
+Input: preset `paper` resizes images as the reference does (OpenCV's bilinear, no
+antialiasing; RGB); preset `cpu` with PIL's antialiased bilinear, as RD.
+
 This builds on `baselines.reverse_distillation` (teacher, bottleneck, decoder, map, persistence):
 the projection joins RD's trainable `ModuleDict`, so RD's checkpointing carries it.
 
@@ -57,6 +60,7 @@ from baselines.reverse_distillation import ReverseDistillation, ReverseDistillat
 from threecad.distillation import cosine_distance, flattened_cosine_loss, upsampled_sum
 from threecad.errors import ThreecadError
 from threecad.postprocess import PostProcess
+from threecad.preprocess import LIBRARIES, Preprocess
 from threecad.trained import TrainingSetup, seeded_weights
 from threecad.training import multistep_scheduler
 
@@ -238,6 +242,7 @@ class RDPlusPlusConfig(ReverseDistillationConfig):
     lr: float = 0.005  # decoder + bottleneck (Adam)
     proj_lr: float = 0.001  # projection layers (Adam), same betas
     weight_proj: float = 0.2  # L = L_distill + weight_proj * L_proj
+    resize_library: str = "cv2"  # the reference resizes with OpenCV's bilinear, without antialiasing
     noise_std: float = 0.085  # the fixed field's root mean square: the std of the reference's 0.2 x OpenSimplex
     noise_min_side: int = 10  # noise patch sides at 256 px (randint(min, max)); scaled with image_size
     noise_max_side: int = 32
@@ -248,6 +253,8 @@ class RDPlusPlusConfig(ReverseDistillationConfig):
     sinkhorn_scaling: float = 0.95
 
     def validate(self) -> None:
+        if self.resize_library not in LIBRARIES:
+            raise ThreecadError(f"config resize_library={self.resize_library}: must be one of {', '.join(LIBRARIES)}")
         if self.image_size % 32:
             raise ThreecadError(f"config image_size={self.image_size}: must be a multiple of 32 "
                                 "(the bottleneck works at stride 32)")
@@ -279,8 +286,8 @@ class RDPlusPlus(ReverseDistillation):
         # still misses the stators most). At 128 px (batch 8 as 2 micro-batches of 4) the stators
         # fell further: as for RD, the stride-4 tap of a small input cannot tell a dent from the
         # winding texture.
-        "cpu": {"backbone": "efficientnet_lite0", "image_size": 256, "batch_size": 4, "accumulation": 1,
-                "epochs": 40, "sigma": 2.0},
+        "cpu": {"backbone": "efficientnet_lite0", "image_size": 256, "resize_library": "pil", "batch_size": 4,
+                "accumulation": 1, "epochs": 40, "sigma": 2.0},
     }
 
     def __init__(self, config: RDPlusPlusConfig, device: str | torch.device = "cpu", amp: bool = False):
@@ -381,6 +388,9 @@ class RDPlusPlus(ReverseDistillation):
         with torch.device("meta"):  # counted, never run: the release defines it, its forward never calls it
             dead = nn.Sequential(nn.Conv2d(4 * c3, 2 * c3, 1, bias=False), nn.BatchNorm2d(2 * c3))
         return {"bottleneck's unused 1x1 conv + BN (release only)": dead}
+
+    def preprocess(self) -> Preprocess:
+        return Preprocess(size=self.config.image_size, library=self.config.resize_library)
 
     def card_details(self) -> dict[str, Any]:
         details = super().card_details()
