@@ -100,6 +100,7 @@ class Method(abc.ABC):
         # and, under `--ddp`, the gradient sync shared by the ranks (a threecad.training.GradientSync).
         self.work_dir: Path | None = None
         self.gradient_sync: Any = None
+        self.epoch_hook: Any = None  # called (epoch, epochs) after each training epoch (--track-test-every)
         self.loop: Any = None  # what the last fit's epoch loop did (threecad.training.LoopResult), if any
 
     @abc.abstractmethod

@@ -165,7 +165,7 @@ class TrainedMethod(Method):
             epochs=setup.epochs, device=self.device, channels_last=self.channels_last, work_dir=self.work_dir,
             select=getattr(cfg, "select", "last"), validate=self._validate if self.validates() else None,
             val_loader=val_loader, generators=setup.generators, batches=setup.batches, sync=self.gradient_sync,
-            desc=self.name)
+            after_epoch=self.epoch_hook, desc=self.name)
         self.after_fit()
         self.net.eval()
 

@@ -213,7 +213,7 @@ def train_epochs(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, 
                  select: str = "last", validate: Callable[[Iterable[dict]], float] | None = None,
                  val_loader: Iterable[dict] | None = None, generators: dict[str, torch.Generator] | None = None,
                  batches: Iterable[dict] | None = None, sync: GradientSync | None = None,
-                 desc: str = "train") -> LoopResult:
+                 after_epoch: Callable[[int, int], None] | None = None, desc: str = "train") -> LoopResult:
     """Run the epochs of one category with AMP, an epoch checkpoint and model selection.
 
     `model` holds the trainable weights (what the checkpoint stores); `step(batch)` returns
@@ -222,7 +222,9 @@ def train_epochs(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, 
     extra random streams (e.g. the anomaly synthesizer's) saved and restored with the rest.
     `batches` is a method's own sampling of `train_loader` (an epoch is one pass over it;
     default: the loader); the loader's shuffle generator and sampler are still the
-    loader's. `sync` shares the fit across data-parallel ranks.
+    loader's. `sync` shares the fit across data-parallel ranks. `after_epoch(epoch, epochs)`
+    (1-based) runs on the writer rank after each epoch's checkpoint (the harness's test
+    tracking, for the record only).
     """
     check_selection(select)
     if select == "val" and (validate is None or val_loader is None):
@@ -307,6 +309,8 @@ def train_epochs(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, 
                     "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "rng": rng_state(),
                     "generators": {name: gen.get_state() for name, gen in generators.items()},
                     "best": best, "best_loss": best_loss, "val_losses": val_losses, "history": history})
+                if after_epoch is not None:
+                    after_epoch(epoch + 1, epochs)
     if select == "val" and best is not None:
         model.load_state_dict(best)
         selected = int(np.argmin(val_losses)) + 1

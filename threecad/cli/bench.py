@@ -48,8 +48,12 @@ from threecad.cli.common import category_option, resolve_root, root_option
 @click.option("--ddp", is_flag=True,
               help="Under torchrun: fit each (method, category) across all ranks (DistributedSampler, gradients "
                    "averaged), evaluate on rank 0. Without it the ranks share the pairs.")
+@click.option("--track-test-every", type=click.IntRange(min=0), default=0, metavar="N",
+              help="Also evaluate the test split every N epochs while training, for the record only (never "
+                   "for selection): the curve beside the loss curve and `best_on_test`, marked not valid. "
+                   "Shows what the references' selection on the test set is worth.")
 def command(method, root, categories, preset, sets, device, protocol, out, setting, resume, eval_size, metrics_mode,
-            pictures, allow_layout_problems, logger, ddp):
+            pictures, allow_layout_problems, logger, ddp, track_test_every):
     """Fit and evaluate METHOD on each category; write a run directory and print the table.
 
     Under `torchrun --nproc-per-node N -m threecad bench ...` the ranks share the work.
@@ -60,7 +64,8 @@ def command(method, root, categories, preset, sets, device, protocol, out, setti
     spec = BenchSpec(method=method, root=resolve_root(root), categories=tuple(categories), preset=preset,
                      overrides=parse_set_options(sets), device=device, protocol=protocol, out=out,
                      resume=resume, eval_size=eval_size, metrics_mode=metrics_mode, pictures=pictures,
-                     allow_layout_problems=allow_layout_problems, setting=setting, logger=logger)
+                     allow_layout_problems=allow_layout_problems, setting=setting, logger=logger,
+                     track_test_every=track_test_every)
     launch = distributed.detect()
     if "," in method or launch is not None or ddp:
         _study(spec, method, ddp, launch)

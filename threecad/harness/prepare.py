@@ -61,6 +61,7 @@ class BenchSpec:
     setting: str | None = None  # PER_CATEGORY or UNIFIED; None: the method's default (default_setting)
     ddp: bool = False  # each category fitted across the ranks of a torchrun job (threecad.harness.study)
     logger: str | None = None  # also log to "tensorboard" or "mlflow" (threecad.harness.loggers)
+    track_test_every: int = 0  # > 0: evaluate the test split every N epochs, for the record only (harness.tracking)
     study: Path | None = None  # the study folder this run belongs to (its trackers' root and tag)
 
 
@@ -130,6 +131,7 @@ def prepare(spec: BenchSpec) -> Plan:
     if spec.preset is None:
         log.info("preset %s (default for %s)", preset, device.type)
     setting = spec.setting or default_setting(method_cls, preset, spec.ddp)
+    check_tracking(spec.track_test_every, method_cls, setting)
     config = build_config(method_cls, preset, spec.overrides)
 
     root = Path(spec.root).expanduser()
@@ -168,6 +170,8 @@ def prepare(spec: BenchSpec) -> Plan:
         run_spec["unified_categories"] = [c.abbreviation for c in categories]
     if spec.ddp:  # absent otherwise, so that run.json of a plain run is as before
         run_spec["ddp"] = True
+    if spec.track_test_every:  # the same: absent when off
+        run_spec["track_test_every"] = spec.track_test_every
     out = Path(spec.out).expanduser() if spec.out else Path("runs") / run_name(f"{method_cls.name}-{preset}")
     if out.exists() and not out.is_dir():
         raise ThreecadError(f"--out {out} is a file, not a folder")
@@ -191,6 +195,17 @@ def prepare(spec: BenchSpec) -> Plan:
                 categories=categories, run_spec=run_spec, out=out, previous=previous, done=done,
                 data=data, manifest=manifest, split_note=split_note, eval_size=spec.eval_size,
                 preprocess=preprocess, setting=setting)
+
+
+def check_tracking(every: int, method_cls: type[Method], setting: str) -> None:
+    if isinstance(every, bool) or not isinstance(every, int) or every < 0:
+        raise ThreecadError(f"--track-test-every {every}: must be a whole number of epochs >= 1 (0: off)")
+    if every and not method_cls.trains_by_gradient:
+        raise ThreecadError(f"--track-test-every: method '{method_cls.name}' has no training epochs "
+                            "(it builds its model in one pass); drop the option")
+    if every and setting == UNIFIED:
+        raise ThreecadError("--track-test-every follows one category's fit; it does not run with --setting unified "
+                            "(pass --setting per-category)")
 
 
 def default_setting(method_cls: type[Method], preset: str, ddp: bool = False) -> str:

@@ -30,6 +30,7 @@ from threecad.harness.memory import PeakMemory
 from threecad.harness.prepare import (RESUME_KEYS, BenchSpec, CategoryData, Plan, check_resumable, prepare,
                                       spec_value)
 from threecad.harness.records import category_record, environment_facts, log_to_tracker
+from threecad.harness.tracking import TestTracker
 from threecad.harness.rundir import (MAIN_METRICS, RunDir, RunLock, make_run_dir, remove_empty_dirs, run_name,
                                      utc_now)
 from threecad.harness.unified import UnifiedModel, evaluate_unified, unified_model
@@ -160,8 +161,15 @@ def _run_category(plan: Plan, data: CategoryData, spec: BenchSpec, run: RunDir,
     cat, train, val, test, device = data.category, data.train, data.val, data.test, plan.device
     method = new_method(plan.method_cls, plan.config, device, run.work_dir(cat.abbreviation))
     post = method.postprocess()
+    tracker = None
+    if spec.track_test_every:  # for the record only: never used for selection
+        tracker = TestTracker(method, test, spec, cat.abbreviation, run.work_dir(cat.abbreviation),
+                              spec.track_test_every)
+        method.epoch_hook = tracker
     with PeakMemory(device) as mem:
         fit_s = fit(method, plan.config, train, val, device, cat.abbreviation, ddp=ddp)
+        if tracker is not None:
+            fit_s -= tracker.seconds
         if ddp is not None and not ddp.is_writer:
             return None
         ev = evaluate(method, post, plan.config, test, device, spec, cat.abbreviation)
@@ -173,6 +181,8 @@ def _run_category(plan: Plan, data: CategoryData, spec: BenchSpec, run: RunDir,
                              checkpoint=ckpt)
     if ddp is not None:
         record["ddp"] = ddp.facts(plan.config)  # the one key a single-process record lacks
+    if tracker is not None:
+        record["test_tracking"] = {**tracker.summary(), **tracker.write(run.path, cat.abbreviation, spec.pictures > 0)}
     return record
 
 
