@@ -30,8 +30,9 @@ as the reference does (`step(epoch)` after each epoch: the decay lands one epoch
 gradient norm clipped to 0.1 over both groups, conv/linear init N(0, 0.01), grids
 xavier_normal. `--set expansion=216` is CRAD-s.
 
-Departures: torchvision's EfficientNet-B4 ImageNet weights instead of lukemelas' port, and
-the network stops after block 21 (`threecad.efficientnet_taps`). The reference seeds
+The backbone is the reference's EfficientNet-B4 (`efficientnet_b4_tf`: lukemelas'
+`efficientnet_pytorch` with its TensorFlow-ported ImageNet file; `threecad.efficientnet_taps`).
+Departures: the network stops after block 21 instead of running the head. The reference seeds
 nothing (`random_seed: 0` fails its `if random_seed:`); threecad seeds with `seed`. Model
 selection: the reference validates on the TEST set every 10 epochs and evaluates its best
 checkpoint (`ckpt_best`, best test image AUROC); threecad never looks at the test set: the
@@ -143,7 +144,7 @@ class CRADConfig(FeatureReconstructionConfig, TrainedConfig):
     image_size: int = 224
     batch_size: int = 16  # per process (the README: 4 GPUs x 16)
     seed: int = 42  # the reference seeds nothing
-    blocks: tuple[int, ...] = (9, 21)  # lukemelas block indices (efficientnet_b4)
+    blocks: tuple[int, ...] = (9, 21)  # lukemelas block indices (a B4)
     strides: tuple[int, ...] = (8, 16)  # taps of any other backbone
     out_stride: int = 8  # MFCN: every tap resized to this stride
     local_resolution: int = 8  # side of the local query grid

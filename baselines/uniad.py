@@ -25,10 +25,12 @@ to 0.1, jitter scale 20 with probability 1, xavier_uniform init, seed 133. The m
 `predict` upsampled x16 (bilinear, corners aligned) and unsmoothed; the image score is the
 max of the map averaged over 16x16 windows (`postprocess`).
 
-Departures: torchvision's EfficientNet-B4 ImageNet weights instead of lukemelas' port (see
-`threecad.efficientnet_taps`), and the network stops after block 21 instead of running the
-head. Model selection is the last epoch, as the reference's evaluation (it loads
-`ckpt.pth.tar`; its `ckpt_best` is picked on the test set and is not used here).
+The backbone is the reference's EfficientNet-B4 (`efficientnet_b4_tf`: lukemelas'
+`efficientnet_pytorch` as the reference builds it, with its TensorFlow-ported ImageNet file;
+see `threecad.efficientnet_taps`). Departures: the network stops after block 21 instead of
+running the head (the taps are the same). Model selection is the last epoch, as the
+reference's evaluation (it loads `ckpt.pth.tar`; its `ckpt_best` is picked on the test set
+and is not used here).
 """
 from __future__ import annotations
 

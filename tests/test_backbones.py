@@ -1,8 +1,11 @@
+import hashlib
+
 import pytest
 import torch
 
-from threecad.backbones import FeatureExtractor, resolve_weights
+from threecad.backbones import BACKBONES, FeatureExtractor, resolve_weights, weights_record
 from threecad.errors import WeightsUnavailable
+from threecad.tf_efficientnet import StaticSamePadConv2d, tf_same_pads
 
 
 @pytest.mark.parametrize("name,channels", [("efficientnet_lite0", (24, 40, 112)), ("mobilenet_v2", (24, 32, 96))])
@@ -38,6 +41,15 @@ def test_missing_weights_message(tmp_path, monkeypatch):
         resolve_weights("wide_resnet50_2", "imagenet")
     with pytest.raises(WeightsUnavailable, match="does not exist"):
         resolve_weights("resnet18", tmp_path / "nope.pth")
+
+
+def test_weight_files_are_hashed_and_checked(tmp_path):
+    torch.save({"w": torch.zeros(3)}, tmp_path / "w.pth")
+    digest = hashlib.sha256((tmp_path / "w.pth").read_bytes()).hexdigest()
+    assert weights_record(tmp_path / "w.pth") == {"file": str(tmp_path / "w.pth"), "sha256": digest}
+    assert weights_record(tmp_path / "w.pth", digest.upper())["sha256"] == digest
+    with pytest.raises(WeightsUnavailable, match=f"sha256 {digest}, not the expected f+"):
+        weights_record(tmp_path / "w.pth", "f" * 64)
 
 
 def test_weights_from_path(tmp_path):
@@ -165,3 +177,20 @@ def test_channel_probe_leaves_batchnorm_statistics_alone():
     assert f.training
     for bn in f.batchnorm_layers():
         assert int(bn.num_batches_tracked) == 0 and torch.equal(bn.running_mean, torch.zeros_like(bn.running_mean))
+
+
+# --------------------------------------------------------------------------- UniAD's and CRAD's B4
+def test_b4_tf_pads_as_lukemelas_for_380_px_whatever_the_input():
+    """TensorFlow's "same" rule, and lukemelas' static use of it: computed once for 380 px, so
+    block 6 (5x5, stride 2 on 95 px) pads evenly though it would not on 224 px (56 px there);
+    tests/test_efficientnet_b4_tf.py checks the taps against `efficientnet_pytorch`."""
+    assert tf_same_pads(380, 3, 2) == (0, 1) and tf_same_pads(95, 5, 2) == (2, 2)
+    assert tf_same_pads(56, 5, 2) == (1, 2) and tf_same_pads(28, 3, 1) == (1, 1)
+    net = BACKBONES["efficientnet_b4_tf"].build()
+    uneven = {n: m.pads for n, m in net.features.named_modules() if isinstance(m, StaticSamePadConv2d)}
+    # the stem and blocks 2, 10, 22 (the first of stages 2, 4, 6)
+    assert uneven == {"0.0": (0, 1, 0, 1), "2.0.block.1.0": (0, 1, 0, 1), "4.0.block.1.0": (0, 1, 0, 1),
+                      "6.0.block.1.0": (1, 2, 1, 2)}
+    with torch.no_grad():
+        assert net.features(torch.rand(1, 3, 64, 64)).shape == (1, 1792, 2, 2)
+    assert sum(p.numel() for p in net.parameters()) == 19_341_616  # lukemelas' B4, head and classifier included

@@ -31,6 +31,7 @@ def test_paper_preset_is_the_reference_config():
         224, 16, 50, 1e-3, 0.1, 0.01, 40, 0.1, 0.1, 0.05, 0.5)
     assert (cfg.blocks, cfg.out_stride, cfg.layers, cfg.expansion, cfg.mse_weight, cfg.cos_weight, cfg.mse_coef) == (
         (9, 21), 8, 11, 864, 0.3, 0.7, 0.05)
+    assert (cfg.backbone, cfg.weights) == ("efficientnet_b4_tf", "imagenet")  # lukemelas' B4 and file
     cpu = build_config(CRAD, "cpu")
     assert cpu.backbone == "efficientnet_lite0" and cpu.strides == (8, 16)
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
 
 import pytest
@@ -9,7 +10,6 @@ import torch
 import torchvision
 
 from loopback import Loopback
-from threecad import efficientnet_taps as taps
 from threecad.backbones import BACKBONES, FeatureExtractor
 from threecad.efficientnet_taps import EfficientNetB4Taps, align_features, block_positions, frozen_taps
 from threecad.errors import ThreecadError, WeightsUnavailable
@@ -103,12 +103,23 @@ def test_imagenet_weights_download_once_into_the_hub_cache(tmp_path, monkeypatch
 
 
 def test_frozen_taps_picks_the_source_and_refuses_bad_names():
-    assert isinstance(frozen_taps("efficientnet_b4", (9, 21), (), "none"), EfficientNetB4Taps)
+    for name in ("efficientnet_b4", "efficientnet_b4_tf"):
+        b4 = frozen_taps(name, (9, 21), (), "none")
+        assert isinstance(b4, EfficientNetB4Taps) and b4.name == name and b4.weights_source is None
     lite = frozen_taps("mobilenet_v2", (), (8, 16), "none")
-    assert isinstance(lite, FeatureExtractor) and lite.strides == (8, 16)
+    assert isinstance(lite, FeatureExtractor) and lite.strides == (8, 16) and lite.weights_source is None
     with pytest.raises(ThreecadError, match="unknown backbone 'b9'"):
         frozen_taps("b9", (9,), (8,), "none")
     with pytest.raises(ThreecadError, match="strides"):
         frozen_taps("mobilenet_v2", (), (64,), "none")
     with pytest.raises(ThreecadError, match="blocks"):
         EfficientNetB4Taps((21, 9), weights="none")
+
+
+def test_frozen_taps_record_the_weight_file_and_check_its_hash(tmp_path):
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), tmp_path / "r18.pth")
+    digest = hashlib.sha256((tmp_path / "r18.pth").read_bytes()).hexdigest()
+    ext = frozen_taps("resnet18", (), (8,), str(tmp_path / "r18.pth"), digest)
+    assert ext.weights_source == {"file": str(tmp_path / "r18.pth"), "sha256": digest}
+    with pytest.raises(WeightsUnavailable, match="not the expected"):
+        frozen_taps("resnet18", (), (8,), str(tmp_path / "r18.pth"), "f" * 64)

@@ -22,11 +22,11 @@ from threecad.model_card import model_card
 from threecad.optim import clip_gradients, delayed_step_lr
 
 
-# Small configs (64 px, a random B4, two epochs) for the tests of both methods.
+# Small configs (64 px, a random B4 as the paper presets build it, two epochs) for the tests of both methods.
 SMALL: dict[type, dict[str, Any]] = {
-    UniAD: dict(backbone="efficientnet_b4", weights="none", image_size=64, batch_size=4, epochs=2, hidden_dim=32,
+    UniAD: dict(backbone="efficientnet_b4_tf", weights="none", image_size=64, batch_size=4, epochs=2, hidden_dim=32,
                 heads=4, encoder_layers=1, decoder_layers=2, ffn_dim=64, neighbour_size=3, lr=1e-3, seed=1),
-    CRAD: dict(backbone="efficientnet_b4", weights="none", image_size=64, batch_size=4, epochs=2, layers=1,
+    CRAD: dict(backbone="efficientnet_b4_tf", weights="none", image_size=64, batch_size=4, epochs=2, layers=1,
                expansion=32, score_pool=32, seed=1),
 }
 

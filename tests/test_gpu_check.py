@@ -54,7 +54,7 @@ def test_cpu_dry_run_checks_and_tables(tmp_path):
     # columns: method weights size batch fit img/s peak loss map same-weights own-fit check s
     on_disk = gpu_check.imagenet_on_disk
     assert patchcore[1] == ("imagenet" if on_disk("wide_resnet50_2") else "random")
-    assert crad[1] == ("imagenet" if on_disk("efficientnet_b4") else "efficientnet_lite0 (offline ImageNet)"
+    assert crad[1] == ("imagenet" if on_disk("efficientnet_b4_tf") else "efficientnet_lite0 (offline ImageNet)"
                        if on_disk("efficientnet_lite0") else "random")
     assert patchcore[3] == crad[3] == "4 (capped)"  # the paper batch, cut to the 4 training images
     assert patchcore[8] == crad[8] == "4x64x64"

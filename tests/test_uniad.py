@@ -28,6 +28,7 @@ def test_paper_preset_is_the_reference_config():
             cfg.clip_norm, cfg.jitter_scale, cfg.jitter_prob, cfg.neighbour_size, cfg.seed) == (
         224, 8, 1000, 1e-4, 1e-4, 800, 0.1, 0.1, 20.0, 1.0, 7, 133)
     assert (cfg.blocks, cfg.out_stride, cfg.hidden_dim, cfg.heads, cfg.ffn_dim) == ((1, 5, 9, 21), 16, 256, 8, 1024)
+    assert (cfg.backbone, cfg.weights) == ("efficientnet_b4_tf", "imagenet")  # lukemelas' B4 and file
     cpu = build_config(UniAD, "cpu")
     assert (cpu.backbone, cpu.image_size, cpu.strides, cpu.out_stride, cpu.neighbour_size, cpu.epochs) == (
         "efficientnet_lite0", 256, (16, 32), 16, 7, 200)

