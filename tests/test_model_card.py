@@ -25,7 +25,22 @@ def test_every_method_has_a_card_with_counted_parts(name, preset, monkeypatch):
     assert card["total"]["trainable"] <= sum(c["trainable"] for c in card["parts"].values())  # shared once
     assert card["total"]["trainable"] + card["total"]["frozen"] > 0
     assert card["postprocess"]["score"] in ("max", "mean_pool_max", "top_k_mean")
+    assert card["preprocess"]["size"] == card["config"]["image_size"]
+    assert card["precision"] == card["config"]["precision"] in ("fp32", "amp")
+    assert card["setting"] == ("unified" if preset == "paper" and cls.unified_by_default else "per-category")
+    assert "last" in card["selection"] or card["selection"].startswith("none:")  # never the test set
     json.dumps(card)  # plain JSON
+
+
+def test_paper_cards_say_what_the_references_do(monkeypatch):
+    monkeypatch.setenv("THREECAD_OFFLINE", "1")
+    cards = {name: model_card(load_method(name), "paper") for name in ("cfrg", "draem", "rdpp", "simplenet", "crad")}
+    assert cards["cfrg"]["precision"] == "amp" and cards["draem"]["precision"] == "fp32"
+    assert (cards["draem"]["preprocess"]["library"], cards["draem"]["preprocess"]["colour"]) == ("cv2", "bgr")
+    assert cards["rdpp"]["preprocess"]["library"] == "cv2"
+    assert cards["simplenet"]["preprocess"] == {"size": 288, "library": "pil", "colour": "rgb",
+                                                "geometry": "shorter_side_crop", "resize_to": 329}
+    assert cards["crad"]["setting"] == "unified"
 
 
 def test_cli_prints_the_card_as_json_and_as_a_table(monkeypatch):

@@ -14,3 +14,12 @@ PROTOCOLS = (STANDARD, PAPER)
 PER_CATEGORY = "per-category"  # one model per category
 UNIFIED = "unified"  # one model fitted on the union of the categories' training images
 SETTINGS = (PER_CATEGORY, UNIFIED)
+
+
+def default_setting(method_cls, preset: str, ddp: bool = False) -> str:
+    """The setting a run takes when --setting is not given: its paper's for the paper preset
+    (one model for all categories for UniAD and CRAD), per category otherwise and under --ddp
+    (which shares one category's fit)."""
+    if preset == "paper" and method_cls.unified_by_default and not ddp:
+        return UNIFIED
+    return PER_CATEGORY

@@ -2,7 +2,8 @@
 
 `threecad methods NAME [--preset P] [--json]` prints the card: description, presets and the
 chosen preset's config, the parameter count of each named part (trainable and frozen), the
-input size, feature taps and the post-processing; `reference_parts` lists networks the
+input size, feature taps, the input pipeline and the post-processing, the precision, the
+setting a run takes by default and which epoch it keeps; `reference_parts` lists networks the
 reference builds but threecad does not (counted for comparison, outside the total). The networks are built on PyTorch's
 `meta` device with pretrained-weight loading switched off, so a card costs no download and
 almost no memory even for RealNet's half-billion parameters.
@@ -13,6 +14,7 @@ from typing import Any
 
 import torch
 
+from threecad.choices import default_setting
 from threecad.errors import ThreecadError
 from threecad.method import Method, build_config, config_dict
 
@@ -42,6 +44,17 @@ def build_for_card(method_cls: type[Method], preset: str | None = None,
         return method_cls(config, device="meta")
 
 
+def selection_rule(method: Method) -> str:
+    """Which trained state a run keeps, in words (never the test set)."""
+    if not method.trains_by_gradient:
+        return "none: the model is built in one pass over the good training images"
+    if getattr(method.config, "select", "last") == "val":
+        return "the epoch with the lowest loss on the validation split (select=val)"
+    if getattr(method, "validates", lambda: False)():
+        return "the last epoch (select=last; select=val: the lowest validation loss)"
+    return "the last epoch (it defines no validation loss)"
+
+
 def model_card(method_cls: type[Method], preset: str | None = None,
                overrides: dict[str, str] | None = None) -> dict[str, Any]:
     preset = preset or ("paper" if "paper" in method_cls.presets else next(iter(method_cls.presets)))
@@ -62,5 +75,8 @@ def model_card(method_cls: type[Method], preset: str | None = None,
         "reference_parts": {name: count_parameters(module) for name, module in method.reference_parts().items()},
         "preprocess": method.preprocess().as_dict(),
         "postprocess": method.postprocess().as_dict(),
+        "precision": method.config.precision,
+        "setting": default_setting(method_cls, preset),
+        "selection": selection_rule(method),
         **method.card_details(),
     }

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from threecad.catalog import Category, resolve_categories
-from threecad.choices import PER_CATEGORY, PROTOCOLS, SETTINGS, STANDARD, UNIFIED
+from threecad.choices import PER_CATEGORY, PROTOCOLS, SETTINGS, STANDARD, UNIFIED, default_setting
 from threecad.errors import DatasetError, ThreecadError
 from threecad.harness import devices
 from threecad.harness.loggers import check_logger
@@ -206,15 +206,6 @@ def check_tracking(every: int, method_cls: type[Method], setting: str) -> None:
     if every and setting == UNIFIED:
         raise ThreecadError("--track-test-every follows one category's fit; it does not run with --setting unified "
                             "(pass --setting per-category)")
-
-
-def default_setting(method_cls: type[Method], preset: str, ddp: bool = False) -> str:
-    """The setting a run takes when --setting is not given: its paper's for the paper preset
-    (one model for all categories for UniAD and CRAD), per category otherwise and under --ddp
-    (which shares one category's fit)."""
-    if preset == "paper" and method_cls.unified_by_default and not ddp:
-        return UNIFIED
-    return PER_CATEGORY
 
 
 def check_method(method_cls: type[Method], config: MethodConfig) -> Preprocess:
