@@ -28,7 +28,8 @@ def test_every_method_has_a_card_with_counted_parts(name, preset, monkeypatch):
     assert card["preprocess"]["size"] == card["config"]["image_size"]
     assert card["precision"] == card["config"]["precision"] in ("fp32", "amp")
     assert card["setting"] == ("unified" if preset == "paper" and cls.unified_by_default else "per-category")
-    assert "last" in card["selection"] or card["selection"].startswith("none:")  # never the test set
+    assert "last" in card["selection"] or card["selection"].startswith("none (")  # never the test set
+    assert all(set(w) == {"backbone", "weights", "file", "sha256"} for w in card["pretrained"])
     json.dumps(card)  # plain JSON
 
 
@@ -70,3 +71,14 @@ def test_reference_only_parts_stay_out_of_the_total(monkeypatch):
     used = next(v for k, v in card["parts"].items() if k.startswith("student"))
     assert (whole["trainable"], used["trainable"]) == (5_288_548, 851_808)
     assert card["total"]["trainable"] == sum(v["trainable"] for v in card["parts"].values())
+
+
+def test_readme_shows_every_paper_preset_as_the_cards_say(monkeypatch):
+    """The README's table of paper presets is `threecad methods --markdown`, character for character."""
+    from pathlib import Path
+
+    from threecad.model_card import paper_presets_markdown
+
+    monkeypatch.setenv("THREECAD_OFFLINE", "1")
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert paper_presets_markdown() in readme, "README out of date: paste `threecad methods --markdown`"

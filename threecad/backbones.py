@@ -229,6 +229,26 @@ def weights_file(name: str, weights: str | os.PathLike | None) -> Path | None:
     return path
 
 
+def describe_weights(name: str, weights: str | os.PathLike | None) -> dict[str, str | None]:
+    """Which file `weights` means for backbone `name`, where it is looked for and its sha256 when it
+    is on disk (for model cards: nothing is downloaded or loaded)."""
+    if random_weights(weights):
+        return {"backbone": name, "weights": "random initialisation", "file": None, "sha256": None}
+    if str(weights).lower() != "imagenet":
+        path = Path(weights).expanduser()
+    else:
+        spec = BACKBONES[name]
+        found = [p for p in spec.local_weight_files() if p.is_file()]
+        if found:
+            path = found[0]
+        elif spec.local_weight_files():
+            path = spec.local_weight_files()[0]
+        else:  # an offline package that is not installed
+            return {"backbone": name, "weights": str(weights), "file": None, "sha256": None}
+    return {"backbone": name, "weights": str(weights), "file": str(path),
+            "sha256": file_sha256(path) if path.is_file() else "not on disk here"}
+
+
 def read_weights(name: str, path: Path) -> dict:
     """The state dict in `path`, in `name`'s key layout."""
     try:

@@ -139,6 +139,16 @@ class Method(abc.ABC):
         slice runs), built on the meta device for the model card; never in its total."""
         return {}
 
+    def pretrained(self) -> list[tuple[str, str]]:
+        """(backbone, weights setting) of each pretrained network the method loads, for the model
+        card. Default: the config's `backbone` or `teacher` with its `weights`; a method whose
+        networks load otherwise says so by overriding this."""
+        from threecad.backbones import BACKBONES
+
+        weights = getattr(self.config, "weights", None)
+        names = [getattr(self.config, key, None) for key in ("backbone", "teacher")]
+        return [(name, weights) for name in names if isinstance(name, str) and name in BACKBONES]
+
     def card_details(self) -> dict[str, Any]:
         """Facts for the model card beyond parts and post-processing (feature taps, shapes)."""
         return {}

@@ -10,10 +10,12 @@ almost no memory even for RealNet's half-billion parameters.
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
 
+from threecad.backbones import describe_weights
 from threecad.choices import default_setting
 from threecad.errors import ThreecadError
 from threecad.method import Method, build_config, config_dict
@@ -47,7 +49,7 @@ def build_for_card(method_cls: type[Method], preset: str | None = None,
 def selection_rule(method: Method) -> str:
     """Which trained state a run keeps, in words (never the test set)."""
     if not method.trains_by_gradient:
-        return "none: the model is built in one pass over the good training images"
+        return "none (the model is built in one pass over the good training images)"
     if getattr(method.config, "select", "last") == "val":
         return "the epoch with the lowest loss on the validation split (select=val)"
     if getattr(method, "validates", lambda: False)():
@@ -75,8 +77,29 @@ def model_card(method_cls: type[Method], preset: str | None = None,
         "reference_parts": {name: count_parameters(module) for name, module in method.reference_parts().items()},
         "preprocess": method.preprocess().as_dict(),
         "postprocess": method.postprocess().as_dict(),
+        "pretrained": [describe_weights(name, weights) for name, weights in method.pretrained()],
         "precision": method.config.precision,
         "setting": default_setting(method_cls, preset),
         "selection": selection_rule(method),
         **method.card_details(),
     }
+
+
+def paper_presets_markdown() -> str:
+    """What every registered method's paper preset reads, computes in and keeps, as a Markdown
+    table (the README's; a test keeps the two equal)."""
+    from threecad.registry import available_methods
+
+    lines = ["| method | input pipeline | precision | setting | selection | pretrained file |",
+             "|---|---|---|---|---|---|"]
+    for name, cls in available_methods().items():
+        if isinstance(cls, Exception):
+            continue
+        card = model_card(cls, "paper")
+        pre = card["preprocess"]
+        pipeline = f"{pre['size']} px, {pre['library']}, {pre['colour']}, " + (
+            f"shorter side {pre['resize_to']} + centre crop" if pre["geometry"] == "shorter_side_crop" else "squashed")
+        files = ", ".join(f"`{Path(w['file']).name}`" if w["file"] else w["weights"] for w in card["pretrained"])
+        lines.append(f"| `{name}` | {pipeline} | {card['precision']} | {card['setting']} | "
+                     f"{card['selection'].split(' (')[0]} | {files or 'none'} |")
+    return "\n".join(lines) + "\n"

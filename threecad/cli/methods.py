@@ -15,7 +15,10 @@ def _fmt(n: int) -> str:
 @click.option("--preset", default=None, help="Preset whose model card to show (default: paper).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Config override, as in bench.")
 @click.option("--json", "as_json", is_flag=True, help="Print the model card as JSON.")
-def command(name: str | None, preset: str | None, overrides: tuple[str, ...], as_json: bool):
+@click.option("--markdown", is_flag=True,
+              help="Print one Markdown table of every method's paper preset: input pipeline, precision, "
+                   "setting, selection and pretrained files (the README's table).")
+def command(name: str | None, preset: str | None, overrides: tuple[str, ...], as_json: bool, markdown: bool):
     """List the registered methods, or show NAME's model card: presets, config, parameter
     counts per part (trainable and frozen), input size, feature taps, post-processing.
 
@@ -25,6 +28,13 @@ def command(name: str | None, preset: str | None, overrides: tuple[str, ...], as
     from threecad.method import parse_set_options
     from threecad.registry import available_methods, load_method
 
+    if markdown:
+        if name or preset or overrides or as_json:
+            raise ThreecadError("--markdown tables every method's paper preset: drop NAME, --preset, --set and --json")
+        from threecad.model_card import paper_presets_markdown
+
+        click.echo(paper_presets_markdown(), nl=False)
+        return
     if name is None:
         if preset or overrides or as_json:
             raise ThreecadError("--preset, --set and --json need a method NAME (`threecad methods cfrg --json`)")
