@@ -15,8 +15,11 @@ the output only through a few coordinates, anomalous features are rebuilt as nor
 The reconstruction is then blended with the features, rec' = s*f + (1-s)*rec with
 s = 0.3 * (1 - round(clamp(0.05 * mse, 0, 1))) + 0.7 * cos(rec, f) per pixel (the round
 carries no gradient); loss = MSE(rec', f); map = ||rec' - f||_2 over channels, upsampled
-x8 (bilinear, corners aligned), unsmoothed; image score = max of the map averaged over
-32x32 windows (`postprocess`). In training, with probability 0.5 per batch, N(0, 0.05^2)
+x8 (bilinear, corners aligned), returned raw by `predict`. The declared post-processing is
+what the reference's evaluation does to every map before any metric: a 21x21 mean (zeros
+counted at the border, `map_box`); image score = max of that map averaged over 32x32
+windows. The paper preset's batch is the reference's total, 64 (4 GPUs x 16); under
+`--ddp` the ranks split it. In training, with probability 0.5 per batch, N(0, 0.05^2)
 noise is added to the local coordinates (the repository's `noise_std: 0.05`).
 
 The taps, their alignment, the map, the image score and the unified setting (one model for
@@ -48,6 +51,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from threecad.errors import ThreecadError
+from threecad.postprocess import PostProcess
 from threecad.feature_reconstruction import FeatureReconstruction, FeatureReconstructionConfig
 from threecad.optim import clip_gradients, delayed_step_lr
 from threecad.trained import TrainedConfig, TrainingSetup, length, not_length
@@ -142,7 +146,7 @@ def blend(rec: torch.Tensor, feats: torch.Tensor, mse_weight: float, cos_weight:
 @dataclass
 class CRADConfig(FeatureReconstructionConfig, TrainedConfig):
     image_size: int = 224
-    batch_size: int = 16  # per process (the README: 4 GPUs x 16)
+    batch_size: int = 64  # the reference's total: 4 GPUs x 16 (`--ddp` splits it between ranks)
     seed: int = 42  # the reference seeds nothing
     blocks: tuple[int, ...] = (9, 21)  # lukemelas block indices (a B4)
     strides: tuple[int, ...] = (8, 16)  # taps of any other backbone
@@ -164,6 +168,7 @@ class CRADConfig(FeatureReconstructionConfig, TrainedConfig):
     lr_gamma: float = 0.1
     clip_norm: float = 0.1  # max global gradient norm; 0 = no clipping
     score_pool: int = 32  # image score: max of the map averaged over score_pool x score_pool windows
+    map_box: int = 21  # the reference's evaluation averages every map over 21 x 21 (zeros counted) first
     select: str = "last"  # last epoch, or "val": lowest loss on the validation split's good images
 
     def validate(self) -> None:
@@ -173,6 +178,8 @@ class CRADConfig(FeatureReconstructionConfig, TrainedConfig):
                 raise ThreecadError(f"config {key}={getattr(self, key)}: must be at least 1")
         if self.layers < 0:
             raise ThreecadError(f"config layers={self.layers}: must be >= 0")
+        if self.map_box < 0 or (self.map_box and self.map_box % 2 == 0):
+            raise ThreecadError(f"config map_box={self.map_box}: must be 0 or an odd number of pixels")
         if self.coord_noise < 0 or not 0 <= self.coord_noise_prob <= 1:
             raise ThreecadError(f"config coord_noise={self.coord_noise}, coord_noise_prob={self.coord_noise_prob}: "
                                 "need coord_noise >= 0 and 0 <= coord_noise_prob <= 1")
@@ -226,6 +233,10 @@ class CRAD(FeatureReconstruction):
         optimizer = self.optimizer()
         return TrainingSetup(self.net.reconstruction, optimizer, delayed_step_lr(optimizer, cfg.lr_step, cfg.lr_gamma),
                              cfg.epochs)
+
+    def postprocess(self) -> PostProcess:
+        cfg = self.config
+        return PostProcess(box=cfg.map_box, sigma=0.0, score="mean_pool_max", pool=cfg.score_pool, pool_pad=0)
 
     def parts(self) -> dict[str, nn.Module]:
         rec = self.net.reconstruction

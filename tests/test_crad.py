@@ -28,7 +28,7 @@ def test_paper_preset_is_the_reference_config():
     cfg = build_config(CRAD, "paper")
     assert (cfg.image_size, cfg.batch_size, cfg.epochs, cfg.lr, cfg.grid_lr, cfg.weight_decay, cfg.lr_step,
             cfg.lr_gamma, cfg.clip_norm, cfg.coord_noise, cfg.coord_noise_prob) == (
-        224, 16, 50, 1e-3, 0.1, 0.01, 40, 0.1, 0.1, 0.05, 0.5)
+        224, 64, 50, 1e-3, 0.1, 0.01, 40, 0.1, 0.1, 0.05, 0.5)  # batch: the reference's total, 4 x 16
     assert (cfg.blocks, cfg.out_stride, cfg.layers, cfg.expansion, cfg.mse_weight, cfg.cos_weight, cfg.mse_coef) == (
         (9, 21), 8, 11, 864, 0.3, 0.7, 0.05)
     assert (cfg.backbone, cfg.weights) == ("efficientnet_b4_tf", "imagenet")  # lukemelas' B4 and file

@@ -46,7 +46,22 @@ def test_top_k_mean_is_the_mean_of_the_largest_pixels():
     assert scores.tolist() == [14.0, 30.0]
 
 
+def test_box_mean_counts_zero_padding_before_the_score_like_crad():
+    """CRAD's evaluation: every map averaged over box x box windows (zeros counted at the border),
+    then the image score taken on that averaged map."""
+    maps = torch.arange(2 * 7 * 7, dtype=torch.float32).reshape(2, 7, 7)
+    post = PostProcess(box=3, score="max")
+    smoothed = post.smooth(maps)
+    corner = maps[0, :2, :2].sum() / 9  # four pixels inside the window, five zeros
+    assert smoothed[0, 0, 0] == pytest.approx(float(corner))
+    assert smoothed[0, 3, 3] == pytest.approx(float(maps[0, 2:5, 2:5].mean()))
+    scores, _ = post.apply(maps)
+    assert torch.equal(scores, smoothed.flatten(1).amax(dim=1))
+    assert post.as_dict()["box"] == 3 and "box" not in PostProcess().as_dict()
+
+
 @pytest.mark.parametrize("kwargs, word", [
+    ({"box": 4}, "box"), ({"box": -1}, "box"),
     ({"sigma": -1.0}, "sigma"), ({"sigma": float("nan")}, "sigma"), ({"mode": "wrap"}, "border"),
     ({"score": "median"}, "image-score"), ({"score": "mean_pool_max", "pool": 0}, "pool"),
     ({"score": "top_k_mean"}, "top_k"), ({"score": "mean_pool_max", "pool": 5, "pool_pad": 3}, "pool")])

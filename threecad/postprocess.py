@@ -30,6 +30,7 @@ SCORE_RULES = ("max", "mean_pool_max", "top_k_mean")
 @dataclass(frozen=True)
 class PostProcess:
     sigma: float = 0.0  # Gaussian sigma in pixels of the map as predict returns it; 0 = none
+    box: int = 0  # odd side of a mean filter applied first (zero padding counted, as avg_pool2d); 0 = none
     mode: str = "reflect"  # border mode, scipy's names ("reflect": scipy's default)
     score: str = "max"  # image-score rule (see the module docstring)
     pool: int = 0  # window of "mean_pool_max"
@@ -39,6 +40,8 @@ class PostProcess:
     def __post_init__(self) -> None:
         if not (isinstance(self.sigma, (int, float)) and math.isfinite(self.sigma) and self.sigma >= 0):
             raise ThreecadError(f"post-processing sigma must be a finite number >= 0, got {self.sigma!r}")
+        if not isinstance(self.box, int) or self.box < 0 or (self.box and self.box % 2 == 0):
+            raise ThreecadError(f"post-processing box must be 0 or an odd number of pixels, got {self.box!r}")
         if self.mode not in BORDER_MODES:
             raise ThreecadError(f"post-processing border mode must be one of {', '.join(BORDER_MODES)}, "
                                 f"got {self.mode!r}")
@@ -51,7 +54,9 @@ class PostProcess:
             raise ThreecadError(f"top_k_mean needs top_k >= 1, got {self.top_k}")
 
     def smooth(self, maps: torch.Tensor) -> torch.Tensor:
-        """(N, H, W) raw maps -> smoothed maps (the same tensor when sigma is 0)."""
+        """(N, H, W) raw maps -> smoothed maps (the same tensor when box and sigma are 0)."""
+        if self.box:
+            maps = F.avg_pool2d(maps[:, None], self.box, stride=1, padding=self.box // 2)[:, 0]
         return gaussian_smooth(maps, self.sigma, mode=self.mode)
 
     def image_scores(self, maps: torch.Tensor) -> torch.Tensor:
@@ -73,6 +78,8 @@ class PostProcess:
 
     def as_dict(self) -> dict:
         out = {"sigma": self.sigma, "mode": self.mode, "score": self.score}
+        if self.box:
+            out["box"] = self.box
         if self.score == "mean_pool_max":
             out.update(pool=self.pool, pool_pad=self.pool_pad)
         if self.score == "top_k_mean":
