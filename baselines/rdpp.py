@@ -13,8 +13,10 @@ L = L_distill + 0.2 L_proj, L_proj = (SSOT + 0.01 L_recon + 0.1 L_contrast) / 1.
 decoder still rebuilds the teacher's features of the clean image; the map is the sum over
 levels of upsampled 1 - cos, smoothed with sigma 4 by the harness, score = max.
 
-Input: preset `paper` resizes images as the reference does (OpenCV's bilinear, no
-antialiasing; RGB); preset `cpu` with PIL's antialiased bilinear, as RD.
+Input: preset `paper` resizes images with OpenCV's bilinear, no antialiasing, RGB, as the
+reference; the reference resizes the float image (`cv2.resize(img / 255.)`), ours the uint8
+one the dataset cache keeps, so inputs differ by rounding (under one grey level; the golden
+test measures it). Preset `cpu` resizes with PIL's antialiased bilinear, as RD.
 
 This builds on `baselines.reverse_distillation` (teacher, bottleneck, decoder, map, persistence):
 the projection joins RD's trainable `ModuleDict`, so RD's checkpointing carries it.
@@ -398,6 +400,8 @@ class RDPlusPlus(ReverseDistillation):
         details["projection_parameters"] = {name: sum(p.numel() for p in getattr(proj, name).parameters())
                                             for name in ("proj_a", "proj_b", "proj_c")}
         details["notes"] = list(details.get("notes", [])) + [
+            "input: OpenCV's bilinear resize of the uint8 image; the reference resizes the float image "
+            "(img / 255.), so inputs differ by rounding, under one grey level",
             "noise anomalies: one fixed noise field for the whole run, drawn once from the seed, whose "
             "top-left h x w crop is added in every patch (as the reference's single OpenSimplex instance); "
             "3-D gradient (Perlin) fractal noise with the reference's octaves, not OpenSimplex, scaled to "
