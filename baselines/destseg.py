@@ -31,6 +31,10 @@ stops at `steps`. The step counter travels in the checkpointed state.
 
 Model selection: the last step (as the reference, which evaluates on the test set only to log).
 
+Teacher weights: torchvision's `resnet18-f37072fd.pth`; the reference's timm 0.6.12 loads
+`resnet18-5c106cde.pth` for `resnet18`. Whether the two files hold the same tensors is not yet
+checked (the model card says so); `weights=PATH` loads the reference's file.
+
 Departures: the reference's per-category rotations of MVTec's normal images (90-degree turns
 and +-5 degrees for some categories) are left out: 3CAD categories are aligned parts and the
 reference defines none for them. Preset `cpu` uses the offline EfficientNet-Lite0 as teacher
@@ -50,7 +54,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from threecad.anomaly_synthesis import SynthesisConfig
-from threecad.backbones import FeatureExtractor, random_weights
+from threecad.backbones import BACKBONES, FeatureExtractor, random_weights
 from threecad.errors import ThreecadError
 from threecad.losses import binary_focal_loss
 from threecad.postprocess import PostProcess
@@ -60,6 +64,7 @@ from threecad.training import multistep_scheduler
 log = logging.getLogger(__name__)
 
 MAP_SOURCES = ("segmentation", "dest")
+REFERENCE_TEACHER_FILE = "resnet18-5c106cde.pth"  # what the reference's timm 0.6.12 loads for resnet18
 
 
 @dataclass
@@ -423,8 +428,19 @@ class DeSTSeg(TrainedMethod):
                 "decoders and segmentation residual blocks He-initialised, ASPP head PyTorch's default",
                 "denoising loss sums 1 - cos over the batch (mean over pixels), as the reference",
                 "the reference's per-category rotations of MVTec normal images are not applied "
-                "(3CAD categories have none)"],
+                "(3CAD categories have none)",
+                self._teacher_weights_note()],
         }
+
+    def _teacher_weights_note(self) -> str:
+        cfg = self.config
+        reference = f"the reference (timm 0.6.12's resnet18, pretrained=True) loads {REFERENCE_TEACHER_FILE}"
+        if cfg.teacher == "resnet18" and cfg.weights.lower() == "imagenet":
+            ours = BACKBONES["resnet18"].weights_url.rsplit("/", 1)[1]
+            return (f"teacher weights: threecad loads torchvision's {ours}; {reference}. Whether the two files hold "
+                    "the same tensors is not yet checked (pending: neither file was at hand to compare; if they "
+                    "differ, weights=PATH loads the reference's)")
+        return f"teacher weights: {cfg.teacher} with weights={cfg.weights}; {reference}"
 
     # ------------------------------------------------------------------ persistence
     def state_dict(self) -> dict[str, Any]:

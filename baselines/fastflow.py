@@ -14,6 +14,12 @@ Adam lr 1e-3 weight decay 1e-5, batch 32 with drop_last, 500 epochs, no augmenta
 `--set backbone=wide_resnet50_2` gives `wide_resnet50_2.yaml` (3x3 and 1x1 subnets
 alternating): `conv3x3_only` left at None follows the backbone as those two configs do.
 
+Encoder weights: torchvision's `resnet18-f37072fd.pth`; gathierry's timm 0.5.4 loads
+`resnet18-5c106cde.pth` for `resnet18`. Whether the two files hold the same tensors is not yet
+checked (the model card says so); `weights=PATH` loads the reference's file. For
+`wide_resnet50_2` that timm loads its own retrained `wide_resnet50_racm-8234f177.pth`, not
+torchvision's file that `weights=imagenet` gives.
+
 The coupling block is FrEIA's AllInOneBlock as gathierry pins it (FrEIA commit 1779d1f,
 also FrEIA 0.2 on PyPI), written out here so that no unmaintained dependency is needed:
 affine coupling whose subnet output is scaled by 0.1, log-scale soft-clamped as
@@ -60,6 +66,9 @@ from threecad.trained import TrainedConfig, TrainedMethod, TrainingSetup, length
 from threecad.training import multistep_scheduler
 
 log = logging.getLogger(__name__)
+
+# what gathierry's timm 0.5.4 loads for each backbone of its CNN configs
+REFERENCE_ENCODER_FILES = {"resnet18": "resnet18-5c106cde.pth", "wide_resnet50_2": "wide_resnet50_racm-8234f177.pth"}
 
 COUPLING_SCALE = 0.1  # FrEIA multiplies the whole subnet output by 0.1 "for stability"
 # FrEIA's SOFTPLUS global affine: scale = 0.1 * softplus_{beta=0.5}(a), a initialised so that scale = 1.
@@ -361,7 +370,25 @@ class FastFlow(TrainedMethod):
                 "notes": ["nf_flows' frozen parameters are FrEIA's permutation matrices (w_perm, w_perm_inv), "
                           "kept as the reference keeps them",
                           "LayerNorm parameters grow with the input size (normalised over C, H, W)",
-                          "image score: max of the map (anomalib); gathierry reports pixel AUROC only"]}
+                          "image score: max of the map (anomalib); gathierry reports pixel AUROC only",
+                          self._encoder_weights_note()]}
+
+    def _encoder_weights_note(self) -> str:
+        cfg = self.config
+        reference = REFERENCE_ENCODER_FILES.get(cfg.backbone)
+        if reference is None:
+            return (f"encoder weights: {cfg.backbone} with weights={cfg.weights}; gathierry's CNN configs use "
+                    "resnet18 or wide_resnet50_2 through timm 0.5.4")
+        said = f"gathierry's timm 0.5.4 loads {reference} for {cfg.backbone}"
+        if cfg.weights.lower() != "imagenet":
+            return f"encoder weights: weights={cfg.weights}; {said}"
+        ours = BACKBONES[cfg.backbone].weights_url.rsplit("/", 1)[1]
+        if cfg.backbone == "resnet18":
+            return (f"encoder weights: threecad loads torchvision's {ours}; {said}. Whether the two files hold the "
+                    "same tensors is not yet checked (pending: neither file was at hand to compare; if they "
+                    "differ, weights=PATH loads the reference's)")
+        return (f"encoder weights: threecad loads torchvision's {ours}; {said}, timm's own retrained weights, "
+                "not torchvision's (weights=PATH loads it)")
 
     def trained_module(self) -> nn.Module:
         return self.net.trainable

@@ -10,36 +10,47 @@ residual channels with the largest max and the largest mean (after a non-affine 
 and a small decoder turns them into 2-class logits at input size.
 
 Preset `paper` is the reference's MVTec setting (cnulab/RealNet `experiments/MVTec-AD/
-realnet.yaml`): 256 px, ImageNet normalisation, WideResNet-50 layer1..4 (frozen), AFS keeps
-256/512/512/256 channels (64 batches of 100% synthetic anomalies before training), each UNet
-with model_channels = 0.5 x its input channels, channel_mult (1, 2, 4), 2 res blocks,
-attention at downsampling 2 and 4 (64-channel heads), GroupNorm(32) + SiLU, ConvTranspose
-upsampling, no time embedding; RRS 256 (max) + 256 (mean); batch 16, Adam lr 1e-4 betas
-(0.9, 0.999), 1000 epochs, no schedule; loss = CE(logits, mask) + sum over levels of
-MSE(reconstruction of the anomalous features, clean features); each sample anomalous with
-probability 0.5 (the others stay clean with an empty mask, done here around the synthesizer).
+realnet.yaml`): 256 px, ImageNet normalisation, WideResNet-50 layer1..4 (frozen, the
+reference's weights: below), AFS keeps 256/512/512/256 channels (64 batches of 100% synthetic
+anomalies before training), each UNet with model_channels = 0.5 x its input channels,
+channel_mult (1, 2, 4), 2 res blocks, attention at downsampling 2 and 4 (64-channel heads),
+GroupNorm(32) + SiLU, ConvTranspose upsampling, no time embedding; RRS 256 (max) + 256
+(mean); batch 16, Adam lr 1e-4 betas (0.9, 0.999), 1000 epochs, no schedule; loss =
+CE(logits, mask) + sum over levels of MSE(reconstruction of the anomalous features, clean
+features); each sample anomalous with probability 0.5 (the others stay clean with an empty
+mask, done here around the synthesizer).
+
+Backbone weights (`weights`): the reference builds its backbone with timm 0.5.4's
+`create_model("wide_resnet50_2", pretrained=True)`, which loads timm's retrained
+`wide_resnet50_racm-8234f177.pth`, not torchvision's file. `weights=timm_racm` (the paper
+preset) loads that file (`threecad.timm_weights`: torch hub's checkpoint folder, else the
+Hugging Face Hub); `imagenet` is torchvision's file, `PATH` a local state dict. The file's
+sha256 is in `info()["backbone_weights"]`.
 
 Memory (estimate, not measured): the paper network has 524 M trainable parameters: about
 2.1 GB of fp32 weights, 2.1 GB of gradients and 4.2 GB of Adam state, plus activations at
 batch 16 (the UNets' attention at 32x32 and 16x16 tokens dominate; several GB to tens of GB).
 Plan for a 40 GB+ accelerator; the reference says its larger "architecture C" needs 32 GB.
 
-Anomaly source (`anomaly_source` in `info()`):
+Anomaly source (`anomaly_source` in `info()`). The reference's default is SDAS: images sampled
+from a diffusion model (553 M parameters) fine-tuned on the dataset, made by its `sample.py`
+into one folder per class (`data/MVTec-AD/sdas/<class>/*.jpg`); SDAS itself is not part of
+this method. Sources here:
 - default: DRAEM-style Perlin masks (2^0..2^5 cells, threshold 0.5) with DTD textures through
   the shared synthesizer (`threecad.anomaly_synthesis`, `draw="augmented"`: DRAEM's three
   texture augmentations), texture opacity U(0.2, 1.0) (beta_max 0.8) as the reference's DTD
   variant. DTD from `dtd_root`, else `threecad download --dataset dtd`'s folder, else one
   warning and procedural textures (`texture_source: procedural`).
-- `anomaly_images=DIR`: pre-synthesised anomalies the user brings (e.g. SDAS samples):
-  `DIR/images/*.png` and `DIR/masks/<same name>.png`, same size each pair, mask > 127 = anomaly.
-  For an anomalous training sample a random pair is drawn, resized to image_size, and its
-  masked region is blended into the good image with opacity U(0.5, 1.0) (the reference's SDAS
-  transparency), so the clean features of the same image are still the reconstruction target.
+- `anomaly_images=DIR`: the reference's SDAS source. DIR holds one category's SDAS samples
+  (`*.png`, `*.jpg`, `*.jpeg`; the contents of the reference's `sdas/<class>/`), so a run that
+  uses it trains that one category (`--category`). An anomalous sample gets the reference's
+  Perlin mask (`perlin_masks`) and a random image of DIR, read and resized as the reference
+  reads it (OpenCV, bilinear), blended inside the mask with opacity U(0.5, 1.0) (its
+  `sdas_transparency_range`), no augmentation.
 
-The reference's default source is SDAS (a 553 M-parameter diffusion model fine-tuned per
-dataset, then sampled): not trained here. `predict` returns the raw map (softmax channel 1 at
-input size); the declared post-processing adds no smoothing and scores an image by the max of
-the map averaged over 16 x 16 windows (stride 1, no padding).
+`predict` returns the raw map (softmax channel 1 at input size); the declared post-processing
+adds no smoothing and scores an image by the max of the map averaged over 16 x 16 windows
+(stride 1, no padding).
 
 Model selection: the last epoch (or `select=val`, the validation split's synthetic-anomaly
 loss). The reference validates on the TEST set every 5 epochs and keeps the best mean of
@@ -47,11 +58,12 @@ image and pixel AUROC; this never looks at the test set.
 
 Departures: no per-class foreground masks (the reference multiplies Perlin masks by an Otsu /
 triangle-threshold foreground for some MVTec classes; 3CAD has no such table): full image;
-no DDP/SyncBN (single process); the synthesizer redraws empty Perlin masks.
+no DDP/SyncBN (single process); the DTD synthesizer redraws empty Perlin masks.
 """
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
@@ -63,6 +75,7 @@ from torch import nn
 from threecad.anomaly_synthesis import SynthesisConfig
 from threecad.errors import ThreecadError
 from threecad.postprocess import PostProcess
+from threecad.timm_weights import TIMM_WEIGHTS, backbone_weights
 from threecad.trained import TrainedConfig, TrainedMethod, TrainingSetup, epochs_for, length, seeded_weights
 
 log = logging.getLogger(__name__)
@@ -279,71 +292,68 @@ class RealNetModel(nn.Module):
         return recons, self.rrs(residuals, out_size)
 
 
-# --------------------------------------------------------------------------- user anomaly folder
-def scan_anomaly_images(folder: str) -> list[tuple[Path, Path]]:
-    """(image, mask) pairs of an anomaly folder, checked: one-line errors for what cannot work."""
-    from PIL import Image
+# --------------------------------------------------------------------------- SDAS samples (anomaly_images)
+SDAS_OPACITY = (0.5, 1.0)  # the reference's sdas_transparency_range
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
+
+def scan_anomaly_images(folder: str) -> list[Path]:
+    """The images of an anomaly_images folder (directly inside it), or a one-line error."""
     root = Path(folder).expanduser()
     if not root.is_dir():
         raise ThreecadError(f"config anomaly_images={folder}: not a directory")
-    images_dir, masks_dir = root / "images", root / "masks"
-    if not images_dir.is_dir() or not masks_dir.is_dir():
-        raise ThreecadError(f"config anomaly_images={folder}: expected sub-folders images/ and masks/")
-    images = sorted(images_dir.glob("*.png"))
+    images = sorted(p for p in root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if not images:
-        raise ThreecadError(f"config anomaly_images={folder}: no .png files in {images_dir}")
-    pairs = []
-    for image in images:
-        mask = masks_dir / image.name
-        if not mask.is_file():
-            raise ThreecadError(f"config anomaly_images={folder}: no mask {mask} for image {image.name}")
-        try:
-            with Image.open(image) as a, Image.open(mask) as b:
-                size_a, size_b = a.size, b.size
-        except OSError as exc:
-            raise ThreecadError(f"config anomaly_images={folder}: cannot read {image.name} or its mask "
-                                f"({type(exc).__name__})") from None
-        if size_a != size_b:
-            raise ThreecadError(f"config anomaly_images={folder}: {image.name} is {size_a[0]}x{size_a[1]} "
-                                f"but its mask is {size_b[0]}x{size_b[1]}")
-        pairs.append((image, mask))
-    return pairs
+        raise ThreecadError(f"config anomaly_images={folder}: no {'/'.join(IMAGE_SUFFIXES)} images directly in "
+                            "it (one category's SDAS samples, as the reference's sdas/<class>/ folder)")
+    return images
 
 
-class FolderAnomalies:
-    """Anomalous training inputs from a user's folder of pre-synthesised images and masks."""
+def perlin_masks(n: int, size: int, generator: torch.Generator, device: torch.device,
+                 max_scale: int = 5, threshold: float = 0.5) -> torch.Tensor:
+    """The reference's `generate_perlin_noise_mask`, (N,1,size,size) 0/1: Perlin noise of 2^0..
+    2^max_scale cells per axis, rotated as an image by U(-90, 90) degrees (zero corners),
+    thresholded; an empty mask is kept (that sample stays clean)."""
+    from threecad.anomaly_synthesis import perlin_noise, rotate_zero_fill
+
+    tx = torch.randint(0, max_scale + 1, (n,), generator=generator)
+    ty = torch.randint(0, max_scale + 1, (n,), generator=generator)
+    angle = (torch.rand(n, generator=generator) - 0.5) * math.pi
+    noise = perlin_noise(2 ** tx, 2 ** ty, torch.zeros(n), size, generator, device)
+    return (rotate_zero_fill(noise.unsqueeze(1), angle) > threshold).float()
+
+
+def read_sdas_image(path: Path, size: int) -> torch.Tensor:
+    """(3,size,size) RGB in [0,1], read and resized as the reference's `_sdas_source` (OpenCV)."""
+    import cv2
+
+    image = cv2.imread(str(path))
+    if image is None:
+        raise ThreecadError(f"config anomaly_images: cannot read {path} as an image")
+    image = cv2.resize(cv2.cvtColor(image, cv2.COLOR_BGR2RGB), (size, size))
+    return torch.from_numpy(image).permute(2, 0, 1).float().div_(255.0)
+
+
+class SdasAnomalies:
+    """Anomalous training inputs from a folder of SDAS samples, as the reference draws them:
+    a Perlin mask, a random sample, opacity U(0.5, 1.0) inside the mask."""
 
     texture_source = "anomaly_images"
 
-    def __init__(self, pairs: list[tuple[Path, Path]], image_size: int, seed: int,
-                 opacity: tuple[float, float] = (0.5, 1.0)):
-        import numpy as np
-        from PIL import Image
-
-        imgs, masks = [], []
-        for image, mask in pairs:
-            with Image.open(image) as a:
-                imgs.append(np.asarray(a.convert("RGB").resize((image_size, image_size), Image.BILINEAR)))
-            with Image.open(mask) as b:
-                masks.append(np.asarray(b.convert("L").resize((image_size, image_size), Image.NEAREST)) > 127)
-        self.images = torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).float() / 255.0
-        self.masks = torch.from_numpy(np.stack(masks))[:, None].float()
-        self.opacity = opacity
+    def __init__(self, paths: list[Path], seed: int, max_scale: int = 5):
+        self.paths = paths
+        self.max_scale = max_scale
         self.generator = torch.Generator().manual_seed(seed)
 
     def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        n = images.shape[0]
-        pick = torch.randint(len(self.images), (n,), generator=self.generator)
-        lo, hi = self.opacity
-        t = (torch.rand(n, 1, 1, 1, generator=self.generator) * (hi - lo) + lo).to(images.device)
-        src = self.images[pick].to(images.device)
-        masks = self.masks[pick].to(images.device)
-        if src.shape[-1] != images.shape[-1]:
-            src = F.interpolate(src, images.shape[-2:], mode="bilinear", align_corners=False)
-            masks = F.interpolate(masks, images.shape[-2:], mode="nearest")
+        n, _, size, _ = images.shape
         x = images.float()
-        out = x * (1 - masks) + (t * src + (1 - t) * x) * masks
+        masks = perlin_masks(n, size, self.generator, x.device, self.max_scale)
+        picks = torch.randint(len(self.paths), (n,), generator=self.generator).tolist()
+        src = torch.stack([read_sdas_image(self.paths[k], size) for k in picks]).to(x.device)
+        lo, hi = SDAS_OPACITY
+        opacity = (torch.rand(n, 1, 1, 1, generator=self.generator) * (hi - lo) + lo).to(x.device)
+        out = x * (1 - masks) + (opacity * src + (1 - opacity) * x) * masks
         return out.clamp(0, 1).to(images.dtype), masks.to(images.dtype)
 
 
@@ -354,7 +364,8 @@ class RealNetConfig(SynthesisConfig, TrainedConfig):
     batch_size: int = 16
     seed: int = 42
     backbone: str = "wide_resnet50_2"  # frozen ImageNet backbone (threecad.backbones.BACKBONES)
-    weights: str = "imagenet"  # backbone weights: imagenet | none | PATH
+    # backbone weights: timm_racm (the reference's, threecad.timm_weights) | imagenet (torchvision's) | none | PATH
+    weights: str = "timm_racm"
     strides: tuple[int, ...] = (4, 8, 16, 32)  # feature taps (layer1..layer4 of a ResNet)
     afs_keep: tuple[int, ...] = (256, 512, 512, 256)  # channels AFS keeps per tap
     afs_batches: int = length(64)  # batches of 100% synthetic anomalies used to choose the channels
@@ -371,7 +382,7 @@ class RealNetConfig(SynthesisConfig, TrainedConfig):
     lr: float = 1e-4  # Adam, no schedule
     betas: tuple[float, ...] = (0.9, 0.999)
     anomaly_prob: float = 0.5  # probability that a training sample gets an anomaly
-    anomaly_images: str | None = None  # folder of pre-synthesised anomalies (images/, masks/) instead
+    anomaly_images: str | None = None  # folder of one category's SDAS samples, the anomaly source instead of DTD
     pool: int = 16  # image score: max of the map averaged over pool x pool windows (no padding)
     select: str = "last"  # "last" (never the test set) or "val"
 
@@ -380,6 +391,9 @@ class RealNetConfig(SynthesisConfig, TrainedConfig):
 
         if self.backbone not in BACKBONES:
             raise ThreecadError(f"config backbone={self.backbone}: unknown; known: {', '.join(BACKBONES)}")
+        if self.weights in TIMM_WEIGHTS and TIMM_WEIGHTS[self.weights].backbone != self.backbone:
+            raise ThreecadError(f"config weights={self.weights}: that file is a {TIMM_WEIGHTS[self.weights].backbone}, "
+                                f"not a {self.backbone} (use weights=imagenet, none or PATH)")
         if not self.strides or len(self.afs_keep) != len(self.strides):
             raise ThreecadError(f"config afs_keep={self.afs_keep}: needs one entry per stride {self.strides}")
         if self.image_size % (max(self.strides) * 2 ** (len(self.channel_mult) - 1)):
@@ -437,17 +451,18 @@ class RealNet(TrainedMethod):
         "cpu": {"image_size": 128, "batch_size": 8, "backbone": "efficientnet_lite0", "strides": (4, 8, 16),
                 "afs_keep": (16, 32, 64), "afs_batches": 4, "channel_mult": (1,), "num_res_blocks": 1,
                 "attention_ds": (), "head_channels": 8, "norm_groups": 8, "rrs_top": (32, 32), "steps": 300,
-                "lr": 3e-3, "textures": "procedural", "pool": 8},
+                "lr": 3e-3, "textures": "procedural", "pool": 8, "weights": "imagenet"},
     }
 
     def __init__(self, config: RealNetConfig, device: str | torch.device = "cpu", amp: bool = False):
         from threecad.backbones import FeatureExtractor
 
         super().__init__(config, device, amp)
+        weights, self.backbone_weights = backbone_weights(config.weights, meta=self.device.type == "meta")
         # a fixed seed: a random-weight backbone (weights=none) is the same in every instance,
         # so a saved state (which holds no backbone) predicts the same after loading
         with seeded_weights(0):
-            self.backbone = FeatureExtractor(config.backbone, config.strides, config.weights).to(self.device)
+            self.backbone = FeatureExtractor(config.backbone, config.strides, weights).to(self.device)
         with seeded_weights(config.seed):
             self.net = RealNetModel(self.backbone.channels, config).to(self.device)
         for k, c in zip(config.afs_keep, self.backbone.channels):
@@ -459,7 +474,7 @@ class RealNet(TrainedMethod):
     def _anomaly_source(self, seed: int):
         cfg = self.config
         if cfg.anomaly_images is not None:
-            return FolderAnomalies(scan_anomaly_images(cfg.anomaly_images), cfg.image_size, seed)
+            return SdasAnomalies(scan_anomaly_images(cfg.anomaly_images), seed, cfg.perlin_max_scale)
         return cfg.synthesizer(seed, cfg.dtd_folder(self.name))
 
     def training_pair(self, images: torch.Tensor, source, generator: torch.Generator, prob: float | None = None
@@ -554,6 +569,15 @@ class RealNet(TrainedMethod):
         out.update({f"rrs.{name}": getattr(self.net.rrs, name) for name in ("decoder1", "decoder2", "decoder3")})
         return out
 
+    def pretrained(self) -> list[tuple[str, str]]:
+        """A timm name stands for its file: on disk when it is, else where it is first looked for."""
+        from threecad.timm_weights import local_timm_file
+
+        name = self.config.weights
+        if name not in TIMM_WEIGHTS:
+            return super().pretrained()
+        return [(self.config.backbone, str(local_timm_file(name) or TIMM_WEIGHTS[name].cached_file()))]
+
     def card_details(self) -> dict[str, Any]:
         cfg = self.config
         size = cfg.image_size
@@ -567,11 +591,39 @@ class RealNet(TrainedMethod):
                 "afs: kept channel indices, int64 non-trainable parameters (as the reference)",
                 "map: softmax channel 1 at input size, no smoothing; image score: max of the map averaged "
                 f"over {cfg.pool}x{cfg.pool} windows (stride 1, no padding)",
+                self._weights_note(),
                 "SDAS (the reference's diffusion anomaly synthesis, 553 M parameters) is not part of this "
-                "method: anomalies come from Perlin + DTD, or a user folder (anomaly_images)"],
-            "anomalies": {"textures": cfg.textures, "anomaly_images": cfg.anomaly_images,
-                          "anomaly_prob": cfg.anomaly_prob},
+                "method: its samples come in through anomaly_images=DIR"],
+            "anomalies": {"source": self._source_note(), "textures": cfg.textures,
+                          "anomaly_images": cfg.anomaly_images, "anomaly_prob": cfg.anomaly_prob},
         }
+
+    def _weights_note(self) -> str:
+        from threecad.backbones import random_weights
+
+        weights = self.config.weights
+        if weights in TIMM_WEIGHTS:
+            spec = TIMM_WEIGHTS[weights]
+            return (f"backbone weights: {spec.file}, what {spec.reference} loads, as the reference; from torch "
+                    f"hub's checkpoint folder, else the Hugging Face Hub ({spec.hub_repo}; never under "
+                    "THREECAD_OFFLINE=1); its sha256 is recorded in the run's method info (backbone_weights)")
+        reference = "not the reference's (weights=timm_racm: timm's retrained WideResNet-50)"
+        if weights.lower() == "imagenet":
+            return f"backbone weights: threecad's ImageNet file for {self.config.backbone}, {reference}"
+        if random_weights(weights):
+            return f"backbone weights: random (weights={weights}), {reference}"
+        return f"backbone weights: the local file {weights} (its sha256 in the run's method info)"
+
+    def _source_note(self) -> str:
+        cfg = self.config
+        if cfg.anomaly_images is not None:
+            return (f"the reference's SDAS source: samples from {cfg.anomaly_images} blended into Perlin masks with "
+                    f"opacity U({SDAS_OPACITY[0]:g}, {SDAS_OPACITY[1]:g}), no augmentation")
+        drawn = f"Perlin masks with {{}} textures, opacity U({1 - cfg.beta_max:g}, 1)"
+        if cfg.textures == "dtd":
+            return (drawn.format("DTD (procedural when DTD is absent)") + ": the reference's DTD variant; its "
+                    "default is SDAS (feed its samples with anomaly_images=DIR)")
+        return drawn.format("procedural") + ": neither of the reference's sources (SDAS by default, DTD as a variant)"
 
     # ------------------------------------------------------------------ persistence
     checkpoint_facts = ("texture_source",)
@@ -579,6 +631,8 @@ class RealNet(TrainedMethod):
     def info(self) -> dict[str, Any]:
         out: dict[str, Any] = {"anomaly_source": self.texture_source,
                                "texture_source": self.texture_source,
+                               "anomaly_images": self.config.anomaly_images,
+                               "backbone_weights": self.backbone_weights,
                                "afs_channels": {f"block{i + 1}": idx.numel()
                                                 for i, idx in enumerate(self.net.afs.indexes)}}
         if self.loop is not None:

@@ -20,6 +20,13 @@ scores the unsmoothed patches); pixel map = the patch scores resized bilinearly
 (align_corners False) to the input, smoothed by the harness (`postprocess()`: Gaussian
 sigma 4, border `reflect`, as the reference's scipy gaussian_filter).
 
+Backbone BatchNorm statistics (`ones_warmup`): when it loads, the reference measures its feature
+sizes by running `torch.ones` through the backbone in train mode (`common.py`'s
+`feature_dimensions`, called from `SimpleNet.load`), which moves every running mean and
+variance `momentum` (0.1) of the way toward that flat input's statistics; the backbone runs
+in eval mode with those statistics ever after. Preset `paper` does the same once the weights
+are loaded (`ones_warmup`); preset `cpu` keeps the file's statistics.
+
 Where this differs from the reference, and why:
 - Input: preset `paper` reads images as the reference does (`resize_to=329`: the shorter
   side resized to 329 with PIL's antialiased bilinear, the centre 288x288 cropped, as
@@ -35,9 +42,6 @@ Where this differs from the reference, and why:
 - The backbone stops after layer3. The reference's hook exception is commented out, so it
   runs all of WideResNet-50 (layer4 and fc included) and throws the result away: the
   features are the same, the compute is not.
-- The backbone's BatchNorm statistics are ImageNet's. The reference measures feature sizes
-  by running an all-ones image through the backbone in train mode, which moves every
-  running statistic by 10% towards that image's; that is not repeated.
 - Adam and AdamW are one torch Adam with two parameter groups (decoupled weight decay on
   the adaptor's group): the same update rules, so the harness's epoch checkpoint, resume
   and mixed-precision scaler handle one optimiser. Noise is drawn on the method's device
@@ -82,6 +86,7 @@ class SimpleNetConfig(TrainedConfig):
     seed: int = 0  # run.sh's seed
     backbone: str = "wide_resnet50_2"  # frozen, ImageNet weights
     weights: str = "imagenet"  # backbone weights: imagenet | none | PATH to a state dict
+    ones_warmup: bool = True  # the reference's all-ones train-mode pass through the backbone at load (BN statistics)
     strides: tuple[int, ...] = (8, 16)  # taps: layer2, layer3 for ResNets
     patch_size: int = 3  # odd side of the neighbourhood unfolded around each position (zero padding)
     pretrain_dim: int = 1536  # each layer's neighbourhood block pooled to this length
@@ -166,6 +171,22 @@ def truncated_l1(true_scores: torch.Tensor, fake_scores: torch.Tensor, margin: f
     return {"loss": true + fake, "true": true, "fake": fake}
 
 
+def ones_warmup(extractor: FeatureExtractor, image_size: int) -> None:
+    """The reference's load-time probe: one (1, 3, image_size, image_size) tensor of ones into the
+    backbone's first layer (the reference's images are normalised before the network, so its
+    ones are network input), in train mode without gradients, so every BatchNorm moves its
+    running statistics `momentum` of the way toward that input's batch statistics. Only the
+    stages threecad keeps run; the reference also moves layer4's, which it never uses."""
+    extractor.stages.train()
+    try:
+        with torch.no_grad():
+            x = torch.ones(1, 3, image_size, image_size, device=extractor.mean.device)
+            for stage in extractor.stages:
+                x = stage(x)
+    finally:
+        extractor.stages.eval()
+
+
 class _Passes:
     """A loader seen `times` times in a row: one meta-epoch is `gan_epochs` passes."""
 
@@ -199,12 +220,14 @@ class SimpleNet(TrainedMethod):
         # reference's thousands.
         "cpu": {"backbone": "efficientnet_lite0", "image_size": 256, "resize_to": 0, "batch_size": 4,
                 "pretrain_dim": 256, "target_dim": 256, "dsc_hidden": 256, "noise_std": 0.5, "dsc_lr": 1e-3,
-                "adaptor_lr": 5e-4, "meta_epochs": 15, "sigma": 4.0},
+                "adaptor_lr": 5e-4, "meta_epochs": 15, "sigma": 4.0, "ones_warmup": False},
     }
 
     def __init__(self, config: SimpleNetConfig, device: str | torch.device = "cpu", amp: bool = False):
         super().__init__(config, device, amp)
         self.extractor = FeatureExtractor(config.backbone, config.strides, config.weights).to(self.device)
+        if config.ones_warmup:
+            ones_warmup(self.extractor, config.image_size)
         with seeded_weights(config.seed):
             self.net = nn.ModuleDict({
                 "adaptor": Adaptor(config.target_dim, config.adaptor_layers),
@@ -243,6 +266,10 @@ class SimpleNet(TrainedMethod):
             "patch_score": "-D(adapted feature)",
             "image_score": "max patch score (unsmoothed, from predict)",
             "selection": "last meta-epoch" if c.select == "last" else "lowest val-split loss",
+            "backbone_batchnorm": ("running statistics moved once toward an all-ones input in train mode at "
+                                   "load (ones_warmup), as the reference" if c.ones_warmup else
+                                   "the weight file's running statistics (ones_warmup off; the reference moves "
+                                   "them toward an all-ones input at load)"),
         }
 
     # ------------------------------------------------------------------ features

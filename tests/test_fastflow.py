@@ -131,6 +131,17 @@ def test_paper_card_counts_match_gathierrys_resnet18_and_wide_resnet50(monkeypat
     assert card["postprocess"] == {"sigma": 0.0, "mode": "reflect", "score": "max"}
 
 
+def test_card_records_the_encoder_file_check_as_pending(monkeypatch):
+    """torchvision's resnet18-f37072fd here, timm 0.5.4's resnet18-5c106cde in gathierry's code:
+    not compared yet, and the card says so; for wide_resnet50_2 the card names timm's own file."""
+    monkeypatch.setenv("THREECAD_OFFLINE", "1")
+    (note,) = [n for n in model_card(FastFlow, "paper")["notes"] if n.startswith("encoder weights")]
+    assert "resnet18-f37072fd.pth" in note and "resnet18-5c106cde.pth" in note and "not yet checked" in note
+    (wide,) = [n for n in model_card(FastFlow, "paper", {"backbone": "wide_resnet50_2"})["notes"]
+               if n.startswith("encoder weights")]
+    assert "wide_resnet50_racm-8234f177.pth" in wide
+
+
 def test_paper_preset_is_gathierrys_training():
     cfg = build_config(FastFlow, "paper")
     assert (cfg.backbone, cfg.image_size, cfg.flow_steps, cfg.hidden_ratio, cfg.clamp, cfg.lr, cfg.weight_decay,

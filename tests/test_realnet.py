@@ -1,8 +1,12 @@
-"""RealNet: the reference's parameter counts, AFS, the RRS head, fit/predict, persistence, refusals.
+"""RealNet: the reference's parameter counts, AFS, the RRS head, fit/predict, persistence, the
+reference's backbone weights and SDAS source, refusals.
 
-The paper network (524 M trainable parameters) is only ever built on the meta device here.
+The paper network (524 M trainable parameters) is only ever built on the meta device here;
+nothing is downloaded (timm's weights are a random state dict written where they are looked for).
 """
 from __future__ import annotations
+
+import hashlib
 
 import numpy as np
 import pytest
@@ -10,10 +14,10 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from baselines.realnet import AFS, RRS, RealNet, RealNetConfig, ReconUNet
+from baselines.realnet import AFS, RRS, RealNet, RealNetConfig, ReconUNet, perlin_masks
 from conftest import make_tiny_dataset
 from threecad.dataset import ThreeCAD
-from threecad.errors import ThreecadError
+from threecad.errors import ThreecadError, WeightsUnavailable
 from threecad.method import build_config
 from threecad.model_card import model_card
 
@@ -66,8 +70,13 @@ def test_paper_preset_has_the_reference_counts_and_settings():
     assert (cfg.image_size, cfg.batch_size, cfg.epochs, cfg.lr, cfg.betas, cfg.anomaly_prob, cfg.afs_batches,
             cfg.afs_keep, cfg.rrs_top, cfg.select, cfg.textures, cfg.anomaly_images) == (
         256, 16, 1000, 1e-4, (0.9, 0.999), 0.5, 64, (256, 512, 512, 256), (256, 256), "last", "dtd", None)
+    assert (cfg.backbone, cfg.weights) == ("wide_resnet50_2", "timm_racm")  # timm 0.5.4's file, as the reference
+    assert any("wide_resnet50_racm-8234f177.pth" in note for note in card["notes"])
+    assert card["pretrained"][0]["file"].endswith("wide_resnet50_racm-8234f177.pth")
+    assert "SDAS" in card["anomalies"]["source"]
     cpu = build_config(RealNet, "cpu")
     assert cpu.backbone == "efficientnet_lite0" and cpu.image_size <= 128 and cpu.textures == "procedural"
+    assert cpu.weights == "imagenet"
     assert cpu.steps >= 200 and cfg.steps == 0
 
 
@@ -185,44 +194,141 @@ def test_fit_predict_save_load(tiny_data, tmp_path):
     assert torch.equal(maps, maps2) and restored.info()["texture_source"] == "procedural"
 
 
-def _anomaly_folder(root, n=3, size=32, mask_size=None, skip_mask=None):
-    (root / "images").mkdir(parents=True)
-    (root / "masks").mkdir()
-    rng = np.random.default_rng(0)
+# --------------------------------------------------------------------------- timm's backbone weights
+def _timm_layout_state(seed=0) -> dict:
+    """A random WideResNet-50 state dict in timm's layout (timm's ResNet key names are torchvision's),
+    as the racm release file holds it: no num_batches_tracked, the classifier included."""
+    import torchvision
+
+    with torch.device("meta"):
+        shapes = {k: v.shape for k, v in torchvision.models.wide_resnet50_2().state_dict().items()
+                  if not k.endswith("num_batches_tracked")}
+    gen = torch.Generator().manual_seed(seed)
+    state = {k: torch.randn(shape, generator=gen) * 0.01 for k, shape in shapes.items()}
+    state.update({k: torch.rand(shape, generator=gen) + 0.5 for k, shape in shapes.items()
+                  if k.endswith("running_var")})
+    return state
+
+
+def _no_downloads(monkeypatch, tmp_path):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "torch_hub"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))  # an empty Hugging Face cache
+    monkeypatch.setenv("THREECAD_OFFLINE", "1")
+
+
+def _wrn_config(**overrides) -> RealNetConfig:
+    return small_config(**{"backbone": "wide_resnet50_2", "weights": "timm_racm", "strides": (4, 8), **overrides})
+
+
+def test_timm_weights_load_from_the_torch_hub_folder_and_are_recorded(tmp_path, monkeypatch):
+    _no_downloads(monkeypatch, tmp_path)
+    state = _timm_layout_state()
+    folder = tmp_path / "torch_hub" / "checkpoints"
+    folder.mkdir(parents=True)
+    torch.save(state, folder / "wide_resnet50_racm-8234f177.pth")
+    method = RealNet(_wrn_config())
+    stem, layer1, layer2 = method.backbone.stages
+    assert torch.equal(stem[0].weight, state["conv1.weight"])
+    assert torch.equal(stem[1].running_var, state["bn1.running_var"])
+    assert torch.equal(layer1[2].conv3.weight, state["layer1.2.conv3.weight"])
+    assert torch.equal(layer2[0].downsample[1].running_mean, state["layer2.0.downsample.1.running_mean"])
+    digest = hashlib.sha256((folder / "wide_resnet50_racm-8234f177.pth").read_bytes()).hexdigest()
+    assert method.info()["backbone_weights"] == {
+        "weights": "timm_racm", "file": str(folder / "wide_resnet50_racm-8234f177.pth"), "sha256": digest}
+
+
+def test_a_local_copy_loads_through_weights_path(tmp_path, monkeypatch):
+    _no_downloads(monkeypatch, tmp_path)
+    state = _timm_layout_state(seed=1)
+    torch.save(state, tmp_path / "racm.pth")
+    method = RealNet(_wrn_config(weights=str(tmp_path / "racm.pth")))
+    assert torch.equal(method.backbone.stages[2][3].conv2.weight, state["layer2.3.conv2.weight"])
+    digest = hashlib.sha256((tmp_path / "racm.pth").read_bytes()).hexdigest()
+    assert method.info()["backbone_weights"]["sha256"] == digest
+
+
+def test_missing_timm_weights_are_a_one_line_error_naming_where_to_put_them(tmp_path, monkeypatch):
+    _no_downloads(monkeypatch, tmp_path)
+    with pytest.raises(WeightsUnavailable) as err:
+        RealNet(_wrn_config())
+    message = str(err.value)
+    assert "\n" not in message
+    assert "wide_resnet50_racm-8234f177.pth" in message and str(tmp_path / "torch_hub" / "checkpoints") in message
+    assert "timm/wide_resnet50_2.racm_in1k" in message and "weights=PATH" in message
+
+
+def test_timm_weights_need_their_backbone():
+    with pytest.raises(ThreecadError) as err:
+        small_config(weights="timm_racm")  # efficientnet_lite0
+    assert "weights=timm_racm" in str(err.value) and "wide_resnet50_2" in str(err.value)
+
+
+def test_timm_wide_resnet_has_torchvisions_key_layout():
+    """The claim the loader rests on, checked against timm's own classes when timm is installed."""
+    timm = pytest.importorskip("timm")
+    import torchvision
+
+    ours = torchvision.models.wide_resnet50_2().eval()
+    theirs = timm.create_model("wide_resnet50_2", pretrained=False).eval()
+    assert {k: v.shape for k, v in theirs.state_dict().items()} == {k: v.shape for k, v in ours.state_dict().items()}
+    state = _timm_layout_state(seed=2)
+    ours.load_state_dict(state, strict=False)
+    theirs.load_state_dict(state, strict=False)
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(ours(x), theirs(x))
+
+
+# --------------------------------------------------------------------------- SDAS samples (anomaly_images)
+def _sdas_folder(root, n=3, size=48, colour=(255, 255, 255)):
+    root.mkdir(parents=True)
     for i in range(n):
-        Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(root / "images" / f"a{i}.png")
-        if i == skip_mask:
-            continue
-        m = np.zeros((mask_size or size,) * 2, np.uint8)
-        m[4:12, 4:12] = 255
-        Image.fromarray(m).save(root / "masks" / f"a{i}.png")
+        suffix = ".png" if i == 0 else ".jpg"  # the reference's sample.py writes .jpg
+        Image.fromarray(np.full((size, size, 3), colour, np.uint8)).save(root / f"rank0_{i}{suffix}")
     return root
 
 
-def test_anomaly_images_folder_is_used_inside_its_masks(tmp_path):
-    folder = _anomaly_folder(tmp_path / "anom", size=32)
+def test_sdas_samples_are_blended_into_perlin_masks_as_the_reference(tmp_path):
+    folder = _sdas_folder(tmp_path / "sdas", size=48)  # resized to the batch's 64 px
     method = RealNet(small_config(anomaly_images=str(folder)))
     source = method._anomaly_source(0)
-    images = torch.full((3, 3, 64, 64), 0.5)
-    out, masks = source(images)
-    assert masks.shape == (3, 1, 64, 64) and float(masks[:, :, 8:24, 8:24].mean()) == 1.0
-    assert float(masks.sum()) == 3 * 16 * 16  # the 8x8 square at 32 px, resized to 64
-    assert torch.equal(out[(masks == 0).expand_as(out)], images[(masks == 0).expand_as(out)])
-    assert not torch.equal(out, images)
     assert source.texture_source == "anomaly_images"
+    images = torch.full((16, 3, 64, 64), 0.5)
+    out, masks = source(images)
+    assert masks.shape == (16, 1, 64, 64) and set(masks.unique().tolist()) <= {0.0, 1.0}
+    outside, inside = (masks == 0).expand_as(out), (masks == 1).expand_as(out)
+    assert torch.equal(out[outside], images[outside])
+    # white samples at opacity U(0.5, 1.0) over 0.5 grey: 0.75..1.0 inside the mask
+    assert inside.any() and float(out[inside].min()) >= 0.75 - 1e-6 and float(out[inside].max()) <= 1.0
+    assert method.info()["anomaly_images"] == str(folder)
 
 
-@pytest.mark.parametrize("case, needle", [("empty", "no .png"), ("missing_mask", "no mask"),
-                                          ("size", "but its mask is"), ("absent", "not a directory")])
+def test_a_fit_on_sdas_samples_records_its_source(tiny_data, tmp_path):
+    method = RealNet(small_config(anomaly_images=str(_sdas_folder(tmp_path / "sdas")), steps=2))
+    method.fit(loader(tiny_data[0]))
+    info = method.info()
+    assert (info["anomaly_source"], info["anomaly_images"]) == ("anomaly_images", str(tmp_path / "sdas"))
+    assert "SDAS" in model_card(RealNet, "cpu", {"anomaly_images": str(tmp_path / "sdas")})["anomalies"]["source"]
+
+
+def test_perlin_masks_draw_as_the_reference():
+    """Noise rotated as an image (zero corners) and empty masks kept, as the reference's
+    generate_perlin_noise_mask."""
+    masks = perlin_masks(400, 64, torch.Generator().manual_seed(0), torch.device("cpu"))
+    filled = masks.flatten(1).amax(1)
+    assert 0.0 < float(1 - filled.mean()) < 0.15  # some draws stay empty (the reference: about 6 %)
+    assert float(masks[:, 0, [0, 0, -1, -1], [0, -1, 0, -1]].mean()) < 0.01  # corners turned out of the noise
+    assert 0.01 < float(masks.mean()) < 0.1
+
+
+@pytest.mark.parametrize("case, needle", [("empty", "no .png"), ("absent", "not a directory"),
+                                          ("pairs", "no .png")])
 def test_bad_anomaly_folder_is_a_one_line_error(tmp_path, case, needle):
     folder = tmp_path / "anom"
     if case == "empty":
-        (folder / "images").mkdir(parents=True)
-        (folder / "masks").mkdir()
-    elif case == "missing_mask":
-        _anomaly_folder(folder, skip_mask=1)
-    elif case == "size":
-        _anomaly_folder(folder, size=32, mask_size=16)
+        folder.mkdir()
+    elif case == "pairs":  # images only in sub-folders: not one category's samples
+        _sdas_folder(folder / "images")
     with pytest.raises(ThreecadError) as err:
         small_config(anomaly_images=str(folder))
     message = str(err.value)

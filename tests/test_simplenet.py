@@ -1,8 +1,9 @@
 """SimpleNet: the reference's part counts and settings, its feature aggregation against a literal
-transcription of the official code, the loss, the optimiser equivalence, fit/predict, the feature
-cache, persistence and config refusals."""
+transcription of the official code, the all-ones BatchNorm warm-up, the loss, the optimiser
+equivalence, fit/predict, the feature cache, persistence and config refusals."""
 from __future__ import annotations
 
+import copy
 import dataclasses
 
 import pytest
@@ -10,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from threecad.backbones import FeatureExtractor
 from threecad.patch_features import aggregate_patches
 from baselines.simplenet import (Adaptor, Discriminator, SimpleNet, SimpleNetConfig,
                                  truncated_l1)
@@ -74,6 +76,58 @@ def test_aggregation_equals_the_official_order(channels, dims):
     official, grid = official_patch_features(maps, 3, *dims)
     assert grid == (6, 6) and ours.shape == (2, 6, 6, dims[1])
     assert torch.allclose(ours.reshape(-1, dims[1]), official, atol=1e-6)
+
+
+def _resnet_config(**overrides) -> SimpleNetConfig:
+    """A random-weight ResNet-18 backbone: deterministic in train mode (Lite0 drops connections)."""
+    return small_config(**{"backbone": "resnet18", "strides": (8, 16), **overrides})
+
+
+def _batchnorm_buffers(extractor: FeatureExtractor) -> list[dict[str, torch.Tensor]]:
+    return [{k: v.clone() for k, v in bn.named_buffers()} for bn in extractor.batchnorm_layers()]
+
+
+def test_ones_warmup_moves_every_batchnorm_by_momentum_toward_a_ones_image():
+    """The reference's feature_dimensions: torch.ones (1, 3, S, S) through the backbone in train
+    mode moves each running mean/variance `momentum` of the way toward the batch statistics of
+    the input that layer sees; weights are untouched and the backbone is left in eval mode."""
+    cfg = _resnet_config(image_size=64)
+    torch.manual_seed(0)
+    before = SimpleNet(dataclasses.replace(cfg, ones_warmup=False)).extractor
+    torch.manual_seed(0)
+    after = SimpleNet(cfg).extractor
+    assert not after.training and not any(m.training for m in after.modules())
+    inputs = []  # what each BatchNorm sees in the reference's pass (train mode: batch statistics)
+    probe = copy.deepcopy(before.stages).train()
+    for bn in probe.modules():
+        if isinstance(bn, torch.nn.BatchNorm2d):
+            bn.register_forward_pre_hook(lambda m, args: inputs.append(args[0].detach().clone()))
+    with torch.no_grad():
+        x = torch.ones(1, 3, 64, 64)
+        for stage in probe:
+            x = stage(x)
+    old, new = _batchnorm_buffers(before), _batchnorm_buffers(after)
+    assert len(inputs) == len(old) == len(new) == 15  # stem + layer1..layer3 of ResNet-18
+    for x, bn, o, n in zip(inputs, after.batchnorm_layers(), old, new):
+        m = bn.momentum
+        mean, var = x.mean(dim=(0, 2, 3)), x.var(dim=(0, 2, 3), unbiased=True)
+        torch.testing.assert_close(n["running_mean"], (1 - m) * o["running_mean"] + m * mean, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(n["running_var"], (1 - m) * o["running_var"] + m * var, rtol=1e-5, atol=1e-6)
+        assert int(n["num_batches_tracked"]) == int(o["num_batches_tracked"]) + 1
+        assert not torch.equal(n["running_mean"], o["running_mean"])
+    weights = {k: v for k, v in after.state_dict().items() if "running" not in k and "num_batches" not in k}
+    assert all(torch.equal(v, before.state_dict()[k]) for k, v in weights.items())
+
+
+def test_cpu_preset_keeps_the_weight_files_batchnorm_statistics():
+    assert build_config(SimpleNet, "cpu").ones_warmup is False
+    assert build_config(SimpleNet, "paper").ones_warmup is True
+    torch.manual_seed(0)
+    method = SimpleNet(_resnet_config(ones_warmup=False))
+    torch.manual_seed(0)
+    loaded = FeatureExtractor("resnet18", (8, 16), "none")  # the backbone as its weights come
+    for got, want in zip(_batchnorm_buffers(method.extractor), _batchnorm_buffers(loaded)):
+        assert all(torch.equal(got[k], want[k]) for k in want)
 
 
 def test_truncated_l1_by_hand():
