@@ -20,7 +20,8 @@ reference optimisers are one SGD here with three parameter groups: a group whose
 get no gradient in a phase is skipped by SGD, so each phase updates exactly what the reference
 updates. The student runs in eval mode (running BatchNorm statistics) during phase 2, as in
 the reference. Anomalies are DRAEM's Perlin masks with an unaugmented random DTD texture on
-every sample, empty masks kept (the synthesizer's `draw="release"` without keys); DTD comes
+every sample, empty masks kept (preset `paper`: the synthesizer's `draw="destseg"`, as its
+reference draws them; preset `cpu`: `draw="release"` without keys); DTD comes
 from `dtd_root` or `threecad download --dataset dtd`, else procedural textures with one warning
 and `texture_source: procedural`.
 
@@ -84,7 +85,7 @@ class DeSTSegConfig(SynthesisConfig, TrainedConfig):
     gamma: float = 4.0  # focal-loss exponent
     seg_channels: int = 256  # width of the segmentation network
     aspp_rates: tuple[int, ...] = (6, 12, 18)
-    draw: str = "release"  # "release": unaugmented random texture, empty masks kept (the reference) | "augmented"
+    draw: str = "destseg"  # the reference's draw (threecad.anomaly_synthesis); the cpu preset: "release"
     top_k: int = 100  # image score: mean of the top_k largest map pixels (at image_size)
     map_source: str = "segmentation"  # "dest": the product over taps of 1 - cos (the reference's DeST map)
     steps_per_checkpoint: int = length(250, "one")  # epoch checkpoint at least this often (rounded up to whole passes)
@@ -299,7 +300,7 @@ class DeSTSeg(TrainedMethod):
         # on an earlier synthetic set (generator 2) both ACC and AI scored clearly lower there.
         "cpu": {"teacher": "efficientnet_lite0", "image_size": 128, "batch_size": 4, "steps": 300,
                 "student_steps": 150, "lr_student": 0.1, "seg_channels": 64, "textures": "procedural",
-                "top_k": 25, "steps_per_checkpoint": 100},
+                "top_k": 25, "steps_per_checkpoint": 100, "draw": "release"},
     }
 
     def __init__(self, config: DeSTSegConfig, device: str | torch.device = "cpu", amp: bool = False):

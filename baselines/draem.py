@@ -14,11 +14,14 @@ bias 0, one Adam (lr 1e-4, default betas) for both networks, x0.2 at 80% and 90%
 epochs, batch 8. Each training sample is made anomalous with probability 0.5 (the others are
 kept clean with an all-zero mask), and the normal image is first rotated by U(-90, 90)
 degrees (zero corners, as imgaug's Affine) with probability 0.3: both done here around the
-shared synthesizer (`threecad.anomaly_synthesis`, `draw="augmented"`: DTD textures with three
-of DRAEM's augmentations). DTD is read from `dtd_root`, else from `threecad download --dataset
-dtd`'s folder; without it the run warns once and uses procedural textures, recorded as
-`texture_source: procedural`. Preset `cpu` uses narrow networks, small inputs, procedural
-textures and no rotation, so that a category trains on a CPU.
+shared synthesizer, which draws as the reference's loader (`threecad.anomaly_synthesis`,
+`draw="draem"`: its Perlin masks rotated as images with zero corners and kept when empty, so
+that somewhat fewer than half the samples carry an anomaly; a random DTD image read with
+OpenCV in BGR order; three of its ten imgaug augmentations with its ranges). DTD is read from
+`dtd_root`, else from `threecad download --dataset dtd`'s folder; without it the run warns once
+and uses procedural textures, recorded as `texture_source: procedural`. Preset `cpu` uses narrow
+networks, small inputs, procedural textures (`draw="augmented"`: augmented in torch, empty
+masks redrawn) and no rotation, so that a category trains on a CPU.
 
 `predict` returns the raw map: softmax channel 1 of the U-Net at input resolution. The
 declared post-processing adds no smoothing and scores an image by the max of the map
@@ -29,10 +32,8 @@ epoch and tests the last one), or `select=val`: the lowest total loss on the val
 split's good images turned into synthetic anomalies with a fixed seed.
 
 Departures from the reference: an epoch is one shuffled pass over the training images (the
-reference draws len(train) images at random with replacement); empty Perlin masks are
-redrawn by the synthesizer (the reference keeps them as clean samples, about 5% at 256 px);
-the texture augmentations are the synthesizer's torch versions of DRAEM's imgaug ones; DTD
-textures are read and resized with PIL (the reference: OpenCV, BGR). Preset `cpu` reads
+reference draws len(train) images at random with replacement); the Perlin masks are rotated
+with PyTorch's bilinear sampling (the reference: OpenCV's, through imgaug). Preset `cpu` reads
 training and test images with PIL (antialiased, RGB).
 The SSIM term takes its dynamic range from the reconstruction as the reference's `ssim` does
 (2 while the reconstruction dips below -0.5, early in training; else 1).
@@ -182,6 +183,7 @@ class DRAEMConfig(SynthesisConfig, TrainedConfig):
     rotate_max: float = 90.0  # degrees
     pool: int = 21  # image score: max of the map averaged over pool x pool (zero padding pool // 2)
     select: str = "last"  # last epoch (the reference), or "val": lowest loss on synthetic anomalies of val
+    draw: str = "draem"  # anomalies drawn as the reference's loader (`threecad.anomaly_synthesis`)
 
     def validate(self) -> None:
         if self.resize_library not in LIBRARIES:
@@ -225,7 +227,8 @@ class DRAEM(TrainedMethod):
         # a 5 px window scored lower on both ACC and AI). Not 128 px crops of 256 px inputs: the
         # sharp edges of the full-size part fire. The README's Methods table gives what it reaches.
         "cpu": {"image_size": 128, "resize_library": "pil", "colour": "rgb", "recon_width": 8, "disc_width": 16,
-                "batch_size": 4, "steps": 1200, "lr": 1e-3, "pool": 3, "rotate_prob": 0.0, "textures": "procedural"},
+                "batch_size": 4, "steps": 1200, "lr": 1e-3, "pool": 3, "rotate_prob": 0.0, "textures": "procedural",
+                "draw": "augmented"},
     }
 
     def __init__(self, config: DRAEMConfig, device: str | torch.device = "cpu", amp: bool = False):

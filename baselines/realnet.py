@@ -37,14 +37,16 @@ from a diffusion model (553 M parameters) fine-tuned on the dataset, made by its
 into one folder per class (`data/MVTec-AD/sdas/<class>/*.jpg`); SDAS itself is not part of
 this method. Sources here:
 - default: DRAEM-style Perlin masks (2^0..2^5 cells, threshold 0.5) with DTD textures through
-  the shared synthesizer (`threecad.anomaly_synthesis`, `draw="augmented"`: DRAEM's three
-  texture augmentations), texture opacity U(0.2, 1.0) (beta_max 0.8) as the reference's DTD
+  the shared synthesizer (`threecad.anomaly_synthesis`); preset `paper` draws them as DRAEM's
+  loader does (`draw="draem"`: no lattice phase, empty masks kept, three of DRAEM's ten
+  texture augmentations in their drawn order), preset `cpu` with the torch draw
+  (`draw="augmented"`); texture opacity U(0.2, 1.0) (beta_max 0.8) as the reference's DTD
   variant. DTD from `dtd_root`, else `threecad download --dataset dtd`'s folder, else one
   warning and procedural textures (`texture_source: procedural`).
 - `anomaly_images=DIR`: the reference's SDAS source. DIR holds one category's SDAS samples
   (`*.png`, `*.jpg`, `*.jpeg`; the contents of the reference's `sdas/<class>/`), so a run that
   uses it trains that one category (`--category`). An anomalous sample gets the reference's
-  Perlin mask (`perlin_masks`) and a random image of DIR, read and resized as the reference
+  Perlin mask (`anomaly_synthesis.draem_masks`) and a random image of DIR, read and resized as the reference
   reads it (OpenCV, bilinear), blended inside the mask with opacity U(0.5, 1.0) (its
   `sdas_transparency_range`), no augmentation.
 
@@ -58,12 +60,11 @@ image and pixel AUROC; this never looks at the test set.
 
 Departures: no per-class foreground masks (the reference multiplies Perlin masks by an Otsu /
 triangle-threshold foreground for some MVTec classes; 3CAD has no such table): full image;
-no DDP/SyncBN (single process); the DTD synthesizer redraws empty Perlin masks.
+no DDP/SyncBN (single process); the cpu preset's draw redraws empty Perlin masks.
 """
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
@@ -72,7 +73,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from threecad.anomaly_synthesis import SynthesisConfig
+from threecad.anomaly_synthesis import SynthesisConfig, draem_masks
 from threecad.errors import ThreecadError
 from threecad.postprocess import PostProcess
 from threecad.timm_weights import TIMM_WEIGHTS, backbone_weights
@@ -309,20 +310,6 @@ def scan_anomaly_images(folder: str) -> list[Path]:
     return images
 
 
-def perlin_masks(n: int, size: int, generator: torch.Generator, device: torch.device,
-                 max_scale: int = 5, threshold: float = 0.5) -> torch.Tensor:
-    """The reference's `generate_perlin_noise_mask`, (N,1,size,size) 0/1: Perlin noise of 2^0..
-    2^max_scale cells per axis, rotated as an image by U(-90, 90) degrees (zero corners),
-    thresholded; an empty mask is kept (that sample stays clean)."""
-    from threecad.anomaly_synthesis import perlin_noise, rotate_zero_fill
-
-    tx = torch.randint(0, max_scale + 1, (n,), generator=generator)
-    ty = torch.randint(0, max_scale + 1, (n,), generator=generator)
-    angle = (torch.rand(n, generator=generator) - 0.5) * math.pi
-    noise = perlin_noise(2 ** tx, 2 ** ty, torch.zeros(n), size, generator, device)
-    return (rotate_zero_fill(noise.unsqueeze(1), angle) > threshold).float()
-
-
 def read_sdas_image(path: Path, size: int) -> torch.Tensor:
     """(3,size,size) RGB in [0,1], read and resized as the reference's `_sdas_source` (OpenCV)."""
     import cv2
@@ -348,7 +335,7 @@ class SdasAnomalies:
     def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         n, _, size, _ = images.shape
         x = images.float()
-        masks = perlin_masks(n, size, self.generator, x.device, self.max_scale)
+        masks = draem_masks(n, size, self.generator, x.device, max_scale=self.max_scale)
         picks = torch.randint(len(self.paths), (n,), generator=self.generator).tolist()
         src = torch.stack([read_sdas_image(self.paths[k], size) for k in picks]).to(x.device)
         lo, hi = SDAS_OPACITY
@@ -366,6 +353,7 @@ class RealNetConfig(SynthesisConfig, TrainedConfig):
     backbone: str = "wide_resnet50_2"  # frozen ImageNet backbone (threecad.backbones.BACKBONES)
     # backbone weights: timm_racm (the reference's, threecad.timm_weights) | imagenet (torchvision's) | none | PATH
     weights: str = "timm_racm"
+    draw: str = "draem"  # anomalies drawn as DRAEM's loader, which the reference's DTD source uses; cpu: "augmented"
     strides: tuple[int, ...] = (4, 8, 16, 32)  # feature taps (layer1..layer4 of a ResNet)
     afs_keep: tuple[int, ...] = (256, 512, 512, 256)  # channels AFS keeps per tap
     afs_batches: int = length(64)  # batches of 100% synthetic anomalies used to choose the channels
@@ -451,7 +439,7 @@ class RealNet(TrainedMethod):
         "cpu": {"image_size": 128, "batch_size": 8, "backbone": "efficientnet_lite0", "strides": (4, 8, 16),
                 "afs_keep": (16, 32, 64), "afs_batches": 4, "channel_mult": (1,), "num_res_blocks": 1,
                 "attention_ds": (), "head_channels": 8, "norm_groups": 8, "rrs_top": (32, 32), "steps": 300,
-                "lr": 3e-3, "textures": "procedural", "pool": 8, "weights": "imagenet"},
+                "lr": 3e-3, "textures": "procedural", "pool": 8, "weights": "imagenet", "draw": "augmented"},
     }
 
     def __init__(self, config: RealNetConfig, device: str | torch.device = "cpu", amp: bool = False):

@@ -1,5 +1,7 @@
 """DRAEM-style anomaly synthesis: shapes, blend formula, determinism, DTD and procedural sources,
-and the synthesis settings every method that synthesises anomalies shares (`SynthesisConfig`)."""
+the draws of the 3CAD release, DRAEM and DeSTSeg, and the synthesis settings every method that
+synthesises anomalies shares (`SynthesisConfig`). tests/test_synthesis_statistics.py compares the
+references' draws with their own code."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -193,6 +195,90 @@ def test_dtd_folder_without_images_is_a_clear_error(tmp_path: Path):
         AnomalySynthesizer(SIZE, dtd_root=str(tmp_path))
 
 
+# --------------------------------------------------------------------------- DRAEM's and DeSTSeg's draws
+@pytest.mark.parametrize("draw", ["draem", "destseg"])
+def test_reference_draws_keep_empty_masks_and_leave_those_samples_good(draw):
+    synth = AnomalySynthesizer(SIZE, seed=2, draw=draw)
+    synth._textures = lambda images, keys=None: torch.zeros_like(images)
+    x = _images(200, seed=1)
+    out, masks = synth(x)
+    empty = masks.flatten(1).amax(1) == 0
+    assert 0.01 <= float(empty.float().mean()) <= 0.15
+    assert torch.equal(out[empty], x[empty]) and not torch.equal(out[~empty], x[~empty])
+    # rotated as images: corners empty far more often than the centre
+    assert float(masks[:, 0, :3, :3].mean()) < 0.5 * float(masks[:, 0, 30:34, 30:34].mean())
+
+
+@pytest.mark.parametrize("draw,colour", [("draem", "rgb"), ("draem", "bgr"), ("destseg", "rgb"), ("destseg", "bgr")])
+def test_reference_draws_read_dtd_in_the_images_channel_order(tmp_path: Path, draw, colour):
+    """DTD read with OpenCV ("draem") or PIL ("destseg"), handed over in the images' channel order;
+    without augmentation and with b = 0 the in-mask pixels are the texture's colour."""
+    root = _fake_dtd(tmp_path, {name: (250, 20, 0) for name in COLOURS})
+    synth = AnomalySynthesizer(SIZE, dtd_root=str(root), beta_max=0.0, seed=3, draw=draw, colour=colour)
+    synth._draem_augment = lambda t: t
+    out, masks = synth(_images(8))
+    expected = torch.tensor((250, 20, 0) if colour == "rgb" else (0, 20, 250), dtype=torch.float32) / 255
+    inside = out.permute(0, 2, 3, 1)[masks[:, 0].bool()]
+    assert len(inside) and float((inside - expected).abs().max()) < 1e-6
+
+
+def test_unreadable_dtd_image_is_a_clear_error(tmp_path: Path):
+    images = tmp_path / "images" / "banded"
+    images.mkdir(parents=True)
+    (images / "banded_0001.jpg").write_bytes(b"not a jpeg")
+    synth = AnomalySynthesizer(SIZE, dtd_root=str(tmp_path), draw="draem")
+    with pytest.raises(ThreecadError, match="cannot read the DTD image"):
+        synth(_images(2))
+
+
+def test_draem_draw_applies_three_distinct_augmentations_in_a_random_order(monkeypatch):
+    from threecad import anomaly_synthesis
+
+    calls = []
+    original = anomaly_synthesis.draem_augmentation
+
+    def spy(name, image, **params):
+        calls.append(name)
+        return original(name, image, **params)
+
+    monkeypatch.setattr(anomaly_synthesis, "draem_augmentation", spy)
+    synth = AnomalySynthesizer(SIZE, seed=4, draw="draem")
+    synth._textures = lambda images, keys=None: images
+    synth(_images(60))
+    picks = [tuple(calls[i:i + 3]) for i in range(0, len(calls), 3)]
+    assert len(picks) == 60 and all(len(set(p)) == 3 for p in picks)
+    assert set(calls) == set(anomaly_synthesis.DRAEM_AUGMENTATIONS)
+    position = anomaly_synthesis.DRAEM_AUGMENTATIONS.index
+    assert any(position(p[0]) > position(p[1]) for p in picks)  # applied in the drawn order, not the list's
+
+
+def test_draem_parameters_stay_in_the_reference_ranges():
+    from threecad.anomaly_synthesis import BRIGHTNESS_SPACES, DRAEM_AUGMENTATIONS
+
+    synth = AnomalySynthesizer(SIZE, seed=5, draw="draem")
+    draws = {name: [synth._draem_parameters(name) for _ in range(400)] for name in DRAEM_AUGMENTATIONS}
+    gammas = [g for d in draws["gamma"] for g in d["gammas"]]
+    assert 0.5 <= min(gammas) < 0.55 and 1.95 < max(gammas) <= 2.0
+    assert {d["space"] for d in draws["brightness"]} == set(BRIGHTNESS_SPACES)
+    assert all(0.8 <= d["mul"] <= 1.2 and -30 <= d["add"] <= 30 for d in draws["brightness"])
+    assert 0.3 < np.mean([d["add_first"] for d in draws["brightness"]]) < 0.7
+    assert all(0.0 <= d["factor"] <= 2.0 for d in draws["sharpness"])
+    for key in ("hue", "saturation"):  # integers in -50..50, both ends included
+        values = [d[key] for d in draws["hue_saturation"]]
+        assert set(values) <= set(range(-50, 51)) and min(values) == -50 and max(values) == 50
+    assert 0.4 < np.mean([d["apply"] for d in draws["solarize"]]) < 0.6
+    assert all(32 <= d["threshold"] <= 128 for d in draws["solarize"])
+    assert {d["bits"] for d in draws["posterize"]} == set(range(1, 9))
+    assert {d["cutoff"] for d in draws["autocontrast"]} == set(range(0, 21))
+    assert all(-45 <= d["degrees"] <= 45 for d in draws["rotate"])
+    assert draws["invert"][0] == draws["equalize"][0] == {}
+
+
+def test_bad_colour_is_a_clear_error():
+    with pytest.raises(ThreecadError, match="colour"):
+        AnomalySynthesizer(SIZE, colour="hsv")
+
+
 # --------------------------------------------------------------------------- the shared config settings
 def _synthesising_methods() -> dict[str, type]:
     return {name: cls for name, cls in available_methods().items() if issubclass(cls.config_class, SynthesisConfig)}
@@ -200,7 +286,7 @@ def _synthesising_methods() -> dict[str, type]:
 
 def test_methods_that_synthesise_share_one_set_of_settings_with_their_own_draw():
     draws = {name: cls.config_class().draw for name, cls in _synthesising_methods().items()}
-    assert draws == {"cfrg": "release", "destseg": "release", "draem": "augmented", "realnet": "augmented"}
+    assert draws == {"cfrg": "release", "destseg": "destseg", "draem": "draem", "realnet": "draem"}  # the references
     for cls in _synthesising_methods().values():
         config = cls.config_class()
         assert (config.textures, config.dtd_root, config.beta_max, config.perlin_max_scale) == ("dtd", None, 0.8, 5)
@@ -222,5 +308,5 @@ def test_config_builds_the_synthesizer_it_describes():
     assert config.dtd_folder("draem") is None
     x = _images(6)
     got = config.synthesizer(5, None)(x)
-    want = AnomalySynthesizer(SIZE, beta_max=0.5, perlin_max_scale=3, seed=5, draw="augmented")(x)
+    want = AnomalySynthesizer(SIZE, beta_max=0.5, perlin_max_scale=3, seed=5, draw="draem", colour="bgr")(x)
     assert all(torch.equal(a, b) for a, b in zip(got, want))

@@ -54,9 +54,11 @@ def test_paper_preset_has_the_reference_counts_and_settings():
     cfg = build_config(DRAEM, "paper")
     assert (cfg.image_size, cfg.batch_size, cfg.epochs, cfg.steps, cfg.lr, cfg.lr_milestones, cfg.lr_gamma,
             cfg.anomaly_prob, cfg.rotate_prob, cfg.textures, cfg.draw, cfg.select) == (
-        256, 8, 700, 0, 1e-4, (0.8, 0.9), 0.2, 0.5, 0.3, "dtd", "augmented", "last")
+        256, 8, 700, 0, 1e-4, (0.8, 0.9), 0.2, 0.5, 0.3, "dtd", "draem", "last")
+    assert cfg.synthesizer(0, None).colour == "bgr"  # textures in the images' (OpenCV) channel order
     cpu = build_config(DRAEM, "cpu")
     assert cpu.textures == "procedural" and cpu.image_size <= 128 and cpu.steps >= 300
+    assert cpu.draw == "augmented"
 
 
 def test_reference_initialisation():
