@@ -232,23 +232,23 @@ def test_unreadable_dtd_image_is_a_clear_error(tmp_path: Path):
 
 
 def test_draem_draw_applies_three_distinct_augmentations_in_a_random_order(monkeypatch):
-    from threecad import anomaly_synthesis
+    from threecad.anomaly_synthesis import synthesizer
 
     calls = []
-    original = anomaly_synthesis.draem_augmentation
+    original = synthesizer.draem_augmentation
 
     def spy(name, image, **params):
         calls.append(name)
         return original(name, image, **params)
 
-    monkeypatch.setattr(anomaly_synthesis, "draem_augmentation", spy)
+    monkeypatch.setattr(synthesizer, "draem_augmentation", spy)
     synth = AnomalySynthesizer(SIZE, seed=4, draw="draem")
     synth._textures = lambda images, keys=None: images
     synth(_images(60))
     picks = [tuple(calls[i:i + 3]) for i in range(0, len(calls), 3)]
     assert len(picks) == 60 and all(len(set(p)) == 3 for p in picks)
-    assert set(calls) == set(anomaly_synthesis.DRAEM_AUGMENTATIONS)
-    position = anomaly_synthesis.DRAEM_AUGMENTATIONS.index
+    assert set(calls) == set(synthesizer.DRAEM_AUGMENTATIONS)
+    position = synthesizer.DRAEM_AUGMENTATIONS.index
     assert any(position(p[0]) > position(p[1]) for p in picks)  # applied in the drawn order, not the list's
 
 

@@ -250,10 +250,10 @@ def test_cpu_preset_finds_dark_squares(tiny_data):
 
 def test_paper_run_without_dtd_records_procedural_textures(tiny_data, tmp_path, monkeypatch, caplog):
     """DTD is looked for in the data home; absent, the run warns once and says so in info()."""
-    import threecad.anomaly_synthesis as synthesis
+    from threecad.anomaly_synthesis import textures
 
     monkeypatch.setenv("THREECAD_DATA_HOME", str(tmp_path / "home"))
-    monkeypatch.setattr(synthesis, "_warned_no_dtd", set())
+    monkeypatch.setattr(textures, "WARNED_NO_DTD", set())
     train, _ = tiny_data
     config = small_config(epochs=1, textures="dtd")
     assert (config.draw, config.dtd_root) == ("release", None)  # the paper's defaults
