@@ -13,37 +13,22 @@ our declared preprocess squashes every image.
 """
 from __future__ import annotations
 
-import hashlib
-from pathlib import Path
-
-import numpy as np
 import torch
-from PIL import Image
 
 from baselines.fastflow import FastFlow
+from golden.common import TOLERANCE, load_golden, predict, randomise_affine, randomise_batchnorms, read_raw, relative
 from threecad.method import build_config
 
-HERE = Path(__file__).parent / "golden"
-RAW = HERE / "raw" / "part.png"
-GOLDEN = HERE / "fastflow" / "golden.npz"
 IMAGE_SIZE = 128  # the reference's `input_size`, smaller than the preset's 256 to keep the fixture small
 NORM_SEED = 26  # BatchNorm statistics, LayerNorm affines, the flows' global affines
-TOLERANCE = 1e-5  # max |ours - reference| / max |reference|, float32
 
 
 def randomise_norms(method: FastFlow, generator: torch.Generator) -> None:
     """Non-trivial BatchNorm statistics, LayerNorm affines and global affines of the flows, so that
     every one of them is really compared (at init they are identities)."""
-    for m in method.net.modules():
-        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-            n = m.num_features
-            m.weight.data = 0.5 + torch.rand(n, generator=generator)
-            m.bias.data = 0.1 * torch.randn(n, generator=generator)
-            m.running_mean = 0.1 * torch.randn(n, generator=generator)
-            m.running_var = 0.5 + torch.rand(n, generator=generator)
+    randomise_batchnorms(method.net, generator)
     for norm in method.net.trainable["norms"]:
-        norm.weight.data = 0.5 + torch.rand(norm.weight.shape, generator=generator)
-        norm.bias.data = 0.1 * torch.randn(norm.bias.shape, generator=generator)
+        randomise_affine(norm, generator)
     for flow in method.net.trainable["flows"]:
         for block in flow.blocks:
             block.global_scale.data += 0.3 * torch.randn(block.global_scale.shape, generator=generator)
@@ -59,28 +44,13 @@ def build_ours() -> FastFlow:
     return method
 
 
-def load_golden() -> dict:
-    """The golden values, checked to belong to the committed raw image."""
-    golden = dict(np.load(GOLDEN))
-    assert hashlib.sha256(RAW.read_bytes()).hexdigest() == str(golden["raw_sha256"]), \
-        f"{RAW.name} is not the image {GOLDEN} was made from: rerun its make_golden.py"
-    return golden
-
-
-def relative(ours: np.ndarray, reference: np.ndarray) -> float:
-    return float(np.abs(ours.astype(np.float64) - reference).max() / np.abs(reference).max())
-
-
 def test_map_and_score_through_the_declared_preprocess():
     torch.set_num_threads(1)
-    golden = load_golden()
+    golden = load_golden("fastflow")
     method = build_ours()
     pre = method.preprocess()
     assert (pre.size, pre.library, pre.colour, pre.geometry) == (IMAGE_SIZE, "pil", "rgb", "square")
-    image = torch.from_numpy(pre.image(Image.open(RAW).convert("RGB"))).float().div(255.0)[None]
-    with torch.no_grad():
-        _, raw = method.predict(image)
-    scores, smoothed = method.postprocess().apply(raw, None)
+    raw, scores, smoothed = predict(method, read_raw(method))
     got = {"map": relative(smoothed[0].numpy(), golden["map"]), "score": relative(scores.numpy(), golden["score"])}
     assert max(got.values()) <= TOLERANCE, got
     assert torch.equal(raw, smoothed)  # no smoothing, as the reference

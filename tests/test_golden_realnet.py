@@ -15,29 +15,21 @@ import numpy as np
 import pytest
 import torch
 
+from golden.common import TOLERANCE, load_golden, predict, read_raw, relative
 from golden.realnet import ours
-
-TOLERANCE = 1e-5
-
-
-def relative(ours_value: np.ndarray, reference: np.ndarray) -> float:
-    return float(np.abs(ours_value.astype(np.float64) - reference).max() / np.abs(reference).max())
 
 
 @pytest.fixture(scope="module")
 def golden():
-    return dict(np.load(ours.GOLDEN))
+    return load_golden("realnet")
 
 
 @pytest.fixture(scope="module")
 def ours_run():
     method = ours.build()
-    image = ours.read(method)
-    with torch.inference_mode():
-        scores, raw = method.predict(image)
-        scores, maps = method.postprocess().apply(raw, scores)
-    post = method.postprocess()
-    return post, image, scores[0].numpy(), maps[0].numpy()
+    image = read_raw(method)
+    _, scores, maps = predict(method, image, own_scores=True)
+    return method.postprocess(), image, scores[0].numpy(), maps[0].numpy()
 
 
 def test_preprocess_gives_the_reference_pixels(golden, ours_run):

@@ -15,27 +15,20 @@ import numpy as np
 import pytest
 import torch
 
+from golden.common import TOLERANCE, load_golden, predict, read_raw, relative
 from golden.simplenet import ours
-
-TOLERANCE = 1e-5
-
-
-def relative(ours_value: np.ndarray, reference: np.ndarray) -> float:
-    return float(np.abs(ours_value.astype(np.float64) - reference).max() / np.abs(reference).max())
 
 
 @pytest.fixture(scope="module")
 def golden():
-    return dict(np.load(ours.GOLDEN))
+    return load_golden("simplenet")
 
 
 @pytest.fixture(scope="module")
 def ours_run():
     method = ours.build()
-    image = ours.read(method)
-    with torch.inference_mode():
-        scores, raw = method.predict(image)
-        scores, maps = method.postprocess().apply(raw, scores)
+    image = read_raw(method)
+    raw, scores, maps = predict(method, image, own_scores=True)
     return method, image, scores[0].numpy(), raw[0].numpy(), maps[0].numpy()
 
 

@@ -9,21 +9,14 @@ rebuilds those weights (deterministic on CPU) and never imports the reference.
 """
 from __future__ import annotations
 
-import hashlib
-from pathlib import Path
-
-import numpy as np
 import torch
-from PIL import Image
 
 from baselines.uniad import UniAD
+from golden.common import (TOLERANCE, load_golden, predict, randomise_affine, randomise_batchnorm, read_raw,
+                           relative)
 from threecad.method import build_config
 
-HERE = Path(__file__).parent / "golden"
-RAW = HERE / "raw" / "part.png"
-GOLDEN = HERE / "uniad" / "golden.npz"
 NORM_SEED = 26  # BatchNorm statistics and affines, LayerNorm affines
-TOLERANCE = 1e-5  # max |ours - reference| / max |reference|, float32
 
 
 def randomise_norms(net: torch.nn.Module, generator: torch.Generator) -> None:
@@ -31,14 +24,9 @@ def randomise_norms(net: torch.nn.Module, generator: torch.Generator) -> None:
     that the backbone's BatchNorm eps and every norm are really compared."""
     for m in net.modules():
         if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-            n = m.num_features
-            m.weight.data = 0.5 + torch.rand(n, generator=generator)
-            m.bias.data = 0.1 * torch.randn(n, generator=generator)
-            m.running_mean = 0.1 * torch.randn(n, generator=generator)
-            m.running_var = 0.5 + torch.rand(n, generator=generator)
+            randomise_batchnorm(m, generator)
         if isinstance(m, torch.nn.LayerNorm):
-            m.weight.data = 0.5 + torch.rand(m.weight.shape, generator=generator)
-            m.bias.data = 0.1 * torch.randn(m.bias.shape, generator=generator)
+            randomise_affine(m, generator)
 
 
 def build_ours() -> UniAD:
@@ -49,28 +37,13 @@ def build_ours() -> UniAD:
     return method
 
 
-def load_golden() -> dict:
-    """The golden values, checked to belong to the committed raw image."""
-    golden = dict(np.load(GOLDEN))
-    assert hashlib.sha256(RAW.read_bytes()).hexdigest() == str(golden["raw_sha256"]), \
-        f"{RAW.name} is not the image {GOLDEN} was made from: rerun its make_golden.py"
-    return golden
-
-
-def relative(ours: np.ndarray, reference: np.ndarray) -> float:
-    return float(np.abs(ours.astype(np.float64) - reference).max() / np.abs(reference).max())
-
-
 def test_map_and_score_through_the_declared_preprocess():
     torch.set_num_threads(1)
-    golden = load_golden()
+    golden = load_golden("uniad")
     method = build_ours()
     pre = method.preprocess()
     assert (pre.size, pre.library, pre.colour, pre.geometry) == (int(golden["size"]), "pil", "rgb", "square")
-    image = torch.from_numpy(pre.image(Image.open(RAW).convert("RGB"))).float().div(255.0)[None]
-    with torch.no_grad():
-        _, raw = method.predict(image)
-    scores, smoothed = method.postprocess().apply(raw, None)
+    raw, scores, smoothed = predict(method, read_raw(method))
     got = {"map": relative(smoothed[0].numpy(), golden["map"]), "score": relative(scores.numpy(), golden["score"])}
     assert max(got.values()) <= TOLERANCE, got
     assert torch.equal(raw, smoothed)  # no smoothing, as the reference

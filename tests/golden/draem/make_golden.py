@@ -15,57 +15,30 @@ Run, from the project root:
 """
 from __future__ import annotations
 
-import argparse
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
-import numpy as np
-import torch
-from PIL import Image
+TESTS = Path(__file__).resolve().parents[2]
+sys.path[:0] = [str(TESTS.parent), str(TESTS)]
 
-ROOT = Path(__file__).resolve().parents[3]
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from golden.common import (copy_in_order, golden_path, input_digest, numpy_aliases, predict,  # noqa: E402
+                           raw_hw, raw_in_folder, read_raw, reference_setup, relative)
+
+GOLDEN = golden_path("draem")
 COMMIT = "2dbf67397ab5c10a1494e5ae70ab59a25d7c35ef"
 
 
-def numpy_aliases() -> None:
-    """imgaug 0.4.0 reads names that NumPy 2 removed; add them back (names only, no numerics)."""
-    for name, value in (("bool", bool), ("int", int), ("float", float), ("complex", complex),
-                        ("object", object), ("str", str)):
-        if name not in np.__dict__:
-            setattr(np, name, value)
-    if "sctypes" not in np.__dict__:
-        np.sctypes = {"int": [np.int8, np.int16, np.int32, np.int64],
-                      "uint": [np.uint8, np.uint16, np.uint32, np.uint64],
-                      "float": [np.float16, np.float32, np.float64], "complex": [np.complex64, np.complex128],
-                      "others": [bool, object, bytes, str, np.void]}
-
-
-def copy_in_order(src: torch.nn.Module, dst: torch.nn.Module, label: str) -> int:
-    """src's state dict into dst entry by entry in registration order, shapes asserted equal."""
-    s, d = list(src.state_dict().items()), list(dst.state_dict().items())
-    assert len(s) == len(d), f"{label}: {len(s)} tensors vs {len(d)}"
-    for (ks, vs), (kd, vd) in zip(s, d):
-        assert vs.shape == vd.shape, f"{label}: {ks} {tuple(vs.shape)} vs {kd} {tuple(vd.shape)}"
-    dst.load_state_dict({kd: vs.detach().clone() for (_, vs), (kd, _) in zip(s, d)}, strict=True)
-    return len(s)
-
-
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--reference", required=True, help="VitjanZ/DRAEM checkout at " + COMMIT)
-    ap.add_argument("--packages", required=True, help="pip --target folder with imgaug, shapely, six")
-    args = ap.parse_args()
-    torch.set_num_threads(1)
-    sys.path[:0] = [str(ROOT), str(Path(args.reference).resolve()), str(Path(args.packages).resolve())]
+    reference_setup(__doc__, "VitjanZ/DRAEM checkout at " + COMMIT, "pip --target folder with imgaug, shapely, six")
     numpy_aliases()
     from torch.utils.data import DataLoader
 
     from data_loader import MVTecDRAEMTestDataset
     from model_unet import DiscriminativeSubNetwork, ReconstructiveSubNetwork
-
-    from tests.test_golden_draem import GOLDEN, RAW, SEED, build_ours, input_digest, read_input
+    from test_golden_draem import SEED, build_ours
 
     ours = build_ours()
     cfg = ours.config
@@ -85,10 +58,8 @@ def main() -> None:
     model.eval()
     model_seg.eval()
 
-    with tempfile.TemporaryDirectory() as tmp:  # the loader globs <root>/*/*.png; "good" has no mask
-        (Path(tmp) / "good").mkdir()
-        shutil.copy(RAW, Path(tmp) / "good" / "000.png")
-        dataset = MVTecDRAEMTestDataset(tmp + "/", resize_shape=[256, 256])
+    with raw_in_folder("good", name="000.png") as tmp:  # the loader globs <root>/*/*.png; "good" has no mask
+        dataset = MVTecDRAEMTestDataset(f"{tmp}/", resize_shape=[256, 256])
         sample_batched = next(iter(DataLoader(dataset, batch_size=1, shuffle=False, num_workers=0)))
     with torch.no_grad():
         # test_DRAEM.py lines 80-91 and 103-107 (without .cuda())
@@ -105,20 +76,16 @@ def main() -> None:
         out64 = torch.softmax(model_seg.double()(torch.cat((model.double()(gray_batch.double()),
                                                             gray_batch.double()), 1)), 1)[0, 1].numpy()
 
-    with Image.open(RAW) as im:
-        raw_size = (im.height, im.width)
     np.savez_compressed(GOLDEN, map=out_mask_cv.astype(np.float32), score=np.float32(image_score),
                         input_sha256=input_digest(gray_batch), input_size=np.array(gray_batch.shape[-2:]),
-                        raw_size=np.array(raw_size), seed=SEED, reference=f"VitjanZ/DRAEM@{COMMIT}")
-    x = read_input(ours)
-    with torch.inference_mode():
-        scores, maps = ours.postprocess().apply(ours.predict(x)[1].float(), None)
-    rel = np.abs(maps[0].numpy().astype(np.float64) - out_mask_cv).max() / np.abs(out_mask_cv).max()
+                        raw_size=raw_hw(), seed=SEED, reference=f"VitjanZ/DRAEM@{COMMIT}")
+    x = read_raw(ours)
+    _, scores, maps = predict(ours, x)
     print(f"{GOLDEN} ({GOLDEN.stat().st_size} bytes), {n} tensors copied; map range "
           f"[{out_mask_cv.min():.4f}, {out_mask_cv.max():.4f}], score {image_score:.6f}")
-    print(f"input equal: {input_digest(x) == input_digest(gray_batch)}; map rel {rel:.3e}; score rel "
-          f"{abs(float(scores[0]) - image_score) / abs(image_score):.3e}; reference float32 vs float64 "
-          f"map rel {np.abs(out_mask_cv - out64).max() / np.abs(out64).max():.3e}")
+    print(f"input equal: {input_digest(x) == input_digest(gray_batch)}; map rel {relative(maps[0], out_mask_cv):.3e}; "
+          f"score rel {relative(float(scores[0]), image_score):.3e}; reference float32 vs float64 "
+          f"map rel {relative(out_mask_cv, out64):.3e}")
 
 
 if __name__ == "__main__":

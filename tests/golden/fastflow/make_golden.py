@@ -1,7 +1,7 @@
 """Writes golden.npz: FastFlow's map as the reference computes it, with our weights.
 
-Run once (never by the test suite), on CPU:
-  .venv/bin/python tests/golden/fastflow/make_golden.py --reference SRC --packages PKGS
+Run once (never by the test suite), on CPU, from the project root:
+  OMP_NUM_THREADS=1 .venv/bin/python tests/golden/fastflow/make_golden.py --reference SRC --packages PKGS
 SRC: gathierry/FastFlow at 2cf1f2f4 (`git archive` of the commit).
 PKGS: `pip install --no-deps --target PKGS timm==0.5.4 FrEIA==0.2` (its pins; FrEIA 0.2 is its
 pinned commit 1779d1f); never the project's environment.
@@ -20,17 +20,20 @@ the 300 x 260 image becomes 147 x 128, which the model's LayerNorm([C, 32, 32]) 
 """
 from __future__ import annotations
 
-import argparse
-import hashlib
-import os
-import shutil
 import sys
-import tempfile
 import types
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[3]
-TESTS = ROOT / "tests"
+TESTS = Path(__file__).resolve().parents[2]
+sys.path[:0] = [str(TESTS.parent), str(TESTS)]
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from golden.common import (golden_path, raw_hw, raw_in_folder, raw_sha256, reference_setup,  # noqa: E402
+                           timm_without_downloads)
+
+GOLDEN = golden_path("fastflow")
 
 
 def ours_key(k: str) -> str:
@@ -52,28 +55,17 @@ def ours_key(k: str) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--reference", required=True, help="the reference repository's files at 2cf1f2f4")
-    parser.add_argument("--packages", required=True, help="pip --target folder with timm 0.5.4 and FrEIA 0.2")
-    args = parser.parse_args()
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    sys.path[:0] = [str(ROOT), str(TESTS), args.packages, args.reference]
+    args = reference_setup(__doc__, "the reference repository's files at 2cf1f2f4",
+                           "pip --target folder with timm 0.5.4 and FrEIA 0.2")
     ignite = types.ModuleType("ignite")
     ignite.contrib = types.SimpleNamespace(metrics=None)
     sys.modules.update({"ignite": ignite, "ignite.contrib": ignite.contrib})
-
-    import numpy as np
-    import timm
-    import torch
     import yaml
-    from PIL import Image
 
-    create_model = timm.create_model
-    timm.create_model = lambda *a, **k: create_model(*a, **{**k, "pretrained": False})
+    timm = timm_without_downloads()
     import main as reference  # gathierry's main.py
-    from test_golden_fastflow import GOLDEN, IMAGE_SIZE, RAW, build_ours
+    from test_golden_fastflow import IMAGE_SIZE, build_ours
 
-    torch.set_num_threads(1)
     ours = build_ours()
     config = yaml.safe_load(open(Path(args.reference) / "configs" / "resnet18.yaml"))
     config["input_size"] = IMAGE_SIZE
@@ -86,10 +78,8 @@ def main() -> None:
         state[k] = own[ours_key(k)].clone()
     model.load_state_dict(state, strict=True)
 
-    with tempfile.TemporaryDirectory() as root:
-        (Path(root) / "part" / "test" / "good").mkdir(parents=True)
-        shutil.copy(RAW, Path(root) / "part" / "test" / "good" / RAW.name)
-        loader = reference.build_test_data_loader(types.SimpleNamespace(data=root, category="part"),
+    with raw_in_folder("part", "test", "good") as root:
+        loader = reference.build_test_data_loader(types.SimpleNamespace(data=str(root), category="part"),
                                                   {**config, "input_size": (IMAGE_SIZE, IMAGE_SIZE)})
         (data, _targets), = list(loader)
     model.eval()  # eval_once's lines
@@ -97,11 +87,8 @@ def main() -> None:
         ret = model(data)
     anomaly_map = ret["anomaly_map"].cpu().detach()[0, 0].numpy()
     score = anomaly_map.max()
-    with Image.open(RAW) as im:
-        raw_hw = (im.height, im.width)
-    np.savez(GOLDEN, raw_sha256=hashlib.sha256(RAW.read_bytes()).hexdigest(),
-             map=anomaly_map.astype(np.float32), score=np.float64(score)[None], size=IMAGE_SIZE,
-             raw_hw=np.asarray(raw_hw), timm=timm.__version__)
+    np.savez(GOLDEN, raw_sha256=raw_sha256(), map=anomaly_map.astype(np.float32), score=np.float64(score)[None],
+             size=IMAGE_SIZE, raw_hw=raw_hw(), timm=timm.__version__)
     print(f"{GOLDEN}: {GOLDEN.stat().st_size} bytes; map {anomaly_map.shape}; score {score:.9g}; "
           f"input {tuple(data.shape)}")
 

@@ -1,7 +1,7 @@
 """Writes golden.npz: RD++'s map and score as the reference computes them, with our weights.
 
-Run once (never by the test suite), on CPU:
-  .venv/bin/python tests/golden/rdpp/make_golden.py --reference SRC --packages PKGS
+Run once (never by the test suite), on CPU, from the project root:
+  OMP_NUM_THREADS=1 .venv/bin/python tests/golden/rdpp/make_golden.py --reference SRC --packages PKGS
 SRC: tientrandinh/Revisiting-Reverse-Distillation at 7f2ceb7c (`git archive` of the commit).
 PKGS: `pip install --no-deps --target PKGS geomloss==0.2.6` (imported by the reference's
 utils_train); never the project's environment.
@@ -21,17 +21,19 @@ The reference reads 256 px (hard-coded in its dataset), so the maps are stored e
 """
 from __future__ import annotations
 
-import argparse
-import hashlib
-import os
-import shutil
 import sys
-import tempfile
 import types
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[3]
-TESTS = ROOT / "tests"
+TESTS = Path(__file__).resolve().parents[2]
+sys.path[:0] = [str(TESTS.parent), str(TESTS)]
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from golden.common import golden_path, raw_hw, raw_in_folder, raw_sha256, reference_setup  # noqa: E402
+
+GOLDEN = golden_path("rdpp")
 STRIDE = 2
 
 
@@ -96,17 +98,8 @@ def copy_into(reference, ours, key) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--reference", required=True, help="the reference repository's files at 7f2ceb7c")
-    parser.add_argument("--packages", required=True, help="pip --target folder with geomloss 0.2.6")
-    args = parser.parse_args()
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    sys.path[:0] = [str(ROOT), str(TESTS), args.packages, args.reference]
+    reference_setup(__doc__, "the reference repository's files at 7f2ceb7c", "pip --target folder with geomloss 0.2.6")
     stub_numba()
-
-    import numpy as np
-    import torch
-    from PIL import Image
     from scipy.ndimage import gaussian_filter
 
     from dataset.dataset import MVTecDataset_test, get_data_transforms
@@ -114,9 +107,8 @@ def main() -> None:
     from model.resnet import wide_resnet50_2
     from utils.utils_test import cal_anomaly_map
     from utils.utils_train import MultiProjectionLayer
-    from test_golden_rdpp import GOLDEN, RAW, build_ours
+    from test_golden_rdpp import build_ours
 
-    torch.set_num_threads(1)
     ours = build_ours()
     net = ours.net
     torch.manual_seed(0)  # the reference's own init of what is not copied (unused)
@@ -129,11 +121,9 @@ def main() -> None:
     copy_into(proj, net.trainable["projection"], projection_key)
 
     image_size = 256  # main.py's default; the dataset hard-codes it
-    with tempfile.TemporaryDirectory() as root:
-        (Path(root) / "test" / "good").mkdir(parents=True)
-        shutil.copy(RAW, Path(root) / "test" / "good" / RAW.name)
+    with raw_in_folder("test", "good") as root:
         data_transform, gt_transform = get_data_transforms(image_size, image_size)
-        test_data = MVTecDataset_test(root=root, transform=data_transform, gt_transform=gt_transform)
+        test_data = MVTecDataset_test(root=str(root), transform=data_transform, gt_transform=gt_transform)
         loader = torch.utils.data.DataLoader(test_data, batch_size=1, shuffle=False)
         (img, _gt, _label, _, _), = list(loader)
     for module in (encoder, proj, bn, decoder):
@@ -145,11 +135,11 @@ def main() -> None:
         anomaly_map, _ = cal_anomaly_map(inputs, outputs, img.shape[-1], amap_mode="a")
         smoothed = gaussian_filter(anomaly_map, sigma=4)
     score = np.max(smoothed)
-    np.savez(GOLDEN, raw_sha256=hashlib.sha256(RAW.read_bytes()).hexdigest(),
+    np.savez(GOLDEN, raw_sha256=raw_sha256(),
              raw_map=anomaly_map[::STRIDE, ::STRIDE].astype(np.float32),
              smoothed_map=smoothed[::STRIDE, ::STRIDE].astype(np.float32), score=np.float64(score)[None],
              stride=STRIDE, size=image_size, map_shape=np.asarray(anomaly_map.shape),
-             raw_hw=np.asarray(Image.open(RAW).size[::-1]))
+             raw_hw=raw_hw())
     print(f"{GOLDEN}: {GOLDEN.stat().st_size} bytes; map {anomaly_map.shape} stored every {STRIDE} px; "
           f"score {score:.9g}; max raw {anomaly_map.max():.9g}")
 

@@ -3,12 +3,12 @@ by the reference's own code (cnulab/RealNet ab75012c1d58da9789f6a6137fbeb444e203
 paper preset's weights at 128 px (ours.py). Run once by hand; the test suite only reads the result.
 
 Set-up (outside threecad's venv; nothing is installed into it):
-    git archive of the reference at that commit extracted into $GOLDEN_SRC/RealNet
+    git archive of the reference at that commit extracted into SRC
     (its assets/anomaly_synthesis.jpg may be missing from a mirror: extract file by file)
-    .venv/bin/pip install --no-deps --target $GOLDEN_PKGS timm==0.5.4 easydict imgaug==0.4.0 shapely imageio six
+    .venv/bin/pip install --no-deps --target PKGS timm==0.5.4 easydict imgaug==0.4.0 shapely imageio six
     (the reference pins timm 0.5.4; its dataset module imports imgaug; the rest the venv has)
 Run from the repository root, one thread (several GB of memory: both networks at once):
-    OMP_NUM_THREADS=1 GOLDEN_SRC=... GOLDEN_PKGS=... .venv/bin/python tests/golden/realnet/make_golden.py
+    OMP_NUM_THREADS=1 .venv/bin/python tests/golden/realnet/make_golden.py --reference SRC --packages PKGS
 
 What runs is the reference's test path, as its evaluation_realnet.py sets it up: the config
 experiments/MVTec-AD/realnet.yaml through train_realnet's `update_config`, with input_size
@@ -20,50 +20,36 @@ score = `EvalImageMax.encode_pred` with the config's avgpool_size 16 x 16. Our t
 registration order with shapes asserted (backbone, each UNet, RRS) and AFS's indices by name.
 Patches: timm's `create_model` gets pretrained=False (there is nothing to download; every
 weight is then overwritten); the loader runs with 0 workers (one image); `Tensor.cuda` is the
-identity while `encode_pred` runs (it moves the map to the GPU to pool it); `np.sctypes`, which
-NumPy 2 removed and imgaug 0.4.0 reads at import, is put back (a name only).
+identity from `encode_pred` on (it moves the map to the GPU to pool it); the names NumPy 2
+removed and imgaug 0.4.0 reads at import are put back (names only).
 """
 from __future__ import annotations
 
 import copy
-import json
-import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
-import numpy as np
-import torch
+TESTS = Path(__file__).resolve().parents[2]
+sys.path[:0] = [str(TESTS.parent), str(TESTS)]
 
-ROOT = Path(__file__).resolve().parents[3]
-sys.path[:0] = [str(ROOT), str(Path(__file__).parent)]
-torch.set_num_threads(1)
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
-import ours  # noqa: E402
+from golden.common import (RAW, copy_in_order, cuda_as_identity, golden_path, meta_file, numpy_aliases,  # noqa: E402
+                           raw_in_folder, reference_setup, timm_without_downloads)
+from golden.realnet import ours  # noqa: E402
 
+GOLDEN = golden_path("realnet")
 BLOCKS = ("block1", "block2", "block3", "block4")
 LAYERS = ("layer1", "layer2", "layer3", "layer4")
 
 
 def reference_modules():
-    if not os.environ.get("GOLDEN_SRC") or not os.environ.get("GOLDEN_PKGS"):
-        sys.exit("set GOLDEN_SRC and GOLDEN_PKGS: see this script's docstring")
-    src = Path(os.environ["GOLDEN_SRC"]) / "RealNet"
-    pkgs = os.environ["GOLDEN_PKGS"]
-    if not (src / "train_realnet.py").is_file():
-        sys.exit(f"no reference checkout at {src}: see this script's docstring")
-    sys.path[:0] = [str(src), pkgs]
-    if "sctypes" not in np.__dict__:
-        np.sctypes = {"int": [np.int8, np.int16, np.int32, np.int64],
-                      "uint": [np.uint8, np.uint16, np.uint32, np.uint64],
-                      "float": [np.float16, np.float32, np.float64, np.longdouble],
-                      "complex": [np.complex64, np.complex128, np.clongdouble],
-                      "others": [bool, object, bytes, str, np.void]}
-    import timm
+    args = reference_setup(__doc__, "cnulab/RealNet's files at ab75012c",
+                           "pip --target folder with timm 0.5.4, easydict, imgaug, shapely, imageio, six")
+    numpy_aliases()
+    timm = timm_without_downloads()
     assert timm.__version__ == "0.5.4", timm.__version__
-    create_model = timm.create_model
-    timm.create_model = lambda *a, **k: create_model(*a, **{**k, "pretrained": False})
     import yaml
     from easydict import EasyDict
     from datasets import data_builder
@@ -71,18 +57,9 @@ def reference_modules():
     from train_realnet import update_config
     from utils.eval_helper import EvalImageMax
 
-    config = EasyDict(yaml.load(open(src / "experiments/MVTec-AD/realnet.yaml"), Loader=yaml.FullLoader))
+    config = EasyDict(yaml.load(open(args.reference / "experiments/MVTec-AD/realnet.yaml"), Loader=yaml.FullLoader))
     config = update_config(config, EasyDict(class_name="part"))
     return config, data_builder, ModelHelper, EvalImageMax
-
-
-def copy_by_order(src: torch.nn.Module, dst: torch.nn.Module) -> int:
-    s, d = list(src.state_dict().items()), list(dst.state_dict().items())
-    assert len(s) == len(d), (len(s), len(d))
-    for (ks, vs), (kd, vd) in zip(s, d):
-        assert vs.shape == vd.shape, (ks, kd, vs.shape, vd.shape)
-    dst.load_state_dict({kd: vs.clone() for (_, vs), (kd, _) in zip(s, d)})
-    return len(s)
 
 
 def main() -> None:
@@ -91,36 +68,27 @@ def main() -> None:
 
     ref = ModelHelper(config.net)
     ref.cpu()
-    n = copy_by_order(method.backbone, ref.backbone.feature_extractor)
+    n = copy_in_order(method.backbone, ref.backbone.feature_extractor)
     for i, (block, layer) in enumerate(zip(BLOCKS, LAYERS)):
         ref.afs.indexes[f"{block}_{layer}"].data.copy_(method.net.afs.indexes[i].data)
-        n += 1 + copy_by_order(method.net.recon[f"{block}_recon"], getattr(ref.recon, f"{block}_recon"))
-    n += copy_by_order(method.net.rrs, ref.rrs)
+        n += 1 + copy_in_order(method.net.recon[f"{block}_recon"], getattr(ref.recon, f"{block}_recon"))
+    n += copy_in_order(method.net.rrs, ref.rrs)
     ref.eval()
     del method
 
-    folder = Path(tempfile.mkdtemp())
-    try:
-        shutil.copy(ours.RAW, folder / "part.png")
-        (folder / "test.json").write_text(json.dumps({"filename": "part.png", "label": 0, "clsname": "part"}) + "\n")
+    with raw_in_folder() as folder:
         dataset = copy.deepcopy(config.dataset)
         dataset.image_reader.kwargs.image_dir = str(folder)
-        dataset.test.meta_file = str(folder / "test.json")
+        dataset.test.meta_file = str(meta_file(folder / "test.json", RAW.name, "part"))
         dataset.input_size = [ours.IMAGE_SIZE, ours.IMAGE_SIZE]
         dataset.workers = 0
         batch = next(iter(data_builder.build(dataset, training=False, distributed=False)))
-    finally:
-        shutil.rmtree(folder)
     with torch.no_grad():
         outputs = ref(batch, train=False)
     preds = outputs["anomaly_score"].numpy()[:, 0]  # N x H x W, as evaluation_realnet's validate
     image_metric = next(m for m in config.evaluator.metrics.auc if m.name == "image")
-    cuda = torch.Tensor.cuda
-    torch.Tensor.cuda = lambda self, *a, **k: self  # encode_pred pools on the GPU; here on the CPU
-    try:
-        score = EvalImageMax.encode_pred(preds, **image_metric.kwargs)
-    finally:
-        torch.Tensor.cuda = cuda
+    cuda_as_identity()  # encode_pred pools on the GPU; here on the CPU
+    score = EvalImageMax.encode_pred(preds, **image_metric.kwargs)
 
     mean = torch.tensor(config.dataset.pixel_mean).view(1, 3, 1, 1)
     std = torch.tensor(config.dataset.pixel_std).view(1, 3, 1, 1)
@@ -128,8 +96,8 @@ def main() -> None:
     out = {"score": np.float32(score[0]), "map": preds[0].astype(np.float32), "pixels": pixels,
            "size": np.int64(ours.IMAGE_SIZE), "pool": np.int64(image_metric.kwargs.avgpool_size[0]),
            "tensors_copied": np.int64(n)}
-    np.savez(ours.GOLDEN, **out)
-    print(f"{ours.GOLDEN}: {ours.GOLDEN.stat().st_size} bytes; score {float(score[0]):.6g}; "
+    np.savez(GOLDEN, **out)
+    print(f"{GOLDEN}: {GOLDEN.stat().st_size} bytes; score {float(score[0]):.6g}; "
           f"map range {preds.min():.4g}..{preds.max():.4g}; {n} tensors copied")
 
 

@@ -22,22 +22,18 @@ random-init backbone (`weights=none`), then made non-trivial where the preset's 
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from baselines.realnet import RealNet
+from golden.common import randomise_statistics
 from threecad.method import build_config
 
 # The smallest size both codes accept: each UNet halves its input twice and layer4 has stride
 # 32, so the side must be a multiple of 128.
 IMAGE_SIZE = 128
 SEED = 26
-RAW = Path(__file__).resolve().parents[1] / "raw" / "part.png"
-GOLDEN = Path(__file__).with_name("golden.npz")
 
 
 def _calibrate_batchnorm(backbone: torch.nn.Module, g: torch.Generator, batches: int = 2) -> None:
@@ -70,8 +66,7 @@ def _randomize(net: torch.nn.Module, g: torch.Generator) -> None:
                 elif isinstance(module, (torch.nn.GroupNorm, torch.nn.BatchNorm2d)) and name == "weight":
                     p.copy_(torch.rand(p.shape, generator=g) + 0.5)
             if isinstance(module, torch.nn.BatchNorm2d):
-                module.running_mean.copy_(torch.randn(module.running_mean.shape, generator=g) * 0.1)
-                module.running_var.copy_(torch.rand(module.running_var.shape, generator=g) + 0.5)
+                randomise_statistics(module, g)
 
 
 def _fix_rrs_ranking(rrs: torch.nn.Module, g: torch.Generator, spacing: float = 1e4) -> None:
@@ -96,9 +91,3 @@ def build() -> RealNet:
     method.net.eval()
     return method
 
-
-def read(method: RealNet) -> torch.Tensor:
-    """The raw PNG through our declared preprocess -> (1, 3, S, S) in [0, 1], as the dataset reads it."""
-    with Image.open(RAW) as im:
-        pixels = method.preprocess().image(im.convert("RGB"))
-    return torch.from_numpy(np.ascontiguousarray(pixels)).float().div_(255.0)[None]

@@ -3,11 +3,11 @@ by the reference's own code (DonaldRR/SimpleNet 351a2b8d4e8cfc944dbccbf9bc6ceda9
 our paper preset's weights (ours.py). Run once by hand; the test suite only reads the result.
 
 Set-up (outside threecad's venv; nothing is installed into it):
-    git archive of the reference at that commit extracted into $GOLDEN_SRC/SimpleNet
+    git archive of the reference at that commit extracted into SRC
     (the reference imports only torch, torchvision, scipy, sklearn, scikit-image, pandas,
     matplotlib, cv2, tqdm and psutil, which the venv has)
 Run from the repository root, one thread:
-    OMP_NUM_THREADS=1 GOLDEN_SRC=... .venv/bin/python tests/golden/simplenet/make_golden.py
+    OMP_NUM_THREADS=1 .venv/bin/python tests/golden/simplenet/make_golden.py --reference SRC
 
 What runs is the reference's path from file to score, as its main.py sets it up for run.sh:
 `datasets.mvtec.MVTecDataset` (PIL, `Resize(329)`, `CenterCrop(288)`, ImageNet normalisation)
@@ -22,49 +22,33 @@ that `common.RescaleSegmentor` hands to `scipy.ndimage.gaussian_filter`, recorde
 """
 from __future__ import annotations
 
-import os
-import shutil
 import sys
-import tempfile
 import types
 from pathlib import Path
 
-import numpy as np
-import torch
-import torchvision
+TESTS = Path(__file__).resolve().parents[2]
+sys.path[:0] = [str(TESTS.parent), str(TESTS)]
 
-ROOT = Path(__file__).resolve().parents[3]
-sys.path[:0] = [str(ROOT), str(Path(__file__).parent)]
-torch.set_num_threads(1)
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torchvision  # noqa: E402
 
-import ours  # noqa: E402
+from golden.common import copy_in_order, golden_path, raw_in_folder, reference_setup  # noqa: E402
+from golden.simplenet import ours  # noqa: E402
 
+GOLDEN = golden_path("simplenet")
 SIZE, RESIZE = 288, 329  # run.sh's --imagesize and --resize
 
 
 def reference_modules():
-    if not os.environ.get("GOLDEN_SRC"):
-        sys.exit("set GOLDEN_SRC: see this script's docstring")
-    src = Path(os.environ["GOLDEN_SRC"]) / "SimpleNet"
-    if not (src / "simplenet.py").is_file():
-        sys.exit(f"no reference checkout at {src}: see this script's docstring")
+    reference_setup(__doc__, "DonaldRR/SimpleNet's files at 351a2b8d")
     tb = types.ModuleType("torch.utils.tensorboard")
     tb.SummaryWriter = lambda *a, **k: None
     sys.modules["torch.utils.tensorboard"] = tb
-    sys.path.insert(0, str(src))
     import common
     import simplenet
     from datasets import mvtec
     return common, simplenet, mvtec
-
-
-def copy_by_order(src: torch.nn.Module, dst: torch.nn.Module) -> int:
-    s, d = list(src.state_dict().items()), list(dst.state_dict().items())
-    assert len(s) == len(d), (len(s), len(d))
-    for (ks, vs), (kd, vd) in zip(s, d):
-        assert vs.shape == vd.shape, (ks, kd, vs.shape, vd.shape)
-    dst.load_state_dict({kd: vs.clone() for (_, vs), (kd, _) in zip(s, d)})
-    return len(s)
 
 
 def main() -> None:
@@ -75,7 +59,7 @@ def main() -> None:
     backbone = torchvision.models.wide_resnet50_2(weights=None)  # the reference's pretrained=True, offline
     used = torch.nn.ModuleList([torch.nn.Sequential(backbone.conv1, backbone.bn1), backbone.layer1, backbone.layer2,
                                 backbone.layer3])  # our stages, in their order (layer4 and fc are not used)
-    n = copy_by_order(pristine.stages, used)
+    n = copy_in_order(pristine.stages, used)
     backbone.name, backbone.seed = "wideresnet50", None
     assert backbone.training
     ref = ref_simplenet.SimpleNet("cpu")
@@ -84,8 +68,8 @@ def main() -> None:
              patchsize=3, embedding_size=256, meta_epochs=40, aed_meta_epochs=1, gan_epochs=4, noise_std=0.015,
              dsc_layers=2, dsc_hidden=1024, dsc_margin=0.5, dsc_lr=0.0002, auto_noise=0, train_backbone=False,
              cos_lr=False, pre_proj=1, proj_layer_type=0, mix_noise=1)
-    n += copy_by_order(method.net["adaptor"], ref.pre_projection)
-    n += copy_by_order(method.net["discriminator"], ref.discriminator)
+    n += copy_in_order(method.net["adaptor"], ref.pre_projection)
+    n += copy_in_order(method.net["discriminator"], ref.discriminator)
     # the two warm-ups (the reference's probe in load, ours at construction) leave equal statistics
     warm = max((a.double() - b.double()).abs().max().item() for a, b in zip(
         method.extractor.stages.state_dict().values(), used.state_dict().values()))
@@ -98,16 +82,13 @@ def main() -> None:
         return gaussian(x, *a, **k)
 
     common.ndimage.gaussian_filter = record
-    folder = Path(tempfile.mkdtemp())
     try:
-        (folder / "part" / "test" / "good").mkdir(parents=True)
-        shutil.copy(ours.RAW, folder / "part" / "test" / "good" / "part.png")
-        data = mvtec.MVTecDataset(str(folder), "part", resize=RESIZE, imagesize=SIZE,
-                                  split=mvtec.DatasetSplit.TEST)
-        image = data[0]["image"][None]
-        scores, masks, _ = ref._predict(image)
+        with raw_in_folder("part", "test", "good") as folder:
+            data = mvtec.MVTecDataset(str(folder), "part", resize=RESIZE, imagesize=SIZE,
+                                      split=mvtec.DatasetSplit.TEST)
+            image = data[0]["image"][None]
+            scores, masks, _ = ref._predict(image)
     finally:
-        shutil.rmtree(folder)
         common.ndimage.gaussian_filter = gaussian
 
     mean = torch.tensor(mvtec.IMAGENET_MEAN).view(1, 3, 1, 1)
@@ -118,8 +99,8 @@ def main() -> None:
            "raw_map": raw_maps[0].astype(np.float32)[::s, ::s], "pixels": pixels[:, ::4, ::4],
            "size": np.int64(SIZE), "resize": np.int64(RESIZE), "stride": np.int64(s),
            "tensors_copied": np.int64(n), "warmup_max_abs_diff": np.float64(warm)}
-    np.savez(ours.GOLDEN, **out)
-    print(f"{ours.GOLDEN}: {ours.GOLDEN.stat().st_size} bytes; score {float(scores[0]):.6g}; "
+    np.savez(GOLDEN, **out)
+    print(f"{GOLDEN}: {GOLDEN.stat().st_size} bytes; score {float(scores[0]):.6g}; "
           f"map range {masks[0].min():.4g}..{masks[0].max():.4g}; {n} tensors copied; "
           f"warm-up statistics max |ours - reference| {warm:.3g}")
 

@@ -1,7 +1,7 @@
 """Writes golden.npz: UniAD's map and image score as the reference computes them, with our weights.
 
-Run once (never by the test suite), on CPU:
-  .venv/bin/python tests/golden/uniad/make_golden.py --reference SRC --packages PKGS
+Run once (never by the test suite), on CPU, from the project root:
+  OMP_NUM_THREADS=1 .venv/bin/python tests/golden/uniad/make_golden.py --reference SRC --packages PKGS
 SRC: zhiyuanyou/UniAD at a5b9d9d2 (`git archive` of the commit).
 PKGS: `pip install --no-deps --target PKGS easydict tabulate` (imported by the reference);
 never the project's environment.
@@ -17,21 +17,23 @@ order (lukemelas and torchvision register the same tensors in the same order; ev
 tensor kind checked), the transformer by a name map. The rest of the reference's B4 (blocks
 22..31, head, classifier) keeps its own random init: it runs, and no tap depends on it.
 Run-time patches: `pretrained` and `save_recon` off in the config (no download, no files);
-`.cuda()` on tensors is the identity (EvalImageMax calls it).
+`.cuda()` on tensors is the identity (the model and EvalImageMax call it).
 """
 from __future__ import annotations
 
-import argparse
-import hashlib
-import json
-import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[3]
-TESTS = ROOT / "tests"
+TESTS = Path(__file__).resolve().parents[2]
+sys.path[:0] = [str(TESTS.parent), str(TESTS)]
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from golden.common import (RAW, cuda_as_identity, golden_path, meta_file, raw_hw, raw_in_folder,  # noqa: E402
+                           raw_sha256, reference_setup)
+
+GOLDEN = golden_path("uniad")
 
 
 def ours_key(k: str) -> str:
@@ -57,65 +59,64 @@ def copy_backbone(reference, ours, last_block: int) -> None:
     reference.load_state_dict(state, strict=True)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--reference", required=True, help="the reference repository's files at a5b9d9d2")
-    parser.add_argument("--packages", required=True, help="pip --target folder with easydict and tabulate")
-    args = parser.parse_args()
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    sys.path[:0] = [str(ROOT), str(TESTS), args.packages, args.reference]
-
-    import numpy as np
-    import torch
-    import yaml
-    from easydict import EasyDict
-    from PIL import Image
-
-    torch.Tensor.cuda = lambda self, *a, **k: self
-    from datasets.data_builder import build
+def reference_model(config, ours, key) -> torch.nn.Module:
+    """The reference's `ModelHelper` from its config (its own init after seed 0, then every tensor of
+    `ours`: the B4 by `copy_backbone`, the reconstruction by the name map `key`), in eval mode on the
+    CPU. CRAD's script uses this and `validate` too (CRAD is a fork of UniAD): the modules imported
+    are those of the reference on the path."""
     from models.model_helper import ModelHelper
-    from utils.eval_helper import EvalDataMeta, EvalImageMax, dump, merge_together
-    from utils.misc_helper import update_config
-    from test_golden_uniad import GOLDEN, RAW, build_ours
 
-    torch.set_num_threads(1)
-    ours = build_ours()
-    config = EasyDict(yaml.load(open(Path(args.reference) / "experiments" / "MVTec-AD" / "config.yaml"),
-                                Loader=yaml.FullLoader))
-    config.net[0].kwargs.pretrained = False
-    config.net[2].kwargs.save_recon = False
-    config = update_config(config)
     torch.manual_seed(0)
     model = ModelHelper(config.net)
     model.device = torch.device("cpu")
     copy_backbone(model.backbone, ours.net.backbone, max(ours.config.blocks))
     state, own = model.reconstruction.state_dict(), ours.net.reconstruction.state_dict()
-    assert {ours_key(k) for k in state} == set(own)
-    model.reconstruction.load_state_dict({k: own[ours_key(k)].clone() for k in state}, strict=True)
+    assert {key(k) for k in state} == set(own)
+    model.reconstruction.load_state_dict({k: own[key(k)].clone() for k in state}, strict=True)
+    return model.eval()
 
-    with tempfile.TemporaryDirectory() as work:
-        image_dir, eval_dir = Path(work) / "images", Path(work) / "eval"
-        (image_dir / "part" / "test" / "good").mkdir(parents=True)
+
+def validate(model, config, clsname: str):
+    """tools/train_val.py's `validate` on the raw image, filed under class `clsname`: the test loader on
+    a one-line meta file, `dump` and `merge_together` through a folder, `EvalDataMeta`, and
+    `EvalImageMax.encode_pred` with the config's pool -> (model maps, EvalDataMeta, scores, pool)."""
+    from datasets.data_builder import build
+    from utils.eval_helper import EvalDataMeta, EvalImageMax, dump, merge_together
+
+    with raw_in_folder("images", clsname, "test", "good") as work:
+        eval_dir = work / "eval"
         eval_dir.mkdir()
-        shutil.copy(RAW, image_dir / "part" / "test" / "good" / RAW.name)
-        meta = Path(work) / "test.json"
-        meta.write_text(json.dumps({"filename": f"part/test/good/{RAW.name}", "label": 0, "clsname": "part"}) + "\n")
-        config.dataset.image_reader.kwargs.image_dir = str(image_dir)
-        config.dataset.test.meta_file = str(meta)
+        config.dataset.image_reader.kwargs.image_dir = str(work / "images")
+        config.dataset.test.meta_file = str(meta_file(work / "test.json", f"{clsname}/test/good/{RAW.name}", clsname))
         loader = build(config.dataset, training=False, distributed=False)
-        model.eval()
         with torch.no_grad():
             for batch in loader:
                 dump(str(eval_dir), model(batch))
         _fileinfos, preds, masks = merge_together(str(eval_dir))
     data_meta = EvalDataMeta(preds, masks)
     (avgpool,) = [m.kwargs.avgpool_size for m in config.evaluator.metrics.auc if m.name == "max"]
-    score = EvalImageMax.encode_pred(data_meta.preds, avgpool_size=avgpool)
+    return preds, data_meta, EvalImageMax.encode_pred(data_meta.preds, avgpool_size=avgpool), avgpool
+
+
+def main() -> None:
+    args = reference_setup(__doc__, "the reference repository's files at a5b9d9d2",
+                           "pip --target folder with easydict and tabulate")
+    cuda_as_identity()
+    import yaml
+    from easydict import EasyDict
+
+    from utils.misc_helper import update_config
+    from test_golden_uniad import build_ours
+
+    config = EasyDict(yaml.load(open(Path(args.reference) / "experiments" / "MVTec-AD" / "config.yaml"),
+                                Loader=yaml.FullLoader))
+    config.net[0].kwargs.pretrained = False
+    config.net[2].kwargs.save_recon = False
+    config = update_config(config)
+    _preds, data_meta, score, avgpool = validate(reference_model(config, build_ours(), ours_key), config, "part")
     anomaly_map = data_meta.preds[0]
-    np.savez(GOLDEN, raw_sha256=hashlib.sha256(RAW.read_bytes()).hexdigest(),
-             map=anomaly_map.astype(np.float32), score=score.astype(np.float64),
-             size=config.dataset.input_size[0], avgpool=np.asarray(avgpool),
-             raw_hw=np.asarray(Image.open(RAW).size[::-1]))
+    np.savez(GOLDEN, raw_sha256=raw_sha256(), map=anomaly_map.astype(np.float32), score=score.astype(np.float64),
+             size=config.dataset.input_size[0], avgpool=np.asarray(avgpool), raw_hw=raw_hw())
     print(f"{GOLDEN}: {GOLDEN.stat().st_size} bytes; map {anomaly_map.shape} {anomaly_map.dtype}; "
           f"score {score[0]:.9g}; pool {avgpool}")
 
