@@ -49,6 +49,7 @@ import torch
 
 from threecad.errors import ThreecadError
 from threecad.method import uses_amp
+from threecad.timm_weights import TIMM_WEIGHTS, local_timm_file
 from threecad.trained import short_lengths
 
 log = logging.getLogger("benchmarks.gpu_check")
@@ -114,6 +115,8 @@ def weights_overrides(config) -> tuple[dict[str, str], str]:
         return {}, "none needed"
     key = "backbone" if hasattr(config, "backbone") else "teacher" if hasattr(config, "teacher") else None
     backbone = getattr(config, key) if key else None
+    if str(config.weights) in TIMM_WEIGHTS:  # timm's retrained file (RealNet): from disk, else random
+        return ({}, str(config.weights)) if local_timm_file(config.weights) else ({"weights": "none"}, "random")
     if str(config.weights).lower() != "imagenet" or backbone is None or imagenet_on_disk(backbone):
         return {}, str(config.weights)
     if backbone in VANISHING_RANDOM and imagenet_on_disk(STAND_IN):

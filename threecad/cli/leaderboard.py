@@ -86,8 +86,11 @@ def show(protocol, metric, dataset, fmt, out, csv_file) -> None:
 @click.option("--replace", is_flag=True, help="Overwrite this run's rows if it was submitted before.")
 @click.option("--create", is_flag=True, help="Start a new table at --csv when it does not exist "
                                              "(without it, a missing table is an error, not a new file).")
+@click.option("--root", type=click.Path(path_type=Path), default=None,
+              help="The dataset the run was scored on: every metric is computed again from the run's stored "
+                   "predictions and this root's masks, and its test images must be the ones the run saw.")
 @csv_option
-def submit(run_dir, replace, create, csv_file) -> None:
+def submit(run_dir, replace, create, root, csv_file) -> None:
     """Add the rows of a finished run directory (`threecad bench --out RUN_DIR`) to the table.
 
     results.json is checked against the run's per-category records first: an unfinished run,
@@ -95,7 +98,7 @@ def submit(run_dir, replace, create, csv_file) -> None:
     become rows, per metric, in percent. A run already in the table is refused unless --replace.
     """
     path = resolve_csv(csv_file, must_exist=False)
-    result = submit_run(run_dir, path, replace=replace, create=create)
+    result = submit_run(run_dir, path, replace=replace, create=create, root=root)
     rows = result.added
     first = rows.iloc[0]
     verb = f"replaced {result.replaced} rows and added" if result.replaced else "added"

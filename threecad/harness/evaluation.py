@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -18,6 +19,7 @@ import torch.nn.functional as F
 
 from threecad.harness import devices
 from threecad.harness.fitting import loader
+from threecad.harness.predictions import PredictionWriter
 from threecad.harness.pictures import HardestImages
 from threecad.harness.prepare import BenchSpec
 from threecad.harness.rundir import MAIN_METRICS
@@ -39,18 +41,43 @@ class Evaluation:
     infer_images_per_s: float
     mode: str
     hardest: HardestImages
+    predictions: dict[str, Any] | None = None  # the record's `predictions` entry, when kept
 
 
-def evaluate(method: Method, post, config, test, device: torch.device, spec: BenchSpec, label: str) -> Evaluation:
-    """Predict the test set, streamed into the Evaluator (throughput timed after a warm-up batch)."""
+def evaluate(method: Method, post, config, test, device: torch.device, spec: BenchSpec, label: str,
+             keep: tuple[Path, str] | None = None) -> Evaluation:
+    """Predict the test set, streamed into the Evaluator (throughput timed after a warm-up batch).
+
+    With `keep` (run folder, category), the predictions the metrics are computed from are
+    written beside the run (threecad.harness.predictions)."""
     protocol, eval_size = spec.protocol, spec.eval_size
     pixels = len(test) * eval_size ** 2
     mode = spec.metrics_mode if spec.metrics_mode != "auto" else (
         "exact" if pixels <= EXACT_PIXEL_LIMIT else "streaming")
     evaluator = Evaluator(protocol=protocol, mode=mode)
     hardest = HardestImages(spec.pictures)
-    infer_s, infer_n = 0.0, 0
     test_loader = loader(test, config.batch_size, device, False, config.seed)
+    writer = PredictionWriter(keep[0], keep[1], test, eval_size) if keep is not None else None
+    try:
+        computed = _stream(method, post, test_loader, device, evaluator, hardest, protocol, eval_size, label, writer)
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
+    kept = writer.close() if writer is not None else None
+    # None: the data cannot define the metric (e.g. no defect pixel at all); `notes` says why
+    metrics = {k: None if computed[k] is None else float(computed[k]) for k in MAIN_METRICS if k in computed}
+    infer_s, infer_n = computed.pop("_infer")
+    return Evaluation(metrics=metrics, notes=str(computed.get("notes") or ""),
+                      breakdowns={k: v for k, v in computed.items() if k not in MAIN_METRICS and k != "notes"},
+                      infer_images_per_s=infer_n / infer_s if infer_s > 0 else float("nan"), mode=mode,
+                      hardest=hardest, predictions=kept)
+
+
+def _stream(method, post, test_loader, device, evaluator, hardest, protocol, eval_size, label,
+            writer: PredictionWriter | None) -> dict[str, Any]:
+    """Every test batch: predicted, post-processed, kept (with `writer`) and fed to the Evaluator."""
+    infer_s, infer_n = 0.0, 0
     for i, batch in enumerate(progress(test_loader, desc=f"{label} test", unit="batch")):
         images = batch["image"]
         devices.synchronize(device)
@@ -67,14 +94,13 @@ def evaluate(method: Method, post, config, test, device: torch.device, spec: Ben
             infer_s += time.perf_counter() - t1
             infer_n += len(images)
         masks = batch["mask"][:, 0] > 0.5
+        if writer is not None:
+            writer.add(maps.numpy(), None if scores is None else scores.numpy(), batch["label"].tolist(),
+                       batch["defect_type"], batch["path"])
         evaluator.update(maps, masks, scores=scores, labels=batch["label"],
                          defect_types=list(batch["defect_type"]))
         hardest.update(images, maps, masks, ranking_scores(protocol, scores, maps), batch["label"],
                        list(batch["path"]))
     computed = evaluator.compute()
-    # None: the data cannot define the metric (e.g. no defect pixel at all); `notes` says why
-    metrics = {k: None if computed[k] is None else float(computed[k]) for k in MAIN_METRICS if k in computed}
-    return Evaluation(metrics=metrics, notes=str(computed.get("notes") or ""),
-                      breakdowns={k: v for k, v in computed.items() if k not in MAIN_METRICS and k != "notes"},
-                      infer_images_per_s=infer_n / infer_s if infer_s > 0 else float("nan"), mode=mode,
-                      hardest=hardest)
+    computed["_infer"] = (infer_s, infer_n)
+    return computed

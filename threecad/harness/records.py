@@ -41,6 +41,7 @@ def category_record(method: Method, post, cat: Category, ev: Evaluation, spec: B
         "n_train": n_train, "n_val": n_val, "n_test": n_test,
         "metrics_mode": ev.mode, "method_info": jsonable(method.info()),
         "preprocess": method.preprocess().as_dict(),
+        "predictions": ev.predictions,  # what the metrics were computed from (threecad.harness.predictions)
         "postprocess": recorded_postprocess(spec.protocol, post),
         "checkpoint": str(checkpoint.relative_to(run.path)),
         "picture": str(run.picture_file(cat.abbreviation).relative_to(run.path)) if spec.pictures > 0 else None,

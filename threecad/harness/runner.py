@@ -172,7 +172,8 @@ def _run_category(plan: Plan, data: CategoryData, spec: BenchSpec, run: RunDir,
             fit_s -= tracker.seconds
         if ddp is not None and not ddp.is_writer:
             return None
-        ev = evaluate(method, post, plan.config, test, device, spec, cat.abbreviation)
+        ev = evaluate(method, post, plan.config, test, device, spec, cat.abbreviation,
+                      keep=(run.path, cat.abbreviation))
     ckpt = run.checkpoint_file(cat.abbreviation)
     save_checked(method.state_dict(), ckpt)  # with its checksum: load it with integrity.load_checked
     record = category_record(method, post, cat, ev, spec, run, fit_s=fit_s,

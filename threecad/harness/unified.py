@@ -104,7 +104,8 @@ def evaluate_unified(plan: Plan, model: UnifiedModel, data: CategoryData, spec: 
     cat = data.category
     post = model.method.postprocess()
     with PeakMemory(plan.device) as mem:
-        ev = evaluate(model.method, post, plan.config, data.test, plan.device, spec, cat.abbreviation)
+        ev = evaluate(model.method, post, plan.config, data.test, plan.device, spec, cat.abbreviation,
+                      keep=(run.path, cat.abbreviation))
     fit_mem = model.facts.get("memory") or {}
     device_peaks = [v for v in (fit_mem.get("peak_device_mb"), mem.device_mb) if v is not None]
     memory = {"peak_host_rss_mb": max(mem.host_mb, fit_mem.get("peak_host_rss_mb") or 0.0),

@@ -22,7 +22,9 @@ import threecad
 from threecad.fsutil import atomic_path
 from threecad.leaderboard.names import is_known_method
 from threecad.leaderboard.paper import paper_rows
-from threecad.leaderboard.runs import rows_from_run
+from threecad.leaderboard.evidence import verify_run
+from threecad.leaderboard.runcheck import check_run
+from threecad.leaderboard.runs import load_results, rows_from_run
 from threecad.leaderboard.schema import COLUMNS, KEY, SUBMISSION, LeaderboardError, validate_table
 
 LOCK_TIMEOUT_S = 60.0
@@ -218,7 +220,7 @@ def _canonical_methods(rows: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
 
 
 def submit_run(run_dir: str | Path, csv_path: str | Path, replace: bool = False,
-               create: bool = False) -> SubmitResult:
+               create: bool = False, root: str | Path | None = None) -> SubmitResult:
     """Append the rows of one run directory to the table, under the lock, atomically.
 
     The table must exist unless `create` (a misspelt path must not start a new table), and
@@ -226,6 +228,8 @@ def submit_run(run_dir: str | Path, csv_path: str | Path, replace: bool = False,
     touched. A run that is already in the table (same key) is refused unless `replace`,
     which first removes every row of that same submission (method, variant, source,
     reference, protocol, dataset), so a re-run does not leave stale categories behind.
+    With `root`, every metric is first computed again from the run's stored predictions and
+    ROOT's masks (threecad.leaderboard.evidence); any difference refuses the run.
     """
     csv_path = Path(csv_path)
     if not create and not csv_path.is_file():
@@ -233,6 +237,9 @@ def submit_run(run_dir: str | Path, csv_path: str | Path, replace: bool = False,
                                "or pass --create to start a new table there.")
     check_writable(csv_path)
     run = rows_from_run(run_dir)  # a malformed or unfinished run fails here, before the table is touched
+    if root is not None:  # every metric computed again from the run's predictions and ROOT's masks
+        _, results_path, data = load_results(run_dir)
+        verify_run(run_dir, data, check_run(Path(run_dir), results_path, data).records, root)
     with locked(csv_path):
         created = not csv_path.exists()
         table = empty_table() if created else read_table(csv_path)

@@ -1,0 +1,104 @@
+"""A run keeps what it was scored on, and `submit --root` computes every number again from it.
+
+A real bench run (PaDiM, the fastest real method) keeps its predictions; the metrics
+computed again from them and the root's masks equal the recorded ones exactly. Consistent
+tampering, caught only by recomputing: a metric edited in both the record and the summary,
+a synthetic root listed as 3CAD, a test image swapped on the root, a mask edited, and
+predictions edited. Each is refused before the table is touched.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from conftest import make_tiny_dataset
+from threecad.cli import main
+from threecad.leaderboard.runs import load_results
+from threecad.leaderboard.runcheck import check_run
+from threecad.leaderboard.evidence import verify_run
+from threecad.leaderboard.schema import LeaderboardError
+
+
+@pytest.fixture(scope="module")
+def scored(tmp_path_factory):
+    base = tmp_path_factory.mktemp("evidence")
+    root = make_tiny_dataset(base / "data")
+    run = base / "run"
+    result = CliRunner().invoke(main, ["bench", "--method", "padim", "--root", str(root), "--preset", "cpu",
+                                       "--set", "image_size=64", "--device", "cpu", "--eval-size", "64",
+                                       "--pictures", "0", "--out", str(run)], env={"THREECAD_CACHE": str(base / "c")})
+    assert result.exit_code == 0, result.output
+    return root, run
+
+
+def copies(scored, tmp_path):
+    root, run = scored
+    shutil.copytree(root, tmp_path / "data")
+    shutil.copytree(run, tmp_path / "run")
+    return tmp_path / "data", tmp_path / "run"
+
+
+def verify(run, root):
+    _, path, data = load_results(run)
+    verify_run(run, data, check_run(run, path, data).records, root)
+
+
+def edit_json(path, change):
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+
+
+def test_an_honest_run_is_computed_again_to_the_same_numbers(scored, tmp_path):
+    root, run = scored
+    record = json.loads((run / "categories" / "ACC.json").read_text())
+    entry = record["predictions"]
+    assert entry["images"] == 9 and (run / entry["maps"]).is_file() and (run / entry["index"]).is_file()
+    verify(run, root)
+    table = tmp_path / "board.csv"
+    result = CliRunner().invoke(main, ["leaderboard", "submit", str(run), "--root", str(root), "--csv",
+                                       str(table), "--create"])
+    assert result.exit_code == 0, result.output
+
+
+def test_a_metric_edited_consistently_is_refused(scored, tmp_path):
+    root, run = copies(scored, tmp_path)
+    edit_json(run / "categories" / "ACC.json", lambda d: d["metrics"].update(p_auroc=0.999))
+    edit_json(run / "results.json", lambda d: d["categories"]["ACC"]["metrics"].update(p_auroc=0.999))
+    with pytest.raises(LeaderboardError, match="p_auroc"):
+        verify(run, root)
+
+
+def test_a_synthetic_root_is_never_3cad(scored, tmp_path):
+    root, run = copies(scored, tmp_path)
+    (root / "synthetic.json").write_text("{}")
+    edit_json(run / "results.json", lambda d: d["dataset"].update(name="3cad"))
+    with pytest.raises(LeaderboardError, match="synthetic"):
+        verify(run, root)
+
+
+def test_a_changed_test_image_or_mask_is_refused(scored, tmp_path):
+    root, run = copies(scored, tmp_path)
+    image = sorted((root / "Aluminum_Camera_Cover" / "test" / "good").glob("*.png"))[0]
+    image.write_bytes(image.read_bytes() + b"\0")
+    with pytest.raises(LeaderboardError, match="not the file the run saw"):
+        verify(run, root)
+    root, run = copies(scored, tmp_path / "again")
+    mask = sorted((root / "Aluminum_Camera_Cover" / "ground_truth").rglob("*.png"))[0]
+    mask.write_bytes(mask.read_bytes() + b"\0")
+    with pytest.raises(LeaderboardError, match="not the file the run saw"):
+        verify(run, root)
+
+
+def test_edited_predictions_are_refused(scored, tmp_path):
+    root, run = copies(scored, tmp_path)
+    maps = run / "predictions" / "ACC.maps.npy"
+    values = np.load(maps)
+    values[:] = values[::-1]  # the maps of other images
+    np.save(maps, values)
+    with pytest.raises(LeaderboardError, match="computed from its stored predictions"):
+        verify(run, root)
