@@ -133,7 +133,7 @@ class TrainedMethod(Method):
     @classmethod
     def validates(cls) -> bool:
         """Whether the method defines a validation loss (so `select=val` can choose an epoch)."""
-        return cls.validation_loss is not TrainedMethod.validation_loss
+        return cls.validation_loss is not None
 
     # ------------------------------------------------------------------ hooks
     @abc.abstractmethod
@@ -144,9 +144,9 @@ class TrainedMethod(Method):
     def step(self, batch: dict) -> dict[str, torch.Tensor]:
         """The losses of one training batch (already on the device); `loss` is what steps."""
 
-    def validation_loss(self, batch: dict) -> tuple[torch.Tensor | float, int]:
-        """(mean loss of a validation batch, its weight): averaged over the split by the base."""
-        raise NotImplementedError
+    # `validation_loss(batch) -> (mean loss of a validation batch, its weight)`, averaged over the
+    # split by the base; a method without one leaves it None and runs select=last only
+    validation_loss: Callable[[dict], tuple[torch.Tensor | float, int]] | None = None
 
     def start_validation(self) -> None:
         """Before each pass over the validation split (re-seed its random draws here)."""

@@ -105,12 +105,18 @@ def draem_masks(n: int, size: int, generator: torch.Generator, device: torch.dev
     return (rotate_zero_fill(noise.unsqueeze(1), turn) > threshold).float()
 
 
-def rotate_zero_fill(x: torch.Tensor, angle: torch.Tensor) -> torch.Tensor:
-    """Rotate each (N,C,H,W) image about its centre by its angle (radians), bilinear, zeros outside."""
+def rotate(x: torch.Tensor, angle: torch.Tensor, padding: str = "zeros") -> torch.Tensor:
+    """Rotate each (N,C,H,W) image about its centre by its angle (radians), bilinear; outside the
+    image `padding` ("zeros", or "reflection")."""
     n = x.shape[0]
     c, s = angle.cos(), angle.sin()
     theta = torch.zeros(n, 2, 3)
     theta[:, 0, 0], theta[:, 0, 1], theta[:, 1, 0], theta[:, 1, 1] = c, -s, s, c
     grid = F.affine_grid(theta.to(x.device, x.dtype), list(x.shape), align_corners=False)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode=padding, align_corners=False)
+
+
+def rotate_zero_fill(x: torch.Tensor, angle: torch.Tensor) -> torch.Tensor:
+    """Rotate each (N,C,H,W) image about its centre by its angle (radians), zeros outside."""
+    return rotate(x, angle, "zeros")
 

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from threecad.anomaly_synthesis.draem_ops import BRIGHTNESS_SPACES, DRAEM_AUGMENTATIONS, draem_augmentation
-from threecad.anomaly_synthesis.perlin import draem_masks, perlin_noise, rotate_zero_fill
+from threecad.anomaly_synthesis.perlin import draem_masks, perlin_noise, rotate, rotate_zero_fill
 from threecad.anomaly_synthesis.textures import TextureSource
 from threecad.errors import ThreecadError
 
@@ -85,7 +85,7 @@ class AnomalySynthesizer(TextureSource):
         lo = x.flatten(2).amin(2)[..., None, None]
         hi = x.flatten(2).amax(2)[..., None, None]
         x = apply(7, (x - lo) / (hi - lo).clamp_min(1e-3))
-        x = apply(8, _rotate(x, self._rand(n, low=-math.pi / 4, high=math.pi / 4)))
+        x = apply(8, rotate(x, self._rand(n, low=-math.pi / 4, high=math.pi / 4), "reflection"))
         return x
 
     def _draem_parameters(self, name: str) -> dict:
@@ -201,14 +201,3 @@ def _hue_rotation(angle: torch.Tensor) -> torch.Tensor:
     m[:, 2, 1] = k * (1 - c) + r * s
     m[:, 2, 2] = c + k * (1 - c)
     return m
-
-
-def _rotate(x: torch.Tensor, angle: torch.Tensor) -> torch.Tensor:
-    """Rotate each image by its angle (radians) with reflected borders."""
-    n = x.shape[0]
-    c, s = angle.cos(), angle.sin()
-    theta = torch.zeros(n, 2, 3)
-    theta[:, 0, 0], theta[:, 0, 1], theta[:, 1, 0], theta[:, 1, 1] = c, -s, s, c
-    grid = F.affine_grid(theta.to(x.device, x.dtype), list(x.shape), align_corners=False)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
-
