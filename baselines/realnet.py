@@ -76,6 +76,7 @@ from torch import nn
 from threecad.anomaly_synthesis import SynthesisConfig, draem_masks
 from threecad.errors import ThreecadError
 from threecad.postprocess import PostProcess
+from threecad.preprocess import opencv
 from threecad.timm_weights import TIMM_WEIGHTS, backbone_weights
 from threecad.trained import TrainedConfig, TrainedMethod, TrainingSetup, epochs_for, length, seeded_weights
 
@@ -312,8 +313,7 @@ def scan_anomaly_images(folder: str) -> list[Path]:
 
 def read_sdas_image(path: Path, size: int) -> torch.Tensor:
     """(3,size,size) RGB in [0,1], read and resized as the reference's `_sdas_source` (OpenCV)."""
-    import cv2
-
+    cv2 = opencv()
     image = cv2.imread(str(path))
     if image is None:
         raise ThreecadError(f"config anomaly_images: cannot read {path} as an image")

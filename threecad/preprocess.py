@@ -53,7 +53,7 @@ class Preprocess:
             raise ThreecadError(f"preprocess resize_to={self.resize_to}: the shorter side must be resized to at "
                                 f"least the crop size {self.size}")
         if self.library == "cv2":
-            _cv2()  # a missing OpenCV is said before any image is read
+            opencv()  # a missing OpenCV is said before any image is read
 
     def key(self) -> str:
         """What the cache keys on beyond the size ('' for the default pipeline, so that caches
@@ -91,7 +91,7 @@ class Preprocess:
         if self.library == "pil":
             resized = np.asarray(rgb.resize((width, height), Image.Resampling.BILINEAR))
         else:
-            cv2 = _cv2()
+            cv2 = opencv()
             resized = cv2.resize(np.asarray(rgb), (width, height), interpolation=cv2.INTER_LINEAR)
         top, left = self._crop_box(height, width)
         out = resized[top:top + self.size, left:left + self.size]
@@ -113,7 +113,8 @@ class Preprocess:
         return np.asarray(im)[None]
 
 
-def _cv2():
+def opencv():
+    """The cv2 module, or one line saying how to install it (the references that read with OpenCV)."""
     try:
         import cv2
     except ImportError:

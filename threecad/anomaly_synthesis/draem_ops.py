@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-from threecad.preprocess import _cv2
+from threecad.preprocess import opencv
 
 DRAEM_AUGMENTATIONS = ("gamma", "brightness", "sharpness", "hue_saturation", "solarize",
                        "posterize", "invert", "autocontrast", "equalize", "rotate")
@@ -30,7 +30,7 @@ def draem_augmentation(name: str, image: np.ndarray, **params) -> np.ndarray:
         tables = [np.clip(ramp ** np.float32(g) * 255, 0, 255).astype(np.uint8) for g in params["gammas"]]
         return np.stack([table[image[..., c]] for c, table in enumerate(tables)], axis=-1)
     if name == "brightness":  # multiply and add (lookup tables) on one colour space's brightness channel
-        cv2 = _cv2()
+        cv2 = opencv()
         forward, back, channel = _brightness_space(params["space"])
         converted = cv2.cvtColor(image, forward)
         levels = np.arange(256)
@@ -42,7 +42,7 @@ def draem_augmentation(name: str, image: np.ndarray, **params) -> np.ndarray:
     if name == "sharpness":
         return np.array(ImageEnhance.Sharpness(Image.fromarray(image)).enhance(float(np.float32(params["factor"]))))
     if name == "hue_saturation":  # OpenCV's HSV: hue 0..179, the shift scaled from 0..255 as imgaug does
-        cv2 = _cv2()
+        cv2 = opencv()
         hsv = cv2.cvtColor(image, cv2.COLOR_RGB2HSV).astype(np.int16)
         hue = int((np.array([params["hue"]], dtype=np.float32) / 255.0 * 180.0)[0])
         hsv[..., 0] = (hsv[..., 0] + hue) % 180
@@ -61,7 +61,7 @@ def draem_augmentation(name: str, image: np.ndarray, **params) -> np.ndarray:
     if name == "equalize":
         return _equalize(image)
     if name == "rotate":  # about the centre, bilinear, black corners
-        cv2 = _cv2()
+        cv2 = opencv()
         height, width = image.shape[:2]
         return cv2.warpAffine(image, _imgaug_rotation(params["degrees"], height, width)[:2], (width, height),
                               flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
@@ -70,7 +70,7 @@ def draem_augmentation(name: str, image: np.ndarray, **params) -> np.ndarray:
 
 def _brightness_space(space: str) -> tuple[int, int, int]:
     """(conversion from RGB, conversion back, brightness channel) of one of `BRIGHTNESS_SPACES`."""
-    cv2 = _cv2()
+    cv2 = opencv()
     return {"YCrCb": (cv2.COLOR_RGB2YCrCb, cv2.COLOR_YCrCb2RGB, 0), "HSV": (cv2.COLOR_RGB2HSV, cv2.COLOR_HSV2RGB, 2),
             "HLS": (cv2.COLOR_RGB2HLS, cv2.COLOR_HLS2RGB, 1), "Lab": (cv2.COLOR_RGB2Lab, cv2.COLOR_Lab2RGB, 0),
             "Luv": (cv2.COLOR_RGB2Luv, cv2.COLOR_Luv2RGB, 0), "YUV": (cv2.COLOR_RGB2YUV, cv2.COLOR_YUV2RGB, 0)}[space]

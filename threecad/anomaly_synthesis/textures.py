@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from threecad.anomaly_synthesis.perlin import perlin_noise
 from threecad.errors import ThreecadError
-from threecad.preprocess import _cv2
+from threecad.preprocess import opencv
 
 log = logging.getLogger("threecad.anomaly_synthesis")  # the name its log lines carried before the split
 WARNED_NO_DTD: set[str] = set()  # methods already warned that DTD is absent (once per process)
@@ -118,7 +118,7 @@ class TextureSource:
         out = []
         for k in self._texture_picks(n, keys):
             if self.draw == "draem":
-                cv2 = _cv2()
+                cv2 = opencv()
                 img = cv2.imread(str(self._dtd[k]), cv2.IMREAD_COLOR)
                 if img is None:
                     raise ThreecadError(f"cannot read the DTD image {self._dtd[k]}; re-download DTD "
