@@ -102,3 +102,15 @@ def test_edited_predictions_are_refused(scored, tmp_path):
     np.save(maps, values)
     with pytest.raises(LeaderboardError, match="computed from its stored predictions"):
         verify(run, root)
+
+
+def test_audit_reruns_the_checkpoints_and_catches_a_relabelled_method(scored, tmp_path):
+    root, run = copies(scored, tmp_path)
+    result = CliRunner().invoke(main, ["leaderboard", "audit", str(run), "--root", str(root), "--rerun"])
+    assert result.exit_code == 0, result.output
+    assert "ACC: the checkpoint predicts the recorded metrics again" in result.output
+    # a PaDiM run relabelled PatchCore, consistently in run.json and results.json: its checkpoint cannot load
+    for name in ("run.json", "results.json"):
+        edit_json(run / name, lambda d: d.update(method="patchcore"))
+    result = CliRunner().invoke(main, ["leaderboard", "audit", str(run), "--root", str(root), "--rerun"])
+    assert result.exit_code != 0 and "is not a patchcore model" in result.output, result.output

@@ -117,6 +117,26 @@ def submit(run_dir, replace, create, root, csv_file) -> None:
         click.echo(f"note: {PROTOCOL_CAVEATS[first['protocol']]}")
 
 
+@command.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--root", type=click.Path(path_type=Path), default=None,
+              help="The dataset the run was scored on (default: the root the run recorded).")
+@click.option("--rerun", is_flag=True, help="Also load each checkpoint into the recorded method and config and "
+                                            "predict the test set again: every metric must come out as recorded.")
+@click.option("--tolerance", type=float, default=0.0, show_default=True,
+              help="Largest metric difference --rerun accepts (0: exact, for the machine and threads that ran it).")
+def audit(run_dir, root, rerun, tolerance) -> None:
+    """Check that a run is what it says: summary against records, every metric computed again from
+    the stored predictions and the root's masks, and with --rerun from the checkpoints.
+
+    Example: threecad leaderboard audit runs/cfrg --rerun
+    """
+    from threecad.leaderboard.audit import audit_run
+
+    audit_run(run_dir, root, rerun=rerun, tolerance=tolerance, echo=click.echo)
+    click.echo(f"ok: {run_dir} holds what it says")
+
+
 @command.command(name="render-readme")
 @click.option("--readme", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="README to update. Default: README.md beside the table.")
