@@ -160,3 +160,24 @@ def test_cli_bad_input_writes_nothing(wide_root, args, message):
     assert message in res.stderr and res.stderr.count("\n") == 1
     assert "Traceback" not in res.output
     assert not (wide_root / "split.csv").exists()
+
+
+def test_bench_uses_a_manifest_written_anywhere(wide_root, tmp_path):
+    """`split --out FILE` then `bench --split FILE`: its val images are the run's, recorded in run.json."""
+    import json
+
+    runner = CliRunner()
+    manifest = tmp_path / "elsewhere" / "m.csv"
+    assert runner.invoke(main, ["split", "--root", str(wide_root), "--val-fraction", "0.2",
+                                "--out", str(manifest)]).exit_code == 0
+    out = tmp_path / "run"
+    args = ["bench", "--method", "padim", "--root", str(wide_root), "--category", "ACC", "--preset", "cpu",
+            "--set", "image_size=32", "--device", "cpu", "--eval-size", "32", "--pictures", "0"]
+    res = runner.invoke(main, [*args, "--split", str(manifest), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    record = json.loads((out / "categories" / "ACC.json").read_text())
+    assert (record["n_train"], record["n_val"]) == (16, 4)
+    split = json.loads((out / "run.json").read_text())["dataset"]["split"]
+    assert split["path"] == str(manifest.resolve()) and split["val_images"] == 4
+    missing = runner.invoke(main, [*args, "--split", str(tmp_path / "absent.csv"), "--out", str(tmp_path / "r2")])
+    assert missing.exit_code != 0 and "--split" in missing.output and not (tmp_path / "r2").exists()

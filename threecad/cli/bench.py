@@ -52,8 +52,11 @@ from threecad.cli.common import category_option, resolve_root, root_option
               help="Also evaluate the test split every N epochs while training, for the record only (never "
                    "for selection): the curve beside the loss curve and `best_on_test`, marked not valid. "
                    "Shows what the references' selection on the test set is worth.")
+@click.option("--split", "split_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Split manifest (`threecad split --out FILE`): its val images select epochs (select=val) and "
+                   "only its train images train. Default: ROOT/split.csv when there is one.")
 def command(method, root, categories, preset, sets, device, protocol, out, setting, resume, eval_size, metrics_mode,
-            pictures, allow_layout_problems, logger, ddp, track_test_every):
+            pictures, allow_layout_problems, logger, ddp, track_test_every, split_file):
     """Fit and evaluate METHOD on each category; write a run directory and print the table.
 
     Under `torchrun --nproc-per-node N -m threecad bench ...` the ranks share the work.
@@ -65,7 +68,7 @@ def command(method, root, categories, preset, sets, device, protocol, out, setti
                      overrides=parse_set_options(sets), device=device, protocol=protocol, out=out,
                      resume=resume, eval_size=eval_size, metrics_mode=metrics_mode, pictures=pictures,
                      allow_layout_problems=allow_layout_problems, setting=setting, logger=logger,
-                     track_test_every=track_test_every)
+                     track_test_every=track_test_every, split=split_file)
     launch = distributed.detect()
     if "," in method or launch is not None or ddp:
         _study(spec, method, ddp, launch)

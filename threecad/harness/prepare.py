@@ -62,6 +62,7 @@ class BenchSpec:
     ddp: bool = False  # each category fitted across the ranks of a torchrun job (threecad.harness.study)
     logger: str | None = None  # also log to "tensorboard" or "mlflow" (threecad.harness.loggers)
     track_test_every: int = 0  # > 0: evaluate the test split every N epochs, for the record only (harness.tracking)
+    split: Path | None = None  # a split manifest (`threecad split --out FILE`); None: <root>/split.csv if any
     study: Path | None = None  # the study folder this run belongs to (its trackers' root and tag)
 
 
@@ -146,7 +147,7 @@ def prepare(spec: BenchSpec) -> Plan:
     if problems:
         log.warning("%s under %s (first: %s); running anyway (--allow-layout-problems)",
                     plural(len(problems), "layout error"), root, problems[0])
-    manifest, split = _split_manifest(root, scan, categories)
+    manifest, split = _split_manifest(root, scan, categories, spec.split)
 
     dataset = {"name": dataset_name(root, scan.dataset), "root": str(root.resolve()),
                "fingerprint": fingerprint(scan.table, root), "split": None,
@@ -283,11 +284,19 @@ def _layout_problems(scan, categories: list[Category]) -> list:
     return out
 
 
-def _split_manifest(root: Path, scan, categories: list[Category]) -> tuple[Any, dict[str, Any] | None]:
-    """The `split.csv` every bench on this root uses (checked), and its record for results.json."""
+def _split_manifest(root: Path, scan, categories: list[Category],
+                    given: Path | None = None) -> tuple[Any, dict[str, Any] | None]:
+    """The split manifest of this run (checked): `--split FILE`, else the root's `split.csv` if
+    any; and its record for results.json."""
     from threecad.splits import find_manifest, read_manifest
 
-    path = find_manifest(root)
+    if given is not None:
+        path = Path(given).expanduser()
+        if not path.is_file():
+            raise ThreecadError(f"--split {path}: no such file (write one with `threecad split --root {root} "
+                                f"--out {path}`)")
+    else:
+        path = find_manifest(root)
     if path is None:
         return None, None
     manifest = read_manifest(path, scan.table)
