@@ -148,6 +148,16 @@ def read_manifest(root: str | os.PathLike) -> Manifest | None:
     return Manifest(files=files, source=data.get("source") or {}, created=data.get("created", ""))
 
 
+def size_mismatch(root: str | os.PathLike, manifest: Manifest) -> str | None:
+    """The first file of `manifest` missing under `root` or of another size, said in words; None
+    when every size matches (a quick completeness check, no hashing)."""
+    for rel, entry in manifest.files.items():
+        f = Path(root) / rel
+        if not f.is_file() or f.stat().st_size != entry.size:
+            return f"{rel} is missing or has the wrong size"
+    return None
+
+
 def write_manifest(root: str | os.PathLike, manifest: Manifest) -> Path:
     """Write atomically: a reader sees the old manifest or the new one, never half of one."""
     path = manifest_path(root)

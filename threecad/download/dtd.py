@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from threecad.errors import DatasetError
-from threecad.manifest import read_manifest
+from threecad.manifest import read_manifest, size_mismatch
 
 log = logging.getLogger(__name__)
 
@@ -163,9 +163,7 @@ def root_state(root: Path) -> tuple[str, str]:
         if not (folder / "labels" / name).is_file():
             return "incomplete", f"labels/{name} is missing"
     manifest = read_manifest(root)
-    if manifest is not None:
-        for rel, entry in manifest.files.items():
-            f = root / rel
-            if not f.is_file() or f.stat().st_size != entry.size:
-                return "incomplete", f"{rel} is missing or has the wrong size"
+    problem = size_mismatch(root, manifest) if manifest is not None else None
+    if problem:
+        return "incomplete", problem
     return "complete", f"{n} images" + (", manifest sizes match" if manifest else "")

@@ -18,7 +18,7 @@ from threecad.download.request import DownloadRequest, DownloadResult, validate
 from threecad.download.unpack import convert_parquet, holds_layout, parquet_files, unpack
 from threecad.errors import DatasetError, ThreecadError
 from threecad.layout import scan_root
-from threecad.manifest import MANIFEST_NAME, build_manifest, read_manifest, write_manifest
+from threecad.manifest import MANIFEST_NAME, build_manifest, read_manifest, size_mismatch, write_manifest
 from threecad.verify import verify
 
 log = logging.getLogger("threecad.download")  # one logger name for the whole command
@@ -48,11 +48,9 @@ def _root_state(root: Path, dataset: str = "3cad") -> tuple[str, str]:
     if errors:
         return "incomplete", f"{len(errors)} layout error(s), first: {errors[0]}"
     manifest = read_manifest(root)
-    if manifest is not None:
-        for rel, entry in manifest.files.items():
-            f = root / rel
-            if not f.is_file() or f.stat().st_size != entry.size:
-                return "incomplete", f"{rel} is missing or has the wrong size"
+    problem = size_mismatch(root, manifest) if manifest is not None else None
+    if problem:
+        return "incomplete", problem
     return "complete", f"{len(scan.table)} images" + (", manifest sizes match" if manifest else "")
 
 
