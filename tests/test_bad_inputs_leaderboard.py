@@ -181,6 +181,15 @@ def read_only_show_out(env):
     return env.show("--format", "html", "--out", str(out)), [str(out), "read-only"]
 
 
+def run_already_in_the_table(env):
+    from click.testing import CliRunner
+
+    from threecad.cli import main
+
+    assert CliRunner().invoke(main, env.submit()).exit_code == 0  # the first submit goes in
+    return env.submit(), ["already in", "--replace"]  # the second is refused, and leaves no lock file
+
+
 def init_over_a_table(env):
     return ["leaderboard", "init", "--csv", str(env.table)], [str(env.table), "--force"]
 
@@ -212,6 +221,7 @@ CASES = [
     Case("unknown --format", unknown_format),
     Case("read-only show --out", read_only_show_out),
     Case("init over an existing table", init_over_a_table),
+    Case("refused submit leaves no lock file", run_already_in_the_table),
 ]
 
 
@@ -219,8 +229,6 @@ CASES = [
 def env(tmp_path: Path):
     table = tmp_path / "board" / "results.csv"
     init_table(table)
-    for leftover in table.parent.glob(".*.lock"):  # init's lock file is not part of what is watched
-        leftover.unlink()
     env = Env(tmp_path, table, write_run(tmp_path / "run", run_results()))
     yield env
     for path in (table.parent, table, env.run / "results.json"):  # let pytest clean up
@@ -245,3 +253,53 @@ def test_the_intact_run_is_accepted(env):
     result = CliRunner().invoke(main, env.submit())
     assert result.exit_code == 0, result.output
     assert "added 21 rows" in result.output
+
+
+def test_no_lock_file_is_left_behind(env):
+    """Neither init nor a submit leaves the table's lock file beside it."""
+    from click.testing import CliRunner
+
+    from threecad.cli import main
+
+    assert CliRunner().invoke(main, env.submit()).exit_code == 0
+    assert sorted(p.name for p in env.table.parent.iterdir()) == ["results.csv"]
+
+
+def test_submit_through_a_link_writes_the_linked_table(env):
+    """`--csv LINK` (a shared table linked into a home folder) adds the rows to the table the link
+    points to; the link stays a link (an atomic rename onto it would have replaced it by a copy)."""
+    from click.testing import CliRunner
+
+    from threecad.cli import main
+
+    link = env.tmp / "mine.csv"
+    link.symlink_to(env.table)
+    result = CliRunner().invoke(main, ["leaderboard", "submit", str(env.run), "--csv", str(link)])
+    assert result.exit_code == 0, result.output
+    assert link.is_symlink() and link.resolve() == env.table.resolve()
+    assert env.run.name in env.table.read_text() or "cfrg" in env.table.read_text().lower()
+    assert "added 21 rows" in result.output
+    assert not list(env.tmp.glob(".mine.csv*")) and not list(env.table.parent.glob(".*.lock"))
+
+
+def test_a_pipe_in_a_category_name_is_escaped_in_markdown(tmp_path):
+    """A custom dataset's category named `a|b` keeps the Markdown table's columns."""
+    from click.testing import CliRunner
+
+    from threecad.cli import main
+    from threecad.leaderboard.schema import COLUMNS
+    from threecad.leaderboard.store import table_text, write_table
+    import pandas as pd
+
+    row = dict.fromkeys(COLUMNS, "")
+    row.update(method="PatchCore", variant="cpu", source="run", reference="r1", protocol="standard",
+               dataset="custom", metric="i_auroc", value="90.0")
+    rows = [dict(row, category=c) for c in ("a|b", "Mean")]
+    table = tmp_path / "t.csv"
+    write_table(table, pd.DataFrame(rows, columns=list(COLUMNS)))
+    assert "a|b" in table_text(pd.read_csv(table, dtype=str, keep_default_na=False))
+    result = CliRunner().invoke(main, ["leaderboard", "show", "--csv", str(table), "--format", "md"])
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.output.splitlines() if line.startswith("|")]
+    assert "a\\|b" in lines[0]
+    assert len({line.replace("\\|", "").count("|") for line in lines}) == 1  # every line has the same cells

@@ -42,10 +42,15 @@ def _aligned(rows: list[list[str]], numeric_from: int, sep: str) -> list[str]:
     return lines
 
 
+def _escape_pipes(cell: str) -> str:
+    """A `|` in a name (a custom category, a variant) would end a Markdown cell."""
+    return cell.replace("|", "\\|")
+
+
 def markdown_table(wide: WideTable, heading_level: int = 3) -> str:
     """One table as GitHub Markdown: a heading, the caveat of its protocol, best values in bold."""
-    header = list(HEADERS) + wide.columns
-    body = [[c.replace("|", "\\|") for c in r] for r in _cells(wide, lambda t: f"**{t}**")]
+    header = [_escape_pipes(c) for c in list(HEADERS) + wide.columns]
+    body = [[_escape_pipes(c) for c in r] for r in _cells(wide, lambda t: f"**{t}**")]
     rows = [header] + body
     widths = [max(3, *(len(r[i]) for r in rows)) for i in range(len(header))]
     n_text = len(HEADERS)

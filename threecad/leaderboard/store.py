@@ -11,6 +11,7 @@ import csv
 import io
 import os
 import stat
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -92,7 +93,7 @@ def check_writable(path: str | Path) -> None:
     permission for us, or no write bit at all, which root would otherwise override) is
     checked here, and so is the folder that the rename and the lock file need.
     """
-    path = Path(path)
+    path = through_links(path)
     if path.is_dir():
         raise LeaderboardError(f"{path} is a folder, not a file.")
     if path.exists():
@@ -112,9 +113,59 @@ def check_writable(path: str | Path) -> None:
 
 @contextlib.contextmanager
 def locked(csv_path: Path) -> Iterator[None]:
-    """Hold the lock that serialises writers of one CSV (a hidden file beside it)."""
+    """Hold the lock that serialises writers of one CSV (a hidden file beside the real file, links followed).
+
+    The lock file is removed on release, so neither a refused nor a finished change leaves it
+    behind. Removing it is safe because a waiter that wins the lock checks that the file it
+    holds is still the one at the path, and tries again otherwise.
+    """
+    csv_path = through_links(csv_path)
     csv_path.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(csv_path.parent / f".{csv_path.name}.lock"), timeout=LOCK_TIMEOUT_S)
+    lock_path = csv_path.parent / f".{csv_path.name}.lock"
+    try:
+        import fcntl
+    except ImportError:  # no flock (Windows): filelock's lock, whose file stays
+        with _filelock(lock_path, csv_path):
+            yield
+        return
+    fd = _acquire(lock_path, csv_path, fcntl)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(lock_path)
+        os.close(fd)  # closing drops the flock
+
+
+def _acquire(lock_path: Path, csv_path: Path, fcntl) -> int:
+    deadline = time.monotonic() + LOCK_TIMEOUT_S
+    while True:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise LeaderboardError(f"another process has held the lock on {csv_path} for over "
+                                               f"{LOCK_TIMEOUT_S:.0f} s; try again.") from None
+                    time.sleep(0.05)
+            try:
+                current = os.stat(lock_path).st_ino
+            except FileNotFoundError:
+                current = None
+            if current == os.fstat(fd).st_ino:
+                return fd
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)  # the holder before us removed the file we waited on: lock the new one
+
+
+@contextlib.contextmanager
+def _filelock(lock_path: Path, csv_path: Path) -> Iterator[None]:
+    lock = FileLock(str(lock_path), timeout=LOCK_TIMEOUT_S)
     try:
         lock.acquire()
     except Timeout:
@@ -124,6 +175,13 @@ def locked(csv_path: Path) -> Iterator[None]:
         yield
     finally:
         lock.release()
+
+
+def through_links(path: str | Path) -> Path:
+    """The file a write must replace: a symbolic link's target (the table a shared link points
+    to gets the row; an atomic rename onto the link would replace the link with a copy)."""
+    path = Path(path)
+    return Path(os.path.realpath(path)) if path.is_symlink() else path
 
 
 def empty_table() -> pd.DataFrame:
@@ -166,7 +224,7 @@ def write_text_keeping_mode(path: str | Path, text: str) -> None:
     The temporary file of an atomic write is private (0600); renamed as is, it would make a
     shared table unreadable to the other users of a machine.
     """
-    path = Path(path)
+    path = through_links(path)
     check_writable(path)
     if path.exists():
         mode = path.stat().st_mode & 0o7777
