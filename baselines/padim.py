@@ -52,6 +52,16 @@ class PaDiMConfig(MethodConfig):
     epsilon: float = 0.01  # covariance regulariser (times identity)
     sigma: float = 4.0  # Gaussian smoothing of the map, in input pixels (harness); 0 = none
 
+    def validate(self) -> None:
+        # a covariance regulariser <= 0 leaves a singular covariance to Cholesky, after the run has started
+        if not isinstance(self.epsilon, (int, float)) or self.epsilon <= 0:
+            raise ThreecadError(f"config epsilon={self.epsilon}: must be a number > 0 (the paper: 0.01)")
+        if not isinstance(self.sigma, (int, float)) or self.sigma < 0:
+            raise ThreecadError(f"config sigma={self.sigma}: must be >= 0 (0: no smoothing)")
+        if not isinstance(self.n_features, int) or self.n_features < 0:
+            raise ThreecadError(f"config n_features={self.n_features}: must be a whole number >= 0 "
+                                "(0: the paper's number for the backbone)")
+
 
 class PaDiM(Method):
     name = "padim"

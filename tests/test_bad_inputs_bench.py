@@ -71,6 +71,8 @@ SETTINGS = {
     "--set without =": (["--set", "image_size"], "meandist", ["image_size"]),
     "unknown protocol": (["--protocol", "mvtec-2019"], "meandist", ["--protocol"]),
     "unknown category": (["--category", "Coper_Stator"], "meandist", ["Coper_Stator", "Copper_Stator"]),
+    "negative PaDiM epsilon": (["--set", "epsilon=-5"], "padim", ["epsilon=-5"]),
+    "PaDiM stride its backbone lacks": (["--set", "strides=3"], "padim", ["padim", "stride"]),
 }
 
 
@@ -81,6 +83,14 @@ def test_bad_setting(case, root, tmp_path):
     # extra comes last: of a repeated option (--eval-size, --pictures) click takes the last value
     assert_refused(bench(root, out, *extra, method=method), names=names, watch=[root, out])
     assert not out.exists()
+
+
+@pytest.mark.parametrize("case", [c for c, (extra, _, _) in SETTINGS.items() if extra[:1] == ["--set"]])
+def test_model_card_refuses_what_bench_refuses(case, tmp_path):
+    """`threecad methods NAME --set ...` validates exactly what bench validates, in the same words."""
+    extra, method, names = SETTINGS[case]
+    preset = ["--preset", "cpu"] if method != "meandist" else []
+    assert_refused(["methods", method, *preset, *extra], names=names, watch=[tmp_path])
 
 
 def test_weights_file_that_is_text(root, tmp_path):
@@ -116,6 +126,16 @@ def test_mask_of_another_size(root, tmp_path):
     Image.fromarray(np.zeros((32, 32), np.uint8)).save(mask)
     out = tmp_path / "run"
     assert_refused(bench(root, out), names=["mask_size", str(mask)], watch=[root, out])
+
+
+def test_allow_layout_problems_with_a_missing_mask_is_refused_at_once(root, tmp_path):
+    """A missing mask cannot be run past: refused before anything runs, never "running anyway" first."""
+    (root / "Copper_Stator" / "ground_truth" / "bump" / "000.png").unlink()
+    out = tmp_path / "run"
+    result = assert_refused(bench(root, out, "--allow-layout-problems"),
+                            names=["missing_mask", "even with --allow-layout-problems"], watch=[root, out])
+    assert "running anyway" not in result.output + result.stderr
+    assert not out.exists()
 
 
 def test_layout_error_in_another_category_does_not_block(root, tmp_path):
@@ -177,6 +197,29 @@ def test_run_dir_in_use(root, finished):
         lock.release()
     result = CliRunner().invoke(main, bench(root, finished, "--resume"))  # free again: a no-op resume
     assert result.exit_code == 0, result.output
+
+
+def test_out_is_a_study_folder(root, tmp_path):
+    """One method's run written into a study's folder would break the study's --resume."""
+    study = tmp_path / "study"
+    result = CliRunner().invoke(main, bench(root, study, "--category", "ACC", method="meandist,padim"))
+    assert result.exit_code == 0, result.output
+    assert_refused(bench(root, study, "--category", "ACC", method="padim"), names=["study.json", str(study)],
+                   watch=[root, study])
+
+
+def test_resume_with_fewer_categories_keeps_the_others(root, finished):
+    """`--resume --category CS` on a finished ACC+CS run keeps ACC in results.json (its record stays)."""
+    before = json.loads((finished / "results.json").read_text())["categories"]
+    assert sorted(before) == ["ACC", "CS"]
+    (finished / "categories" / "CS.json").unlink()  # CS to run again
+    result = CliRunner().invoke(main, bench(root, finished, "--resume", "--category", "CS"))
+    assert result.exit_code == 0, result.output
+    after = json.loads((finished / "results.json").read_text())
+    assert list(after["categories"]) == ["ACC", "CS"]
+    assert after["categories"]["ACC"] == before["ACC"]
+    both = [after["categories"][c]["metrics"]["i_auroc"] for c in ("ACC", "CS")]
+    assert after["mean"]["i_auroc"] == pytest.approx(sum(both) / 2)  # the mean is over both again
 
 
 def test_out_is_a_file(root, tmp_path):

@@ -67,6 +67,29 @@ class MethodConfig:
         """Method-specific checks; raise ThreecadError naming the field."""
 
 
+def build_refusal(method_cls: type["Method"], config: MethodConfig, exc: BaseException) -> ThreecadError:
+    """The one-line refusal for a method that cannot be built with `config` (bench and the model
+    card say the same): a weights file that torch cannot read is named as such."""
+    if isinstance(exc, ThreecadError):
+        return exc
+    first = (str(exc).strip().splitlines() or [""])[0]
+    weights = getattr(config, "weights", None)
+    if isinstance(weights, str) and _raised_by_torch_load(exc):
+        return ThreecadError(f"the weights file {weights} cannot be read as a PyTorch state dict "
+                             f"({type(exc).__name__}: {first}); pass a file saved with torch.save")
+    return ThreecadError(f"method '{method_cls.name}' cannot be built with this config: {type(exc).__name__}: {first}")
+
+
+def _raised_by_torch_load(exc: BaseException) -> bool:
+    tb = exc.__traceback__
+    while tb is not None:
+        name = tb.tb_frame.f_code.co_filename.replace("\\", "/")
+        if name.endswith(("torch/serialization.py", "torch/_weights_only_unpickler.py")):
+            return True
+        tb = tb.tb_next
+    return False
+
+
 def uses_amp(config: MethodConfig, device: torch.device) -> bool:
     """Whether a method runs under float16 autocast: asked for by its config, and on CUDA."""
     return config.precision == "amp" and device.type == "cuda"

@@ -18,7 +18,7 @@ import torch
 from threecad.backbones import describe_weights
 from threecad.choices import default_setting
 from threecad.errors import ThreecadError
-from threecad.method import Method, build_config, config_dict
+from threecad.method import Method, build_config, build_refusal, config_dict
 
 
 def count_parameters(module: torch.nn.Module) -> dict[str, int]:
@@ -42,8 +42,28 @@ def build_for_card(method_cls: type[Method], preset: str | None = None,
     from threecad.backbones import architecture_only
 
     config = build_config(method_cls, preset, overrides)
-    with architecture_only(), torch.device("meta"):
-        return method_cls(config, device="meta")
+    try:
+        with architecture_only(), torch.device("meta"):
+            method = method_cls(config, device="meta")
+    except Exception as exc:  # noqa: BLE001 - refused in the one line bench would print
+        refusal = build_refusal(method_cls, config, exc)
+        if refusal is exc:
+            raise
+        raise refusal from exc
+    _check_weights_files(method)
+    return method
+
+
+def _check_weights_files(method: Method) -> None:
+    """A weights file the config names must exist, as bench requires (the card loads none)."""
+    from threecad.backbones import random_weights
+
+    named = getattr(method.config, "weights", None)
+    for _, weights in method.pretrained():
+        if weights != named or random_weights(weights) or str(weights).lower() == "imagenet":
+            continue
+        if not Path(weights).expanduser().is_file():
+            raise ThreecadError(f"weights file {Path(weights).expanduser()} does not exist")
 
 
 def selection_rule(method: Method) -> str:

@@ -39,8 +39,9 @@ from threecad.cli.common import category_option, resolve_root, root_option
 @click.option("--pictures", type=int, default=6, show_default=True,
               help="Hardest good and defective images pictured per category (0: none).")
 @click.option("--allow-layout-problems", is_flag=True,
-              help="Run on a root with layout errors (missing or unreadable masks and images); "
-                   "warned, and their count recorded in results.json.")
+              help="Run on a root with layout errors that leave files out (masks without a test image, "
+                   "unreadable folders); warned, and their count recorded in results.json. A missing, unreadable "
+                   "or wrongly sized mask or image is refused even so: the run reads every one.")
 @click.option("--logger", type=click.Choice(["tensorboard", "mlflow"]), default=None,
               help="Also log each (method, category)'s config, per-epoch losses and metrics to TensorBoard "
                    "(OUT/tensorboard/) or MLflow (file store OUT/mlruns, or $MLFLOW_TRACKING_URI); "

@@ -24,7 +24,7 @@ from threecad.harness import devices
 from threecad.harness.loggers import check_logger
 from threecad.harness.rundir import RunDir, run_name
 from threecad.layout import SYNTHETIC_MARKER, fingerprint, layout_errors, scan_root
-from threecad.method import Method, MethodConfig, build_config, config_dict
+from threecad.method import Method, MethodConfig, build_config, build_refusal, config_dict
 from threecad.preprocess import Preprocess
 from threecad.registry import load_method
 from threecad.synth.writer import DATASET_NAME as SYNTHETIC_DATASET
@@ -34,6 +34,9 @@ log = logging.getLogger(__name__)
 METRICS_MODES = ("auto", "exact", "streaming")  # auto: exact up to a test-set size, then streaming
 MIN_EVAL_SIZE = 16
 # run.json and a --resume must agree on these (compared in config_dict's canonical form)
+# layout errors that --allow-layout-problems cannot run past: files the run must read
+FILES_THE_RUN_READS = frozenset({"missing_mask", "mask_size", "unreadable_mask", "unreadable_image"})
+STUDY_FILE = "study.json"  # what marks a study folder (threecad.harness.study)
 RESUME_KEYS = ("method", "preset", "config", "protocol", "eval_size", "dataset", "setting", "unified_categories",
                "ddp")
 # run.json files written before the unified setting existed say nothing: they ran per category;
@@ -97,6 +100,15 @@ class Plan:
     eval_size: int
     preprocess: Preprocess | None  # the method's input pipeline (None: nothing left to run)
     setting: str = PER_CATEGORY
+    # --resume with fewer categories: the records of the run's other categories, kept in its results
+    kept: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def in_order(self, records: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        """The run's records for results.json: this selection's and those kept, in the catalog's order
+        (a resumed unified run finishes them out of order)."""
+        merged = {**self.kept, **records}
+        order = [c.abbreviation for c in self.scan.categories]
+        return {abbr: merged[abbr] for abbr in order if abbr in merged}
 
     def datasets(self, cat: Category) -> CategoryData:
         """The category's datasets: those built by `prepare`, else built now (a unified refit
@@ -140,6 +152,13 @@ def prepare(spec: BenchSpec) -> Plan:
     order = {c: i for i, c in enumerate(scan.categories)}
     categories = sorted(resolve_categories(spec.categories, scan.categories), key=order.__getitem__)
     problems = _layout_problems(scan, categories)
+    unreadable = [p for p in problems if p.kind in FILES_THE_RUN_READS]
+    if unreadable:  # decided here, once: the run would stop at the first of these files
+        first = unreadable[0]
+        raise DatasetError(f"{plural(len(unreadable), 'layout error')} under {root} cannot be run past, even with "
+                           f"--allow-layout-problems (first: {first.kind}: {first.path}: {first.message}): "
+                           "every image and every defective image's mask is read; fix them (`threecad verify` "
+                           "lists them) or leave the category out (--category)")
     if problems and not spec.allow_layout_problems:
         raise DatasetError(f"{plural(len(problems), 'layout error')} under {root} would change the results "
                            f"(first: {problems[0].kind}: {problems[0].path}: {problems[0].message}); "
@@ -176,15 +195,22 @@ def prepare(spec: BenchSpec) -> Plan:
     out = Path(spec.out).expanduser() if spec.out else Path("runs") / run_name(f"{method_cls.name}-{preset}")
     if out.exists() and not out.is_dir():
         raise ThreecadError(f"--out {out} is a file, not a folder")
+    if (out / STUDY_FILE).is_file():  # a run written into it would break the study's --resume
+        raise ThreecadError(f"--out {out} holds a study ({STUDY_FILE}), not one method's run; pass the study's "
+                            "method list to resume it, or choose another --out")
     run = RunDir(out)
     previous = run.read_spec()
     check_resumable(previous, run_spec, spec.resume, out)
     done: dict[str, dict[str, Any]] = {}
+    kept: dict[str, dict[str, Any]] = {}
     if previous is not None:
         for cat in categories:
             record = run.read_category(cat.abbreviation)
             if record is not None and record.get("status") == "ok":
                 done[cat.abbreviation] = record
+        chosen = {c.abbreviation for c in categories}
+        kept = {c.abbreviation: record for c in scan.categories
+                if c.abbreviation not in chosen and (record := run.read_category(c.abbreviation)) is not None}
     # a finished run resumed builds nothing
     preprocess = check_method(method_cls, config) if len(done) < len(categories) else None
     # unified: a refit needs every category's training images, finished or not
@@ -195,7 +221,7 @@ def prepare(spec: BenchSpec) -> Plan:
     return Plan(method_cls=method_cls, config=config, preset=preset, device=device, root=root, scan=scan,
                 categories=categories, run_spec=run_spec, out=out, previous=previous, done=done,
                 data=data, manifest=manifest, split_note=split_note, eval_size=spec.eval_size,
-                preprocess=preprocess, setting=setting)
+                preprocess=preprocess, setting=setting, kept=kept)
 
 
 def check_tracking(every: int, method_cls: type[Method], setting: str) -> None:
@@ -216,28 +242,13 @@ def check_method(method_cls: type[Method], config: MethodConfig) -> Preprocess:
         method = method_cls(config, device="cpu", amp=False)
         method.postprocess()
         preprocess = method.preprocess()
-    except ThreecadError:
-        raise
     except Exception as exc:  # noqa: BLE001 - any construction failure is a bad setting, said in one line
-        first = (str(exc).strip().splitlines() or [""])[0]
-        weights = getattr(config, "weights", None)
-        if isinstance(weights, str) and _raised_by_torch_load(exc):
-            raise ThreecadError(f"the weights file {weights} cannot be read as a PyTorch state dict "
-                                f"({type(exc).__name__}: {first}); pass a file saved with torch.save") from exc
-        raise ThreecadError(f"method '{method_cls.name}' cannot be built with this config: "
-                            f"{type(exc).__name__}: {first}") from exc
+        refusal = build_refusal(method_cls, config, exc)
+        if refusal is exc:
+            raise
+        raise refusal from exc
     del method
     return preprocess
-
-
-def _raised_by_torch_load(exc: BaseException) -> bool:
-    tb = exc.__traceback__
-    while tb is not None:
-        name = tb.tb_frame.f_code.co_filename.replace("\\", "/")
-        if name.endswith(("torch/serialization.py", "torch/_weights_only_unpickler.py")):
-            return True
-        tb = tb.tb_next
-    return False
 
 
 def check_resumable(previous: dict[str, Any] | None, run_spec: dict[str, Any], resume: bool, out: Path) -> None:

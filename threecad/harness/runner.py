@@ -78,7 +78,7 @@ def _execute(plan: Plan, spec: BenchSpec, run: RunDir, echo) -> tuple[dict[str, 
     fitted = unified_model(plan, spec, run, echo) if unified and todo else None
     for cat in todo:
         records[cat.abbreviation] = run_pair(plan, spec, run, cat, echo, fitted)
-        run.write_results(run_spec, _ordered(plan, records), environment_facts())
+        run.write_results(run_spec, plan.in_order(records), environment_facts())
     return finish_run(plan, run, records, ran=bool(todo), echo=echo)
 
 
@@ -192,7 +192,7 @@ def finish_run(plan: Plan, run: RunDir, records: dict[str, dict[str, Any]], *, r
     """Write the run's aggregates (results.json/csv/md) with its finish time, unless a resumed,
     finished run changed nothing; returns (results, exit code: 1 when a category failed)."""
     run_spec = plan.run_spec
-    records = _ordered(plan, records)
+    records = plan.in_order(records)
     previous_results = run.read_results()
     if (not ran and previous_results is not None and previous_results.get("finished")
             and previous_results.get("categories") == records
@@ -203,11 +203,6 @@ def finish_run(plan: Plan, run: RunDir, records: dict[str, dict[str, Any]], *, r
         results = run.write_results(run_spec, records, {**environment_facts(), "finished": utc_now()})
     failed = [a for a, r in records.items() if r.get("status") != "ok"]
     return results, int(bool(failed))
-
-
-def _ordered(plan: Plan, records: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Records in the catalog's order (a resumed unified run finishes them out of order)."""
-    return {c.abbreviation: records[c.abbreviation] for c in plan.categories if c.abbreviation in records}
 
 
 def _pct(v: Any) -> str:

@@ -40,7 +40,7 @@ from threecad.errors import ThreecadError
 from threecad.fsutil import atomic_write_json, atomic_write_text
 from threecad.harness import distributed
 from threecad.harness.fitting import DDPFit
-from threecad.harness.prepare import BenchSpec, Plan, prepare
+from threecad.harness.prepare import STUDY_FILE, BenchSpec, Plan, prepare
 from threecad.harness.records import environment_facts
 from threecad.harness.rundir import RunDir, RunLock, make_run_dir, remove_empty_dirs, run_name, utc_now
 from threecad.harness.runner import finish_run, open_run, pending, run_pair
@@ -263,12 +263,12 @@ def _check_study_dir(out: Path, resume: bool) -> None:
     if spec.is_file():
         raise ThreecadError(f"--out {out} holds the run directory of one method, not a study; "
                             "choose another --out for a method list")
-    if (out / "study.json").is_file() and not resume:
+    if (out / STUDY_FILE).is_file() and not resume:
         raise ThreecadError(f"{out} already holds a study; pass --resume to finish it, or choose another --out")
 
 
 def _read_study(out: Path) -> dict[str, Any] | None:
-    f = out / "study.json"
+    f = out / STUDY_FILE
     if not f.is_file():
         return None
     try:
@@ -324,7 +324,7 @@ def _open(spec: StudySpec, out: Path, members: list[Member], locks: list[RunLock
             record = _study_record(spec, members)
             previous = _read_study(out)  # again, under the lock
             if previous is None:
-                atomic_write_json(out / "study.json", {**record, "started": utc_now()})
+                atomic_write_json(out / STUDY_FILE, {**record, "started": utc_now()})
             else:
                 _check_same_study(previous, record, out)
         work: list[list[str | None]] = []
@@ -388,7 +388,7 @@ def _run_item(spec: StudySpec, m: Member, abbr: str | None, say, group: distribu
         run_pair(plan, m.spec, m.run, cat, say, fitted, ddp=ddp, label=label(cat))
         if not group.distributed:  # one process: keep results.json current, as a single run does
             records = {c.abbreviation: r for c in plan.categories if (r := m.run.read_category(c.abbreviation))}
-            m.run.write_results(plan.run_spec, records, environment_facts())
+            m.run.write_results(plan.run_spec, plan.in_order(records), environment_facts())
 
 
 def _category(plan: Plan, abbr: str) -> Category:
