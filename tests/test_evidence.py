@@ -17,6 +17,7 @@ from click.testing import CliRunner
 
 from conftest import make_tiny_dataset
 from threecad.cli import main
+from threecad.harness.runmanifest import RunManifest
 from threecad.leaderboard.runs import load_results
 from threecad.leaderboard.runcheck import check_run
 from threecad.leaderboard.evidence import verify_run
@@ -110,7 +111,21 @@ def test_audit_reruns_the_checkpoints_and_catches_a_relabelled_method(scored, tm
     assert result.exit_code == 0, result.output
     assert "ACC: the checkpoint predicts the recorded metrics again" in result.output
     # a PaDiM run relabelled PatchCore, consistently in run.json and results.json: its checkpoint cannot load
+    # (the manifest rewritten too, as a careful forger would: only the checkpoint can tell)
     for name in ("run.json", "results.json"):
         edit_json(run / name, lambda d: d.update(method="patchcore"))
+    RunManifest(run).update([run / "run.json", run / "results.json"])
     result = CliRunner().invoke(main, ["leaderboard", "audit", str(run), "--root", str(root), "--rerun"])
     assert result.exit_code != 0 and "is not a patchcore model" in result.output, result.output
+
+
+def test_audit_names_a_file_the_run_did_not_write(scored, tmp_path):
+    """A file changed after the run (here a record's metric, in step with results.json) differs from
+    the manifest; audit names it before anything else."""
+    root, run = copies(scored, tmp_path)
+    for name, change in (("categories/ACC.json", lambda d: d["metrics"].update(i_auroc=0.5)),
+                         ("results.json", lambda d: d["categories"]["ACC"]["metrics"].update(i_auroc=0.5))):
+        edit_json(run / name, change)
+    result = CliRunner().invoke(main, ["leaderboard", "audit", str(run), "--root", str(root)])
+    assert result.exit_code != 0
+    assert "is not the file the run wrote (manifest.json)" in result.output + result.stderr

@@ -24,6 +24,7 @@ from click.testing import CliRunner
 from conftest import make_tiny_dataset
 from threecad.cli import main
 from threecad.harness import BenchSpec, run_benchmark
+from threecad.harness.runmanifest import MANIFEST_FILE, RunManifest
 from threecad.registry import available_methods
 from threecad.trained import short_lengths
 
@@ -71,6 +72,15 @@ def interrupt_after_first(whole: Path, run: Path) -> None:
         p.unlink()
 
 
+def assert_manifest_lists_every_file(run: Path) -> None:
+    """manifest.json lists every file the run wrote (not the lock files), each as it is now."""
+    listed = json.loads((run / MANIFEST_FILE).read_text())["files"]
+    on_disk = {p.relative_to(run).as_posix() for p in run.rglob("*")
+               if p.is_file() and not p.name.startswith(".") and p.name != MANIFEST_FILE}
+    assert set(listed) == on_disk
+    assert RunManifest(run).check_all() == []
+
+
 @pytest.mark.parametrize("name", sorted(METHODS))
 def test_resume_finishes_an_interrupted_run(name, root, tmp_path):
     cls = METHODS[name]
@@ -90,6 +100,7 @@ def test_resume_finishes_an_interrupted_run(name, root, tmp_path):
     assert resumed["categories"]["CS"]["metrics"] == reference["categories"]["CS"]["metrics"]
     assert resumed["categories"]["CS"]["n_train"] == reference["categories"]["CS"]["n_train"] == 6
     assert resumed["finished"] and resumed["run_id"] == reference["run_id"]
+    assert_manifest_lists_every_file(run)
 
     # resuming a finished run changes nothing and gives its results
     before = {p.name: stamp(p) for p in run.rglob("*.json")}
@@ -145,3 +156,19 @@ def test_killed_run_resumes(tmp_path, monkeypatch):
     assert again.exit_code == 0, again.output
     assert "| Metric | ACC | CS | Mean |" in again.output
     assert {str(p): stamp(p) for p in run.rglob("*") if p.is_file() and not p.name.startswith(".lock")} == before
+
+
+def test_a_hand_edited_record_is_run_again(root, tmp_path):
+    """A record edited after the run wrote it (in step with results.json) is not kept by --resume:
+    its files no longer match the manifest, so the category runs again and its true numbers return."""
+    run = tmp_path / "run"
+    honest = bench("padim", root, run, "ACC,CS")
+    for path in (run / "categories" / "ACC.json", run / "results.json"):
+        data = json.loads(path.read_text())
+        metrics = data["metrics"] if "metrics" in data else data["categories"]["ACC"]["metrics"]
+        metrics["i_auroc"] = 0.999
+        path.write_text(json.dumps(data))
+    resumed = bench("padim", root, run, "ACC,CS", resume=True)
+    assert resumed["categories"]["ACC"]["metrics"] == honest["categories"]["ACC"]["metrics"]
+    assert json.loads((run / "categories" / "ACC.json").read_text())["metrics"]["i_auroc"] != 0.999
+    assert_manifest_lists_every_file(run)

@@ -206,7 +206,14 @@ def prepare(spec: BenchSpec) -> Plan:
     if previous is not None:
         for cat in categories:
             record = run.read_category(cat.abbreviation)
-            if record is not None and record.get("status") == "ok":
+            if record is None or record.get("status") != "ok":
+                continue
+            changed = run.changed_files(cat.abbreviation, record)
+            if changed:  # edited or damaged since the run wrote it: its numbers are not the run's
+                log.warning("%s: %s not what the run wrote (manifest.json); %s runs again",
+                            cat.abbreviation, ", ".join(changed[:3]) + (" ..." if len(changed) > 3 else "")
+                            + (" are" if len(changed) > 1 else " is"), cat.abbreviation)
+            else:
                 done[cat.abbreviation] = record
         chosen = {c.abbreviation for c in categories}
         kept = {c.abbreviation: record for c in scan.categories

@@ -12,8 +12,12 @@ Layout of RUN_DIR:
                            --setting unified), and pictures/<ABBR>-losses.png their curve
   tensorboard/, mlruns/    --logger tensorboard | mlflow (a study's trackers sit in the study folder)
   work/<ABBR>/             the method's scratch (epoch checkpoints), removed on success
+  predictions/<ABBR>.*     the maps and scores each category's metrics were computed from
   results.json, results.csv, results.md   aggregates, rewritten after every category
+  manifest.json            every file above (but work/ and the trackers) with its xxh3 digest
+                           (threecad.harness.runmanifest); --resume and `leaderboard audit` check it
   .lock, .lock.owner       held by the running `threecad bench` (flock) and its pid
+  .manifest.lock           held while one process (a torchrun rank) updates manifest.json
 
 The lock is held for the whole run, so two commands never write one directory: without
 it, two runs into the same --out both "succeed" with their records mixed.
@@ -35,6 +39,7 @@ import pandas as pd
 from threecad.choices import PAPER, PER_CATEGORY, UNIFIED
 from threecad.errors import ThreecadError
 from threecad.fsutil import atomic_write_json, atomic_write_text
+from threecad.harness.runmanifest import RunManifest, category_files
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +54,7 @@ PAPER_CAVEAT = ("Protocol 3cad-paper computes PRO per defective image and ignore
 class RunDir:
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        self.manifest = RunManifest(self.path)
 
     # paths
     @property
@@ -110,6 +116,7 @@ class RunDir:
 
     def write_spec(self, spec: dict[str, Any]) -> None:
         atomic_write_json(self.spec_file, spec)
+        self.manifest.update([self.spec_file])
 
     def read_category(self, abbr: str) -> dict[str, Any] | None:
         """The category's record; None when absent, or damaged (then it is run again)."""
@@ -124,7 +131,15 @@ class RunDir:
         return record if isinstance(record, dict) else None
 
     def write_category(self, abbr: str, record: dict[str, Any]) -> None:
+        """The record, then the digests of it and of every file it names."""
         atomic_write_json(self.category_file(abbr), record)
+        self.manifest.update(category_files(self.path, abbr, record))
+
+    def changed_files(self, abbr: str, record: dict[str, Any]) -> list[str]:
+        """The category's files that differ from the manifest ([] for a run made before it kept one)."""
+        if self.manifest.read() is None:
+            return []
+        return self.manifest.differing(category_files(self.path, abbr, record))
 
     def write_failure(self, abbr: str, error: str, traceback_text: str) -> dict[str, Any]:
         atomic_write_text(self.failure_file(abbr), traceback_text)
@@ -148,6 +163,7 @@ class RunDir:
         atomic_write_json(self.path / "results.json", results)
         atomic_write_text(self.path / "results.csv", long_table(results).to_csv(index=False))
         atomic_write_text(self.path / "results.md", markdown(results))
+        self.manifest.update([self.path / name for name in ("results.json", "results.csv", "results.md")])
         return results
 
 

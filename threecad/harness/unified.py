@@ -23,7 +23,7 @@ from threecad.harness.memory import PeakMemory
 from threecad.harness.prepare import BenchSpec, CategoryData, Plan
 from threecad.harness.records import category_record, jsonable, write_losses
 from threecad.harness.rundir import RunDir
-from threecad.integrity import load_checked, save_checked
+from threecad.integrity import load_checked, save_checked, sum_path
 from threecad.method import Method
 from threecad.wording import plural
 
@@ -68,6 +68,8 @@ def unified_model(plan: Plan, spec: BenchSpec, run: RunDir, echo) -> UnifiedMode
                  **write_losses(method, run, "unified", spec)}
         save_checked(method.state_dict(), run.unified_checkpoint_file)  # first the model, then its facts
         atomic_write_json(run.unified_fit_file, facts)
+        run.manifest.update([run.unified_checkpoint_file, sum_path(run.unified_checkpoint_file), run.unified_fit_file]
+                            + [run.path / facts[k] for k in ("losses", "loss_curve") if facts.get(k)])
     except ThreecadError:
         raise
     except Exception as exc:  # noqa: BLE001 - recorded as every remaining category's failure

@@ -1,5 +1,6 @@
 """`threecad leaderboard audit RUN [--root ROOT] [--rerun]`: is this run what it says it is?
 
+Every file of the run must be the one its manifest lists (threecad.harness.runmanifest).
 Without `--rerun`, the run's summary is checked against its records, and every metric is
 computed again from the stored predictions and the dataset's masks (the same check as
 `submit --root`; ROOT defaults to the root the run recorded). With `--rerun`, each
@@ -16,6 +17,7 @@ import math
 from pathlib import Path
 from typing import Any, Callable
 
+from threecad.harness.runmanifest import MANIFEST_FILE, RunManifest, category_files
 from threecad.leaderboard.evidence import verify_run
 from threecad.leaderboard.runcheck import check_run
 from threecad.leaderboard.runs import load_results
@@ -26,13 +28,33 @@ def audit_run(run_dir: str | Path, root: str | Path | None = None, rerun: bool =
               echo: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
     """Raise a LeaderboardError at the first thing that does not hold; the recomputed metrics otherwise."""
     run_dir, path, data = load_results(run_dir)
+    _check_manifest(Path(run_dir), echo)
     records = check_run(Path(run_dir), path, data).records
+    unlisted = [rel for abbr, record in records.items()
+                for rel in RunManifest(run_dir).differing(category_files(Path(run_dir), abbr, record))]
+    if unlisted and RunManifest(run_dir).read() is not None:
+        raise LeaderboardError(f"{run_dir}: {unlisted[0]} is not in the run's manifest")
     root = Path(root) if root is not None else Path((data.get("dataset") or {}).get("root", ""))
     verify_run(run_dir, data, records, root)
     echo(f"{len(records)} categories: every metric computed again from the stored predictions and {root}'s masks")
     if not rerun:
         return {}
     return {abbr: _rerun(Path(run_dir), data, abbr, record, root, tolerance, echo) for abbr, record in records.items()}
+
+
+def _check_manifest(run_dir: Path, echo) -> None:
+    manifest = RunManifest(run_dir)
+    listed = manifest.read()
+    if listed is None:
+        echo(f"note: {run_dir} has no {MANIFEST_FILE} (made before runs kept one): its files are not checked")
+        return
+    if not listed:
+        raise LeaderboardError(f"{manifest.path} is damaged: the run's files cannot be checked")
+    differing = manifest.check_all()
+    if differing:
+        more = f" (and {len(differing) - 1} more)" if len(differing) > 1 else ""
+        raise LeaderboardError(f"{run_dir}: {differing[0]}{more} is not the file the run wrote ({MANIFEST_FILE})")
+    echo(f"{len(listed)} files are the ones the run wrote ({MANIFEST_FILE})")
 
 
 def _rerun(run_dir: Path, data: dict[str, Any], abbr: str, record: dict[str, Any], root: Path, tolerance: float,
