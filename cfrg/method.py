@@ -3,8 +3,8 @@
 Preset `paper` is the official release (WideResNet-50 teacher, EfficientNet-B0 student
 built as the release builds it (`efficientnet_b0_tf`: BatchNorm eps 1e-3 / momentum 0.01,
 TensorFlow "same" padding, PyTorch default init), batch 32, 50 epochs, Adam 5e-4 betas
-(0.5, 0.999), x0.2 at 80% and 90% of the epochs, 256x256 inputs, AMP), with synthetic
-anomalies drawn as the release's loader draws them: DTD texture `idx % len(DTD)` per
+(0.5, 0.999), x0.2 at 80% and 90% of the epochs, 256x256 inputs, AMP training and float32
+testing), with synthetic anomalies drawn as the release's loader draws them: DTD texture `idx % len(DTD)` per
 training image, no texture augmentation, Perlin masks rotated as images with zero corners,
 empty masks kept. DTD is read from `dtd_root`, else from `threecad download --dataset dtd`'s
 folder; without it the run warns, uses procedural textures and records
@@ -53,7 +53,7 @@ class CFRGConfig(SynthesisConfig, TrainedConfig):
     image_size: int = 256  # inputs resized to a square, as the release
     batch_size: int = 32
     seed: int = 42
-    precision: str = "amp"  # the release trains and tests under float16 autocast
+    precision: str = "amp"  # the release trains under float16 autocast (--amp); predict runs float32, as its test
     teacher: str = "wide_resnet50_2"  # frozen, tapped at strides 4/8/16
     weights: str = "imagenet"  # teacher weights: imagenet | none | PATH to a state dict
     student: str = "efficientnet_b0_tf"  # random init, tapped at strides 4/8/16; "_tf": built as the release
@@ -164,8 +164,7 @@ class CFRG(TrainedMethod):
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         use_student = self.config.map_source == "student"
-        with self.autocast():
-            out = self.net(images, need_student=use_student)
+        out = self.net(images, need_student=use_student)  # float32 whatever `precision`: the release tests so
         source = out.student if use_student else out.recovered
         size = images.shape[-1]
         maps = upsampled_sum([cosine_distance(t, f) for t, f in zip(out.teacher, source)], size)
@@ -201,6 +200,7 @@ class CFRG(TrainedMethod):
             "taps": {"teacher": self.net.teacher.describe_taps(size),
                      "student": self.net.trainable["student"].describe_taps(size)},
             "student_batchnorm": self.net.trainable["student"].batchnorm_settings(),
+            "inference_precision": "fp32 (the release's test.py runs no autocast; `precision` is the training's)",
             "notes": [
                 "student: the release instantiates all of EfficientNet-B0 (reference_parts) but runs "
                 "only the tapped part, which is all threecad builds",
