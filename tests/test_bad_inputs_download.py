@@ -6,16 +6,20 @@ import hashlib
 import os
 import shutil
 import socket
+import stat
 import tarfile
 import zipfile
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
 from conftest import make_tiny_dataset
 from loopback import Loopback
 from refusal import assert_refused
 from test_download import _zip_dir, dtd_archive, make_dtd_tree
+from threecad.cli import main
+from threecad.manifest import MANIFEST_NAME, read_manifest
 
 NOT_ROOT = pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0,
                               reason="root reads chmod 000 files; permission cases need a normal user")
@@ -158,7 +162,7 @@ def test_dtd_folder_without_images(tmp_path, root):
     for jpg in data.glob("images/*/*.jpg"):
         jpg.unlink()
     assert_refused(_dl(root, "--dataset", "dtd", "--source", "path", "--path", str(tmp_path / "src")),
-                   names=["0 image files", str(tmp_path / "target")], watch=[root.parent, tmp_path / "src"])
+                   names=["0 image files", str(data)], watch=[root.parent, tmp_path / "src"])
 
 
 def test_dtd_archive_without_images(tmp_path, root):
@@ -362,3 +366,144 @@ def test_mvtec_archive_without_layout(tmp_path, root):
         tf.addfile(info, io.BytesIO(b"hi"))
     assert_refused(_dl(root, "--dataset", "mvtec", "--source", "path", "--path", str(out)),
                    names=["no 3CAD/MVTec layout"], watch=[root.parent, out])
+
+
+# ------------------------------------------------------------------ issue #27: the other cases that failed
+
+
+def _link_bomb(tmp_path: Path, dataset: Path, fmt: str, target_size: int) -> Path:
+    """The dataset plus one link entry whose target is `target_size` bytes that deflate to almost nothing."""
+    name = "3CAD/Copper_Stator/train/good/link.png"
+    if fmt == "zip":
+        out = _zip_dir(dataset, tmp_path / "links.zip")
+        with zipfile.ZipFile(out, "a", zipfile.ZIP_DEFLATED) as zf:
+            info = zipfile.ZipInfo(name)
+            info.external_attr = (stat.S_IFLNK | 0o777) << 16
+            info.compress_type = zipfile.ZIP_DEFLATED
+            zf.writestr(info, b"a" * target_size)
+        return out
+    out = tmp_path / "links.tar.gz"
+    with tarfile.open(out, "w:gz", format=tarfile.PAX_FORMAT) as tf:
+        tf.add(dataset, arcname="3CAD")
+        link = tarfile.TarInfo(name)
+        link.type, link.linkname = tarfile.SYMTYPE, "a" * target_size  # stored in a pax header
+        tf.addfile(link)
+    return out
+
+
+@pytest.mark.parametrize("fmt, names", [
+    ("zip", ["'3CAD/Copper_Stator/train/good/link.png'", "a link target is a path"]),
+    ("tar.gz", ["extended header", "refusing the archive"]),
+])
+def test_link_entry_with_a_huge_target_is_refused_unread(tmp_path, root, dataset, fmt, names):
+    """The 150 MB link target in a 566 KiB zip, scaled down: refused before its target is read whole."""
+    import tracemalloc
+
+    target_size = 32 * 2**20
+    archive = _link_bomb(tmp_path, dataset, fmt, target_size)
+    assert archive.stat().st_size < target_size // 100
+    tracemalloc.start()
+    try:
+        assert_refused(_dl(root, "--source", "path", "--path", str(archive)), names=names,
+                       watch=[root.parent, archive])
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < target_size // 4, f"{peak} bytes allocated while refusing a {target_size}-byte link target"
+
+
+@pytest.mark.parametrize("dataset_option, categories, mask_naming, names", [
+    ("mvtec", ("Copper_Stator",), "same", ["--dataset mvtec", "Copper_Stator (3CAD's)", "bottle", "--dataset 3cad"]),
+    ("3cad", ("bottle", "screw"), "_mask", ["--dataset 3cad", "bottle, screw (MVTec AD's)", "--dataset mvtec"]),
+    ("mvtec", ("bottle", "my_parts"), "_mask", ["--dataset mvtec", "my_parts (in neither catalog)"]),
+])
+def test_mvtec_given_a_3cad_archive(tmp_path, root, dataset_option, categories, mask_naming, names):
+    """`--dataset mvtec --path <a 3CAD archive>` installed 3CAD as MVTec AD; the reverse too."""
+    src = make_tiny_dataset(tmp_path / "src", categories=categories, n_train=1, n_good=1, n_defect=1,
+                            mask_naming=mask_naming)
+    archive = _zip_dir(src, tmp_path / "data.zip")
+    assert_refused(_dl(root, "--dataset", dataset_option, "--source", "path", "--path", str(archive)),
+                   names=names, watch=[root.parent, archive])
+
+
+@pytest.mark.parametrize("form", ["folder", "zip"])
+def test_extra_files_left_out_and_listed(tmp_path, dataset, form):
+    """A top-level README.txt, .DS_Store files and a notes.txt in a category are not installed, but listed."""
+    src = tmp_path / "src"
+    shutil.copytree(dataset, src)
+    (src / "README.txt").write_text("extras")
+    (src / ".DS_Store").write_bytes(b"\0Bud1")
+    (src / "Copper_Stator" / "notes.txt").write_text("to do")
+    (src / "Copper_Stator" / "train" / "good" / ".DS_Store").write_bytes(b"\0Bud1")
+    path = src if form == "folder" else _zip_dir(src, tmp_path / "3cad.zip")
+    root = tmp_path / "R"
+    r = CliRunner().invoke(main, _dl(root, "--source", "path", "--path", str(path)), catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    left_out = [".DS_Store", "Copper_Stator/notes.txt", "Copper_Stator/train/good/.DS_Store", "README.txt"]
+    assert f"left out 4 file(s)/folder(s) that are not part of the dataset: {', '.join(left_out)} (" in r.stdout
+    assert read_manifest(root).source["skipped_extra"] == left_out
+    installed = {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}
+    assert installed == {p.relative_to(dataset).as_posix() for p in dataset.rglob("*") if p.is_file()} | {
+        MANIFEST_NAME}
+
+
+def test_parquet_good_row_with_a_defect_mask(tmp_path, root, dataset):
+    """Refused, naming the row (its mask would have been dropped); an empty mask on a good row is fine."""
+    import io
+
+    from PIL import Image
+
+    def png(value: int) -> bytes:
+        buf = io.BytesIO()
+        Image.new("L", (64, 64), value).save(buf, format="PNG")
+        return buf.getvalue()
+
+    rows = _rows(dataset)
+    i = next(k for k, r in enumerate(rows) if r["mask"] is None and "/test/good/" in r["metadata"])
+    rows[i] = dict(rows[i], mask={"bytes": png(255), "path": "m.png"})
+    shard = _shard(tmp_path, rows)
+    assert_refused(_dl(root, "--source", "path", "--path", str(shard)),
+                   names=[f"row {i} of train-00000.parquet", "a good image", "4096 defect pixel(s)"],
+                   watch=[root.parent, shard.parent])
+    rows[i] = dict(rows[i], mask={"bytes": png(0), "path": "m.png"})
+    shard = _shard(tmp_path, rows)
+    r = CliRunner().invoke(main, _dl(root, "--source", "path", "--path", str(shard)), catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+
+
+@pytest.mark.parametrize("form", ["folder", "archive"])
+def test_dtd_errors_name_the_users_path(tmp_path, root, form):
+    """Not the temporary copy, which is gone by the time the message is read."""
+    data = make_dtd_tree(tmp_path / "src")
+    (data / "labels" / "val1.txt").unlink()
+    if form == "folder":
+        path, shown = tmp_path / "src", str(data)
+    else:
+        path = tmp_path / "dtd.tar.gz"
+        with tarfile.open(path, "w:gz") as tf:
+            tf.add(data, arcname="dtd")
+        shown = f"dtd/ in {path}"
+    r = assert_refused(_dl(root, "--dataset", "dtd", "--source", "path", "--path", str(path)),
+                       names=["labels/val1.txt is missing", shown], watch=[root.parent, path])
+    assert ".tmp-" not in r.stderr
+
+
+HTML_PAGE = (b"<!DOCTYPE html>\n<html><head><title>Sign in - Storage</title></head><body><form>login</form>"
+             b"</body></html>")
+
+
+@pytest.mark.parametrize("source", ["url", "path"])
+def test_html_page_instead_of_an_archive(tmp_path, root, source):
+    """A login or quota page saved in the archive's place is called what it is."""
+    if source == "path":
+        page = tmp_path / "3CAD.zip"
+        page.write_bytes(HTML_PAGE)
+        r = assert_refused(_dl(root, "--source", "path", "--path", str(page)),
+                           names=[str(page), "is an HTML page", "login", "quota", "wrong URL"],
+                           watch=[root.parent, page])
+    else:
+        with Loopback(files={"/3CAD.zip": HTML_PAGE}) as srv:
+            r = assert_refused(_dl(root, "--source", "url", "--url", srv.url("/3CAD.zip")),
+                               names=[srv.url("/3CAD.zip"), "HTML page titled 'Sign in - Storage'", "login",
+                                      "quota", "wrong URL"], watch=[root.parent])
+    assert "neither a zip nor a tar" not in r.stderr

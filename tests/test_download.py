@@ -183,9 +183,10 @@ def test_dataset_failing_verify_is_not_installed(tmp_path):
     (src / "Copper_Stator" / "ground_truth" / "bump" / "000.png").unlink()
     out = Path(shutil.make_archive(str(tmp_path / "broken"), "gztar", src))
     root = tmp_path / "r"
-    with pytest.raises(DatasetError, match="fails verification .*missing_mask.*nothing installed"):
+    with pytest.raises(DatasetError, match="fails verification .*missing_mask.*nothing installed") as err:
         download(DownloadRequest(root=root, source="path", path=out, progress=False))
     assert not root.exists() and _siblings(root) == ["broken.tar.gz", "src"]
+    assert f"the dataset in {out} fails" in str(err.value) and ".tmp-" not in str(err.value)  # not the temp copy
 
 
 def test_interrupted_extraction_leaves_no_partial_root(tmp_path, archive, monkeypatch):

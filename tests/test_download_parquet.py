@@ -357,7 +357,8 @@ def test_mvtec_official_url_shows_the_licence_first_and_checks_the_pinned_sha256
         assert seen == [0] and not (tmp_path / "mv").exists()
         monkeypatch.setattr(mvtec_mod, "OFFICIAL_SHA256", _sha(data))
         res = download(DownloadRequest(**req))
-    assert res.message.endswith("(the official release)") and seen == [0, 1]
+    assert "(the official release); left out 1 file(s)" in res.message and seen == [0, 1]
+    assert res.skipped == ["license.txt"]  # not part of the dataset; the manifest records the licence
     assert read_manifest(tmp_path / "mv").source["url"].endswith("/mvtec/mvtec_anomaly_detection.tar.xz")
 
 

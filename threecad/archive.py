@@ -11,7 +11,10 @@ written, the sizes the archive declares are added up and refused when they excee
 MAX_COMPRESSION_RATIO times the archive's own size (200:1; images compress 1:1 to 3:1, text
 about 10:1) or the free space of the destination's disk; while extracting, an entry that
 inflates beyond its declared size stops the extraction. Both limits are module constants so
-that tests (and a user with an unusual archive) can change them.
+that tests (and a user with an unusual archive) can change them. What is read while listing
+is bounded too, since the bomb check has not run yet: a link target is a path (a zip link
+entry declaring more than MAX_LINK_TARGET bytes is refused unread), and a tar's extended (pax
+or GNU long-name) header larger than MAX_TAR_HEADER is refused before tarfile reads it whole.
 
 Local folders are copied with the same care: links are followed only while they stay inside
 the source folder (a link to ~/.ssh must not end up in a dataset), and a link loop is an error.
@@ -43,6 +46,8 @@ _CORRUPT = (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error, OSError,
 MAX_COMPRESSION_RATIO = 200.0  # declared uncompressed bytes per archive byte, over the whole archive
 RATIO_CHECK_FROM = 2**20  # archives declaring less than this are too small to matter as bombs
 EXTRACT_SPACE_MARGIN = 64 * 2**20  # bytes left free on the destination's disk after extraction
+MAX_LINK_TARGET = 4096  # bytes: a link target is a path (PATH_MAX on Linux)
+MAX_TAR_HEADER = 2**20  # bytes of a pax or GNU long-name header: paths and a few attributes
 
 
 class ArchiveError(ThreecadError):
@@ -67,6 +72,27 @@ class Member:
     target: str = ""
 
 
+_EXTENDED_TYPES = {tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE, tarfile.GNUTYPE_LONGNAME,
+                   tarfile.GNUTYPE_LONGLINK}
+
+
+class _BoundedTarInfo(tarfile.TarInfo):
+    """tarfile's header reader, refusing an extended header (pax, GNU long name or link) by its
+    declared size before reading it whole (`_proc_member` is the hook tarfile leaves to
+    subclasses)."""
+
+    def _proc_member(self, tarfile_):
+        if self.type in _EXTENDED_TYPES and self.size > MAX_TAR_HEADER:
+            raise UnsafeArchiveError(f"archive entry at byte {self.offset} has an extended header of "
+                                     f"{_human(self.size)} (limit {_human(MAX_TAR_HEADER)}; it holds a path and a "
+                                     "few attributes); refusing the archive")
+        return super()._proc_member(tarfile_)
+
+
+def _open_tar(path: Path) -> tarfile.TarFile:
+    return tarfile.open(path, tarinfo=_BoundedTarInfo)
+
+
 def archive_format(path: str | os.PathLike) -> str | None:
     """"zip" or "tar" (any tar compression) judged by content, not by name; None otherwise."""
     path = Path(path)
@@ -75,11 +101,12 @@ def archive_format(path: str | os.PathLike) -> str | None:
     if zipfile.is_zipfile(path):
         return "zip"
     try:
-        if tarfile.is_tarfile(path):
+        with _open_tar(path):
             return "tar"
+    except UnsafeArchiveError:
+        return "tar"  # a tar header was read: list_members refuses it by name
     except _CORRUPT:
         return None
-    return None
 
 
 def looks_like_archive(path: str | os.PathLike) -> bool:
@@ -97,6 +124,15 @@ def _zip_kind(info: zipfile.ZipInfo) -> str:
     return "file"
 
 
+def _zip_link_target(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
+    """A zip link entry's target, refused by its declared size before it is read (zipfile
+    stops reading an entry at its declared size, so the declaration bounds the read)."""
+    if info.file_size > MAX_LINK_TARGET:
+        raise UnsafeArchiveError(f"archive link '{info.filename}' has a target of {_human(info.file_size)} (a link "
+                                 f"target is a path, at most {MAX_LINK_TARGET} bytes); refusing the archive")
+    return zf.read(info)
+
+
 def list_members(path: str | os.PathLike) -> list[Member]:
     """Every entry of the archive; a damaged archive raises ArchiveError."""
     path = Path(path)
@@ -107,11 +143,11 @@ def list_members(path: str | os.PathLike) -> list[Member]:
                 out = []
                 for info in zf.infolist():
                     kind = _zip_kind(info)
-                    target = zf.read(info).decode("utf-8", "replace") if kind == "symlink" else ""
+                    target = _zip_link_target(zf, info).decode("utf-8", "replace") if kind == "symlink" else ""
                     out.append(Member(info.filename, kind, info.file_size, target))
                 return out
         if fmt == "tar":
-            with tarfile.open(path) as tf:
+            with _open_tar(path) as tf:
                 out = []
                 for m in tf.getmembers():
                     kind = ("dir" if m.isdir() else "file" if m.isreg() else "symlink" if m.issym()
@@ -125,9 +161,22 @@ def list_members(path: str | os.PathLike) -> list[Member]:
     if kind in ("zip", "gzip", "bzip2", "xz", "tar"):
         raise ArchiveError(f"archive {path} is damaged or truncated (starts like {kind} but does not "
                            "read as one); delete it and download it again")
+    if kind == "html":
+        raise ArchiveError(f"{path} is an HTML page, not an archive: {HTML_PAGE_MEANS}")
     what = f"a {kind} archive, which threecad does not read" if kind else "neither a zip nor a tar archive"
     raise ArchiveError(f"{path} is {what}; extract it yourself and pass the folder with "
                        "--source path --path FOLDER")
+
+
+HTML_PAGE_MEANS = ("usually a login or download-quota page, or the page of a wrong URL (a page about the file "
+                   "instead of the file); open it in a browser, then use the archive's direct download link or "
+                   "the archive itself")
+
+
+def is_html(head: bytes) -> bool:
+    """Do these first bytes of a file start an HTML page (a byte-order mark and blanks allowed)?"""
+    start = head.removeprefix(b"\xef\xbb\xbf").lstrip()[:15].lower()
+    return start.startswith((b"<!doctype html", b"<html"))
 
 
 _MAGIC = [(0, b"PK\x03\x04", "zip"), (0, b"PK\x05\x06", "zip"), (0, b"\x1f\x8b", "gzip"), (0, b"BZh", "bzip2"),
@@ -135,7 +184,8 @@ _MAGIC = [(0, b"PK\x03\x04", "zip"), (0, b"PK\x05\x06", "zip"), (0, b"\x1f\x8b",
 
 
 def _magic(path: Path) -> str | None:
-    """The container kind by its first bytes, to tell a damaged archive from a foreign one."""
+    """The container kind by its first bytes ("html" for a web page), to tell a damaged archive
+    from a foreign file."""
     try:
         with open(path, "rb") as fh:
             head = fh.read(512)
@@ -144,7 +194,7 @@ def _magic(path: Path) -> str | None:
     for offset, magic, kind in _MAGIC:
         if head[offset:offset + len(magic)] == magic:
             return kind
-    return None
+    return "html" if is_html(head) else None
 
 
 _DRIVE = re.compile(r"^[A-Za-z]:")
@@ -166,6 +216,10 @@ def check_member(member: Member) -> None:
         raise UnsafeArchiveError(f"archive entry '{name}' is a device or FIFO; refusing the archive")
     if member.kind in ("symlink", "hardlink"):
         target = member.target
+        size = len(target.encode("utf-8", "replace"))
+        if size > MAX_LINK_TARGET:
+            raise UnsafeArchiveError(f"archive link '{name}' has a target of {_human(size)} (a link target is a "
+                                     f"path, at most {MAX_LINK_TARGET} bytes); refusing the archive")
         if not target or target.startswith(("/", "\\")) or _DRIVE.match(target):
             raise UnsafeArchiveError(f"archive link '{name}' -> '{target}' points outside; refusing the archive")
         # A symlink resolves from its own folder, a tar hard link from the archive's top.
@@ -291,7 +345,7 @@ def _extract_zip(path: Path, dest: Path, budget: _Budget) -> int:
                 continue
             out.parent.mkdir(parents=True, exist_ok=True)
             if kind == "symlink":
-                target = "/".join(_parts(zf.read(info).decode("utf-8")))
+                target = "/".join(_parts(_zip_link_target(zf, info).decode("utf-8")))
                 _ensure_inside(out.parent / target, root, info.filename)
                 os.symlink(target, out)
                 continue
@@ -307,7 +361,7 @@ def _extract_zip(path: Path, dest: Path, budget: _Budget) -> int:
 
 def _extract_tar(path: Path, dest: Path, budget: _Budget) -> int:
     written = 0
-    with tarfile.open(path) as tf:
+    with _open_tar(path) as tf:
         for m in tf:
             kind = ("dir" if m.isdir() else "file" if m.isreg() else "symlink" if m.issym()
                     else "hardlink" if m.islnk() else "special")

@@ -25,15 +25,18 @@ rename), the dataset folder is found and checked (`verify` for 3CAD, `dtd.check_
 DTD), the file manifest is written with the archive's checksums as provenance, and only then
 is the dataset renamed into place.
 
-Files that are not part of the dataset (a readme, a stray folder, `.DS_Store` beside the
-category folders; see the layout scan's `unexpected_file`, `unknown_folder` and `non_image`)
-are not installed: they are left out and listed in the message and in the manifest's
-`source.skipped_extra`. `allow_extra=True` (`--allow-extra`) installs them as they are.
+The categories must be the requested dataset's own (`contents.check_categories`: 3CAD is
+not installed as MVTec AD, nor the reverse). Files that are not part of the dataset (a
+readme, a licence, notes in a category, `.DS_Store` at any depth, a stray folder; the rule is
+`contents.extra_entries`) are not installed: they are left out and listed in the message,
+the log and the manifest's `source.skipped_extra`. `allow_extra=True` (`--allow-extra`)
+installs them as they are.
 
 Modules, one step each: `request` (the request, its checks, the result), `sources` (the
 fetchers), `fetch` (which source serves, auto's fallback), `checksums`, `unpack` (archives,
-folders, parquet into a temporary folder), `install` (`download`: lock, verify, manifest,
-rename); `dtd` and `mvtec` hold those datasets' own facts.
+folders, parquet into a temporary folder), `contents` (what an installed root may hold),
+`install` (`download`: lock, verify, manifest, rename); `dtd` and `mvtec` hold those
+datasets' own facts.
 """
 from threecad.download.install import download
 from threecad.download.request import HF_REPO_3CAD, DownloadRequest, DownloadResult

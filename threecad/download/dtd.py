@@ -79,9 +79,13 @@ def find_dtd_dir(folder: Path, max_depth: int = 3) -> Path:
                        f"the top or up to {max_depth} levels down); check that it is the DTD archive")
 
 
-def check_dtd(folder: Path) -> DTDCheck:
+def check_dtd(folder: Path, where: str) -> DTDCheck:
     """Refuse a DTD folder without images, without the split files, or whose split files
-    name images that are not there; list what does not belong (not refused here)."""
+    name images that are not there; list what does not belong (not refused here).
+
+    `folder` is usually a temporary copy, gone by the time a refusal is read: messages name
+    `where` (what the user gave: the --path folder, the archive) and paths inside it.
+    """
     images, labels = folder / "images", folder / "labels"
     check = DTDCheck(folder)
     check.extra = sorted(p for p in folder.iterdir() if p.name not in KNOWN_DIRS or not p.is_dir())
@@ -100,36 +104,39 @@ def check_dtd(folder: Path) -> DTDCheck:
             check.n_classes += len(present) > n_before
     check.n_images = len(present)
     if not present:
-        raise DatasetError(f"no DTD images: 0 image files under {images}/<class>/ "
+        raise DatasetError(f"no DTD images in {where}: 0 image files under images/<class>/ "
                            f"({'no images/ folder' if not images.is_dir() else 'images/ is empty'}); "
                            "nothing installed")
     if not labels.is_dir():
-        raise DatasetError(f"DTD at {folder} has {len(present)} images but no labels/ folder (the split files "
+        raise DatasetError(f"DTD in {where} has {len(present)} images but no labels/ folder (the split files "
                            "torchvision's DTD reads); use the official archive; nothing installed")
     for name in SPLIT_FILES:
         path = labels / name
         if not path.is_file():
-            raise DatasetError(f"DTD split file {path} is missing; use the official archive; nothing installed")
+            raise DatasetError(f"DTD split file labels/{name} is missing in {where}; use the official archive; "
+                               "nothing installed")
         listed = [ln.strip() for ln in path.read_text("utf-8", "replace").splitlines() if ln.strip()]
         missing = [ln for ln in listed if ln not in present]
         if missing:
-            raise DatasetError(f"{path} lists {len(missing)} image(s) that are not in images/ (first: "
-                               f"{missing[0]}); the download is incomplete; nothing installed")
-    _check_decodes(images, sorted(present))
+            raise DatasetError(f"labels/{name} in {where} lists {len(missing)} image(s) that are not in images/ "
+                               f"(first: {missing[0]}); the download is incomplete; nothing installed")
+    _check_decodes(images, sorted(present), where)
     return check
 
 
-def _check_decodes(images: Path, rels: list[str]) -> None:
+def _check_decodes(images: Path, rels: list[str], where: str) -> None:
     from PIL import Image, UnidentifiedImageError
 
     for rel in rels:
-        path = images / rel
         try:
-            with Image.open(path) as im:
+            with Image.open(images / rel) as im:
                 im.verify()
         except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
-            raise DatasetError(f"DTD image {path} does not decode ({exc}); the download is damaged; nothing "
-                               "installed") from exc
+            # PIL's own text names the file, that is the temporary copy
+            reason = ("not an image file" if isinstance(exc, UnidentifiedImageError)
+                      else getattr(exc, "strerror", None) or str(exc))
+            raise DatasetError(f"DTD image images/{rel} in {where} does not decode ({reason}); the download is "
+                               "damaged; nothing installed") from exc
 
 
 def remove_extra(check: DTDCheck) -> list[str]:

@@ -13,6 +13,7 @@ from filelock import FileLock, Timeout
 from threecad.archive import find_dataset_dir, source_files
 from threecad.download import dtd, mvtec
 from threecad.download.checksums import check_archives
+from threecad.download.contents import check_categories, extra_entries
 from threecad.download.fetch import describe, fetch
 from threecad.download.request import DownloadRequest, DownloadResult, validate
 from threecad.download.unpack import convert_parquet, holds_layout, parquet_files, unpack
@@ -22,8 +23,6 @@ from threecad.manifest import MANIFEST_NAME, build_manifest, read_manifest, size
 from threecad.verify import verify
 
 log = logging.getLogger("threecad.download")  # one logger name for the whole command
-
-_JUNK_KINDS = {"unexpected_file", "unknown_folder", "non_image"}
 
 
 def _root_state(root: Path, dataset: str = "3cad") -> tuple[str, str]:
@@ -141,7 +140,7 @@ def _fetch_and_install(req: DownloadRequest, root: Path, staging: Path) -> Downl
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
     try:
         target = tmp / "extracted"
-        unpack(req, fetched, target, root)
+        origin = unpack(req, fetched, target, root)
         if fetched.archives and req.dataset != "dtd" and not holds_layout(target):
             shards = parquet_files(source_files(target))
             if shards:  # an archive of parquet shards
@@ -152,9 +151,9 @@ def _fetch_and_install(req: DownloadRequest, root: Path, staging: Path) -> Downl
         if req.dataset == "mvtec":
             source.update(license=mvtec.LICENSE, license_url=mvtec.LICENSE_URL)
         if req.dataset == "dtd":
-            new_root, skipped, n_images, report = _prepare_dtd(req, target, tmp, source)
+            new_root, skipped, n_images, report = _prepare_dtd(req, target, tmp, source, origin)
         else:
-            new_root, skipped, n_images, report = _prepare_3cad(req, target, source)
+            new_root, skipped, n_images, report = _prepare_3cad(req, target, source, origin)
         _move_into_place(new_root, root)
         if report is not None:
             report.root = root
@@ -174,15 +173,23 @@ def _fetch_and_install(req: DownloadRequest, root: Path, staging: Path) -> Downl
         digest += f"; served by {describe(source)} after {len(source['attempts'])} failed source(s)"
     left_out = ""
     if skipped:
-        left_out = (f"; left out {len(skipped)} file(s)/folder(s) that are not part of the dataset (first: "
-                    f"{skipped[0]}; --allow-extra installs them)")
+        left_out = (f"; left out {len(skipped)} file(s)/folder(s) that are not part of the dataset: "
+                    f"{_listing(skipped)} (the manifest lists them all; --allow-extra installs them)")
     what = {"dtd": "DTD images", "mvtec": "MVTec AD images"}.get(req.dataset, "images")
     return DownloadResult(root, "installed", f"installed {n_images} {what} into {root}{digest}{left_out}",
                           source=source, report=report, skipped=skipped)
 
 
-def _prepare_3cad(req: DownloadRequest, target: Path, source: dict):
+def _shown(folder: Path, target: Path, origin: str) -> str:
+    """`folder` (inside the temporary `target`) as the user knows it: in the archive or folder
+    they gave."""
+    rel = folder.relative_to(target).as_posix()
+    return origin if rel == "." else f"{rel}/ in {origin}"
+
+
+def _prepare_3cad(req: DownloadRequest, target: Path, source: dict, origin: str):
     dataset_dir = find_dataset_dir(target)
+    check_categories(req.dataset, dataset_dir)
     try:  # an archive made from a verified root carries its manifest: check the files against it
         read_manifest(dataset_dir)
     except DatasetError as exc:
@@ -191,23 +198,25 @@ def _prepare_3cad(req: DownloadRequest, target: Path, source: dict):
     report = verify(dataset_dir, workers=req.workers, progress=req.progress, hash_all=True)
     if not report.ok:
         first = report.errors[0]
-        raise DatasetError(f"the downloaded dataset fails verification ({len(report.errors)} error(s); "
-                           f"first: {first.kind} {Path(first.path).relative_to(dataset_dir)}: "
-                           f"{first.message}); nothing installed")
+        message = first.message.replace(str(dataset_dir) + os.sep, "")  # the temporary copy is gone
+        raise DatasetError(f"the dataset in {_shown(dataset_dir, target, origin)} fails verification "
+                           f"({len(report.errors)} error(s); first: {first.kind} "
+                           f"{Path(first.path).relative_to(dataset_dir).as_posix()}: {message}); nothing installed")
     skipped: list[str] = []
     if not req.allow_extra:
-        junk = [p for p in report.problems if p.kind in _JUNK_KINDS]
-        for p in junk:
-            path = Path(p.path)
-            skipped.append(path.relative_to(dataset_dir).as_posix() + ("/" if path.is_dir() else ""))
-            if path.is_dir() and not path.is_symlink():
+        extra = extra_entries(dataset_dir)
+        for path in extra:
+            folder = path.is_dir() and not path.is_symlink()
+            skipped.append(path.relative_to(dataset_dir).as_posix() + ("/" if folder else ""))
+            if folder:
                 shutil.rmtree(path)
             else:
-                path.unlink(missing_ok=True)
-        report.problems = [p for p in report.problems if p.kind not in _JUNK_KINDS]
+                path.unlink()
+        left_out = {str(p) for p in extra}
+        report.problems = [p for p in report.problems if not _within(p.path, left_out)]
         if skipped:
             log.warning("left out %d file(s)/folder(s) that are not part of the dataset: %s", len(skipped),
-                        ", ".join(skipped[:5]) + (" ..." if len(skipped) > 5 else ""))
+                        _listing(skipped))
     source["skipped_extra"] = skipped
     known = {k: v for k, v in report.file_hashes.items() if (dataset_dir / k).is_file()}
     write_manifest(dataset_dir, build_manifest(dataset_dir, workers=req.workers, known=known, source=source))
@@ -215,9 +224,19 @@ def _prepare_3cad(req: DownloadRequest, target: Path, source: dict):
     return dataset_dir, skipped, n_images, report
 
 
-def _prepare_dtd(req: DownloadRequest, target: Path, tmp: Path, source: dict):
+def _listing(names: list[str], most: int = 5) -> str:
+    return ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "")
+
+
+def _within(path: str, left_out: set[str]) -> bool:
+    """Is `path` one of the paths left out, or inside one of them?"""
+    p = Path(path)
+    return any(str(q) in left_out for q in (p, *p.parents))
+
+
+def _prepare_dtd(req: DownloadRequest, target: Path, tmp: Path, source: dict, origin: str):
     folder = dtd.find_dtd_dir(target)
-    check = dtd.check_dtd(folder)
+    check = dtd.check_dtd(folder, _shown(folder, target, origin))
     skipped: list[str] = []
     if check.extra:
         if req.allow_extra:
@@ -225,7 +244,7 @@ def _prepare_dtd(req: DownloadRequest, target: Path, tmp: Path, source: dict):
         else:
             skipped = dtd.remove_extra(check)
             log.warning("left out %d file(s)/folder(s) that are not part of DTD: %s", len(skipped),
-                        ", ".join(skipped[:5]) + (" ..." if len(skipped) > 5 else ""))
+                        _listing(skipped))
     new_root = tmp / "root"
     data = dtd.data_dir(new_root)
     data.parent.mkdir(parents=True)

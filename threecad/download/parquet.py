@@ -30,8 +30,10 @@ are streamed (`ParquetFile.iter_batches`, only the needed columns), so memory ho
 of rows at a time, whatever the shard size.
 
 Refused, naming the file and row: no image or mask column, a path that is absolute or climbs
-out with `..`, two rows for the same file, a defective row without a mask, a mask whose size
-is not its image's, a split other than train/test, rows whose sha256 does not match.
+out with `..`, two rows for the same file, a defective row without a mask, a good row whose
+mask marks defect pixels (the good layout has no masks, so it would be dropped, and the label
+or the mask is wrong), a mask whose size is not its image's, a split other than train/test,
+rows whose sha256 does not match. An empty mask on a good row is dropped.
 """
 from __future__ import annotations
 
@@ -318,7 +320,9 @@ class _Converter:
                                "each file once")
         self.seen[rel] = where
         mask = None
-        if defect != "good":
+        if defect == "good":
+            self.good_mask(row, where, rel)
+        else:
             mask = _bytes(row.get("mask"))
             if mask is None:
                 raise ParquetError(f"{where} ({rel}): a defective image without a mask")
@@ -342,6 +346,21 @@ class _Converter:
             self.result.masks += 1
         key = "train_good" if split == "train" else ("test_good" if defect == "good" else "test_defect")
         self.result.counts[key] += 1
+
+    def good_mask(self, row: dict[str, Any], where: str, rel: str) -> None:
+        """Refuse a good row whose mask marks defects; an empty mask is nothing lost."""
+        mask = _bytes(row.get("mask"))
+        if mask is None:
+            return
+        from threecad.masks import MaskError, inspect_mask
+
+        try:
+            n_defect = inspect_mask(mask, name="in the mask column").n_defect
+        except MaskError as exc:
+            raise ParquetError(f"{where} ({rel}): a good image whose mask cannot be read ({exc})") from None
+        if n_defect:
+            raise ParquetError(f"{where} ({rel}): a good image (label {row.get('label')!r}) whose mask marks "
+                               f"{n_defect} defect pixel(s); the label or the mask is wrong; refusing the copy")
 
     def file(self, path: Path, label: str, bar: tqdm) -> None:
         pq = pyarrow_parquet()

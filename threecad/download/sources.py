@@ -1,8 +1,9 @@
 """Where the bytes come from: Google Drive (gdown), any http(s) URL (requests, resumable
 with HTTP Range) and the Hugging Face Hub (huggingface_hub). Each fetcher writes only into
 the staging folder it is given (the Hub uses its own cache) and turns every failure into one
-DownloadError that says what to do next (a Drive refusal page included: `--source auto`
-falls back on the next source when it sees one).
+DownloadError that says what to do next (an HTML page served in the file's place included,
+a Drive refusal page or any URL's login or quota page: `--source auto` falls back on the next
+source when it sees one).
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from threecad.archive import free_bytes
+from threecad.archive import HTML_PAGE_MEANS, free_bytes, is_html
 from threecad.errors import ThreecadError
 
 log = logging.getLogger(__name__)
@@ -91,31 +92,32 @@ def fetch_gdrive(file_id: str, staging: Path, endpoint: str | None = None, retri
                             "again to resume") from exc
     if not out.is_file():
         raise DownloadError(f"gdown finished without writing {out}; run the same command again")
-    refusal = _drive_refusal(out)
+    refusal = _html_page(out)
     if refusal is not None:
         out.unlink()
+        refusal = refusal or "an HTML page came back instead of the archive (permission or daily quota)"
         raise DownloadError(f"Google Drive refused file {file_id}: {refusal}; try again later, or use "
                             "--source hf (with HF_TOKEN) or --source url with a mirror")
     return out
 
 
-def _drive_refusal(path: Path) -> str | None:
-    """The reason on the HTML page that Drive (or a mirror) sent instead of the file, or None.
+def _html_page(path: Path) -> str | None:
+    """What the HTML page sent instead of a file says (Drive's error line, else its title; ""
+    when it has neither), or None when the file is not an HTML page.
 
     Drive answers a file over its daily quota with a page ("Too many users have viewed or
     downloaded this file recently"); gdown recognises it only on drive.google.com itself.
     """
     with open(path, "rb") as fh:
         head = fh.read(1 << 16)
-    start = head.lstrip()[:15].lower()
-    if not (start.startswith(b"<!doctype html") or start.startswith(b"<html")):
+    if not is_html(head):
         return None
     text = head.decode("utf-8", "replace")
     for pattern in (r'class="uc-error-subcaption">(.*?)</p>', r"<title>(.*?)</title>"):
         m = re.search(pattern, text, re.IGNORECASE | re.DOTALL)
         if m and m.group(1).strip():
             return " ".join(re.sub(r"<[^>]+>", " ", m.group(1)).split())
-    return "an HTML page came back instead of the archive (permission or daily quota)"
+    return ""
 
 
 def fetch_url(url: str, staging: Path, retries: int = 2, timeout: float = 60.0,
@@ -204,8 +206,13 @@ def fetch_url(url: str, staging: Path, retries: int = 2, timeout: float = 60.0,
         of = f" of {total}" if total else ""
         raise DownloadError(f"download of {url} was interrupted at {size}{of} bytes; run the same command "
                             f"again to resume from {part.name}")
-    os.replace(part, out)
     meta_path.unlink(missing_ok=True)
+    page = _html_page(part)
+    if page is not None:  # a login or quota page: useless, and the next run must fetch afresh
+        part.unlink()
+        titled = f" titled '{page}'" if page else ""
+        raise DownloadError(f"{url} sent an HTML page{titled} instead of an archive: {HTML_PAGE_MEANS}")
+    os.replace(part, out)
     return out
 
 

@@ -35,11 +35,13 @@ def parquet_files(files: list[tuple[Path, str]]) -> list[tuple[Path, str]]:
     return sorted(((real, rel) for real, rel in files if rel.lower().endswith(".parquet")), key=lambda f: f[1])
 
 
-def unpack(req: DownloadRequest, fetched: Fetched, target: Path, root: Path) -> None:
-    """Extract the archives, copy the chosen folder or convert the parquet rows into `target`."""
+def unpack(req: DownloadRequest, fetched: Fetched, target: Path, root: Path) -> str:
+    """Extract the archives, copy the chosen folder or convert the parquet rows into `target`;
+    returns what `target` is a copy of, for messages (`target` is temporary): the archive,
+    the folder copied, or the parquet file."""
     if fetched.parquet:
         convert_parquet(req, [(p, p.name) for p in fetched.parquet], target, root, fetched.source)
-        return
+        return str(fetched.parquet[0])
     if fetched.archives:
         listed = {}
         try:
@@ -57,7 +59,7 @@ def unpack(req: DownloadRequest, fetched: Fetched, target: Path, root: Path) -> 
                 raise ArchiveError(f"{exc} (kept at {kept[0] if kept else '?'}; the next run downloads "
                                    "it again)") from exc
             raise
-        return
+        return str(fetched.archives[0]) if len(fetched.archives) == 1 else str(fetched.archives[0].parent)
     folder = fetched.folder
     files = source_files(folder, fetched.within)  # refuses links leaving the folder, loops, unreadable parts
     if req.dataset == "dtd":
@@ -70,12 +72,13 @@ def unpack(req: DownloadRequest, fetched: Fetched, target: Path, root: Path) -> 
             if not shards:
                 raise
             convert_parquet(req, shards, target, root, fetched.source)
-            return
+            return str(folder)
     prefix = src.relative_to(folder).as_posix()
     if prefix != ".":
         files = [(real, rel[len(prefix) + 1:]) for real, rel in files if rel.startswith(prefix + "/")]
     check_free_space(root.parent, sum(real.stat().st_size for real, _ in files))
     copy_tree(src, target, progress=req.progress, files=files)
+    return str(src)
 
 
 def holds_layout(folder: Path) -> bool:
