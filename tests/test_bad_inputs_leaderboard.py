@@ -293,7 +293,7 @@ def test_a_pipe_in_a_category_name_is_escaped_in_markdown(tmp_path):
 
     row = dict.fromkeys(COLUMNS, "")
     row.update(method="PatchCore", variant="cpu", source="run", reference="r1", protocol="standard",
-               dataset="custom", metric="i_auroc", value="90.0")
+               dataset="custom", metric="i_auroc", value="90.0", evidence="claimed")
     rows = [dict(row, category=c) for c in ("a|b", "Mean")]
     table = tmp_path / "t.csv"
     write_table(table, pd.DataFrame(rows, columns=list(COLUMNS)))

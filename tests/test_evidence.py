@@ -12,6 +12,7 @@ import json
 import shutil
 
 import numpy as np
+import pandas as pd
 import pytest
 from click.testing import CliRunner
 
@@ -111,12 +112,109 @@ def test_audit_reruns_the_checkpoints_and_catches_a_relabelled_method(scored, tm
     assert result.exit_code == 0, result.output
     assert "ACC: the checkpoint predicts the recorded metrics again" in result.output
     # a PaDiM run relabelled PatchCore, consistently in run.json and results.json: its checkpoint cannot load
-    # (the manifest rewritten too, as a careful forger would: only the checkpoint can tell)
-    for name in ("run.json", "results.json"):
-        edit_json(run / name, lambda d: d.update(method="patchcore"))
-    RunManifest(run).update([run / "run.json", run / "results.json"])
+    # with PatchCore's config and the manifest rewritten too, as a careful forger would: only the checkpoint tells
+    relabel_as_patchcore(run)
     result = CliRunner().invoke(main, ["leaderboard", "audit", str(run), "--root", str(root), "--rerun"])
     assert result.exit_code != 0 and "is not a patchcore model" in result.output, result.output
+
+
+def relabel_as_patchcore(run):
+    from threecad.method import build_config, config_dict
+    from threecad.registry import load_method
+
+    config = config_dict(build_config(load_method("patchcore"), "cpu", {"image_size": "64"}))
+    for name in ("run.json", "results.json"):
+        edit_json(run / name, lambda d: d.update(method="patchcore", config=config))
+    RunManifest(run).update([run / "run.json", run / "results.json"])
+
+
+def submit(run, root, tmp_path, *more):
+    return CliRunner().invoke(main, ["leaderboard", "submit", str(run), "--root", str(root), "--csv",
+                                     str(tmp_path / "board.csv"), "--create", *more])
+
+
+def test_a_run_relabelled_as_another_method_is_refused_by_submit(scored, tmp_path):
+    root, run = copies(scored, tmp_path)
+    relabel_as_patchcore(run)
+    result = submit(run, root, tmp_path)
+    assert result.exit_code != 0 and "is not a patchcore model" in result.stderr, result.output
+    assert not (tmp_path / "board.csv").exists()
+
+
+def test_another_methods_records_in_a_run_are_refused_by_submit(scored, tmp_path):
+    """PaDiM's records, checkpoints and predictions put into a PatchCore run, its summary rebuilt."""
+    from threecad.harness.rundir import RunDir
+
+    root, padim = copies(scored, tmp_path)
+    run = tmp_path / "patchcore"
+    result = CliRunner().invoke(main, ["bench", "--method", "patchcore", "--root", str(root), "--preset", "cpu",
+                                       "--set", "image_size=64", "--device", "cpu", "--eval-size", "64",
+                                       "--pictures", "0", "--category", "ACC", "--out", str(run)],
+                                env={"THREECAD_CACHE": str(tmp_path / "c")})
+    assert result.exit_code == 0, result.output
+    for folder in ("categories", "checkpoints", "predictions"):
+        for f in (padim / folder).glob("ACC*"):
+            shutil.copy(f, run / folder / f.name)
+    spec = json.loads((run / "run.json").read_text())
+    record = json.loads((run / "categories" / "ACC.json").read_text())
+    results = RunDir(run).write_results(spec, {"ACC": record}, {"finished": "2026-12-06T00:00:00Z"})
+    assert results["categories"]["ACC"]["method_info"] == record["method_info"]
+    outcome = submit(run, root, tmp_path)
+    assert outcome.exit_code != 0 and "is not a patchcore model" in outcome.stderr, outcome.output
+
+
+def test_an_evaluation_size_edited_consistently_is_refused(scored, tmp_path):
+    root, run = copies(scored, tmp_path)
+    for name in ("run.json", "results.json"):
+        edit_json(run / name, lambda d: d.update(eval_size=512))
+    result = submit(run, root, tmp_path)
+    assert result.exit_code != 0 and "evaluated at 512 px" in result.stderr, result.output
+
+
+def test_a_seed_edited_in_the_summaries_is_refused(scored, tmp_path):
+    root, run = copies(scored, tmp_path)
+    for name in ("run.json", "results.json"):
+        edit_json(run / name, lambda d: d.update(seed=7))
+    result = submit(run, root, tmp_path)
+    assert result.exit_code != 0 and "seed 7" in result.stderr, result.output
+
+
+def test_evidence_of_the_rows(scored, tmp_path):
+    """A real-looking root gives `data-unverified` (no official fingerprint is recorded), a synthetic
+    root `recomputed`, no --root `claimed`; every view marks what was not computed again."""
+    root, run = copies(scored, tmp_path)
+    table = tmp_path / "board.csv"
+    result = submit(run, root, tmp_path)
+    assert result.exit_code == 0, result.output
+    assert "data-unverified" in result.output and "no fingerprint of the official 3cad test set" in result.output
+    rows = pd.read_csv(table, dtype=str)
+    assert set(rows["evidence"]) == {"data-unverified"}
+    shown = CliRunner().invoke(main, ["leaderboard", "show", "--csv", str(table), "--format", "plain"]).output
+    assert "(data unverified)" in shown and "official one" in shown
+
+    (root / "synthetic.json").write_text("{}")
+    for name in ("run.json", "results.json"):
+        edit_json(run / name, lambda d: d["dataset"].update(name="3cad-synthetic"))
+    result = submit(run, root, tmp_path, "--replace")
+    assert result.exit_code == 0, result.output
+    rows = pd.read_csv(table, dtype=str)
+    assert set(rows.loc[rows["dataset"] == "3cad-synthetic", "evidence"]) == {"recomputed"}
+
+    claimed = CliRunner().invoke(main, ["leaderboard", "submit", str(scored[1]), "--csv", str(table), "--replace"])
+    assert claimed.exit_code == 0, claimed.output
+    assert "rows stored as claimed" in claimed.output
+    rows = pd.read_csv(table, dtype=str)
+    assert set(rows.loc[rows["dataset"] == "3cad", "evidence"]) == {"claimed"}
+    shown = CliRunner().invoke(main, ["leaderboard", "show", "--csv", str(table), "--format", "md"]).output
+    assert "(claimed)" in shown
+
+
+def test_a_synthetic_run_on_a_root_without_the_marker_is_refused(scored, tmp_path):
+    root, run = copies(scored, tmp_path)
+    for name in ("run.json", "results.json"):
+        edit_json(run / name, lambda d: d["dataset"].update(name="3cad-synthetic"))
+    with pytest.raises(LeaderboardError, match="no synthetic.json"):
+        verify(run, root)
 
 
 def test_audit_names_a_file_the_run_did_not_write(scored, tmp_path):

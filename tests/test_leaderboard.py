@@ -355,9 +355,10 @@ def test_partial_mean_ranks_after_complete_entries(tmp_path, table):
     rows = [[c.strip() for c in line.strip("|").split("|")] for line in md.splitlines()
             if line.startswith("| ") and "Method" not in line]
     assert len(rows) == 12 and rows[0][0] == "CFRG" and rows[0][2].startswith("paper") and rows[0][-1] == "**93.4**"
-    assert rows[-1][2] == f"run {data['run_id']}" and rows[-1][-1] == "99.0\u2020"
+    assert rows[-1][2] == f"run {data['run_id']} (claimed)" and rows[-1][-1] == "99.0\u2020"  # submitted without --root
     assert rows[-1][3] == "**99.0**"  # its ACC still counts as the best ACC
     assert "\u2020 Mean over fewer categories" in md
+    assert "claimed: the run's own numbers, not computed again" in md
 
 
 class _Page(HTMLParser):

@@ -25,6 +25,7 @@ from conftest import make_tiny_dataset
 from threecad.cli import main
 from threecad.harness import BenchSpec, run_benchmark
 from threecad.harness.runmanifest import MANIFEST_FILE, RunManifest
+from threecad.leaderboard.evidence import check_checkpoints
 from threecad.registry import available_methods
 from threecad.trained import short_lengths
 
@@ -101,6 +102,8 @@ def test_resume_finishes_an_interrupted_run(name, root, tmp_path):
     assert resumed["categories"]["CS"]["n_train"] == reference["categories"]["CS"]["n_train"] == 6
     assert resumed["finished"] and resumed["run_id"] == reference["run_id"]
     assert_manifest_lists_every_file(run)
+    # its checkpoints are what `leaderboard submit --root` takes for this method's
+    check_checkpoints(run, resumed, resumed["categories"])
 
     # resuming a finished run changes nothing and gives its results
     before = {p.name: stamp(p) for p in run.rglob("*.json")}

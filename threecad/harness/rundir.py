@@ -38,7 +38,7 @@ import pandas as pd
 
 from threecad.choices import PAPER, PER_CATEGORY, UNIFIED
 from threecad.errors import ThreecadError
-from threecad.fsutil import atomic_write_json, atomic_write_text
+from threecad.fsutil import atomic_write_bytes, atomic_write_text
 from threecad.harness.runmanifest import RunManifest, category_files
 
 log = logging.getLogger(__name__)
@@ -115,8 +115,14 @@ class RunDir:
         return spec
 
     def write_spec(self, spec: dict[str, Any]) -> None:
-        atomic_write_json(self.spec_file, spec)
-        self.manifest.update([self.spec_file])
+        self._write_listed({self.spec_file: json_bytes(spec)})
+
+    def _write_listed(self, files: dict[Path, bytes], named: list[Path] | tuple = ()) -> None:
+        """Write `files` (path -> bytes) atomically, their digests and those of the `named` files
+        entered in the manifest first (threecad.harness.runmanifest)."""
+        self.manifest.update(named, coming=files)
+        for path, data in files.items():
+            atomic_write_bytes(path, data)
 
     def read_category(self, abbr: str) -> dict[str, Any] | None:
         """The category's record; None when absent, or damaged (then it is run again)."""
@@ -132,8 +138,8 @@ class RunDir:
 
     def write_category(self, abbr: str, record: dict[str, Any]) -> None:
         """The record, then the digests of it and of every file it names."""
-        atomic_write_json(self.category_file(abbr), record)
-        self.manifest.update(category_files(self.path, abbr, record))
+        path = self.category_file(abbr)
+        self._write_listed({path: json_bytes(record)}, [f for f in category_files(self.path, abbr, record) if f != path])
 
     def changed_files(self, abbr: str, record: dict[str, Any]) -> list[str]:
         """The category's files that differ from the manifest ([] for a run made before it kept one)."""
@@ -160,11 +166,15 @@ class RunDir:
                       extra: dict[str, Any]) -> dict[str, Any]:
         results = {"schema": SCHEMA, **spec, "categories": categories,
                    "mean": mean_metrics(categories, spec["protocol"]), **extra}
-        atomic_write_json(self.path / "results.json", results)
-        atomic_write_text(self.path / "results.csv", long_table(results).to_csv(index=False))
-        atomic_write_text(self.path / "results.md", markdown(results))
-        self.manifest.update([self.path / name for name in ("results.json", "results.csv", "results.md")])
+        self._write_listed({self.path / "results.json": json_bytes(results),
+                            self.path / "results.csv": long_table(results).to_csv(index=False).encode("utf-8"),
+                            self.path / "results.md": markdown(results).encode("utf-8")})
         return results
+
+
+def json_bytes(obj: Any) -> bytes:
+    """The bytes `atomic_write_json` writes for `obj` (run files are listed in the manifest before they are written)."""
+    return (json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n").encode("utf-8")
 
 
 def run_name(prefix: str) -> str:

@@ -18,6 +18,8 @@ import logging
 from pathlib import Path
 from typing import Any, Iterable
 
+import xxhash
+
 from threecad.fsutil import atomic_write_json
 from threecad.harness.predictions import file_xxh3
 from threecad.integrity import sum_path
@@ -62,8 +64,10 @@ class RunManifest:
         files = data.get("files") if isinstance(data, dict) else None
         return {str(k): str(v) for k, v in files.items()} if isinstance(files, dict) else {}
 
-    def update(self, paths: Iterable[Path]) -> None:
-        """Record the digests of `paths` as they are now (files that do not exist are dropped)."""
+    def update(self, paths: Iterable[Path] = (), coming: dict[Path, bytes] | None = None) -> None:
+        """Record the digests of `paths` as they are now (files that do not exist are dropped), and of
+        the files `coming` (path -> the bytes about to be written there). A file listed before it is
+        written: a process killed in between leaves a file that is missing, never one that is unlisted."""
         from filelock import FileLock
 
         paths = list(paths)
@@ -75,6 +79,8 @@ class RunManifest:
                     files[rel] = file_xxh3(path)
                 else:
                     files.pop(rel, None)
+            for path, data in (coming or {}).items():
+                files[self._relative(path)] = xxhash.xxh3_64(data).hexdigest()
             atomic_write_json(self.path, {"schema": SCHEMA, "digest": "xxh3_64",
                                           "files": dict(sorted(files.items()))})
 

@@ -12,13 +12,12 @@ ran it; `tolerance` elsewhere).
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 from pathlib import Path
 from typing import Any, Callable
 
 from threecad.harness.runmanifest import MANIFEST_FILE, RunManifest, category_files
-from threecad.leaderboard.evidence import verify_run
+from threecad.leaderboard.evidence import recorded_config, verify_run
 from threecad.leaderboard.runcheck import check_run
 from threecad.leaderboard.runs import load_results
 from threecad.leaderboard.schema import LeaderboardError
@@ -62,21 +61,13 @@ def _rerun(run_dir: Path, data: dict[str, Any], abbr: str, record: dict[str, Any
     import torch
 
     from threecad.dataset import ThreeCAD
-    from threecad.errors import ThreecadError
     from threecad.harness import BenchSpec
     from threecad.harness.evaluation import evaluate
     from threecad.harness.fitting import new_method
     from threecad.integrity import load_checked
-    from threecad.registry import load_method
 
+    method_cls, built = recorded_config(data)
     try:
-        method_cls = load_method(str(data.get("method")))
-        fields = {f.name for f in dataclasses.fields(method_cls.config_class)}
-        config = data.get("config") or {}
-        unknown = sorted(set(config) - fields)
-        if unknown:
-            raise ThreecadError(f"the recorded config has fields {method_cls.name} does not have: {unknown[:5]}")
-        built = method_cls.config_class(**{k: tuple(v) if isinstance(v, list) else v for k, v in config.items()})
         method = new_method(method_cls, built, torch.device("cpu"), work_dir=None)
         method.load_state_dict(load_checked(run_dir / record["checkpoint"]))
     except Exception as exc:  # noqa: BLE001 - whatever fails here, the checkpoint is not this method's

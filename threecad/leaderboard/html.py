@@ -124,7 +124,8 @@ def render_html(tables: list[WideTable], origin: str, n_rows: int) -> str:
             f'<p class="legend">Mean per entry<span style="background:{_COLORS["paper"]}"></span>paper'
             f'<span style="background:{_COLORS["run"]}"></span>run</p>'
             f"{bar_chart(t)}\n{html_table(t)}"
-            f"{f'<p>{escape(PARTIAL_NOTE)}</p>' if t.partial else ''}</section>")
+            f"{f'<p>{escape(PARTIAL_NOTE)}</p>' if t.partial else ''}"
+            f"{f'<p>{escape(t.evidence_note)}</p>' if t.evidence_note else ''}</section>")
     return f"""<!DOCTYPE html>
 <html lang="en">
 <head>

@@ -37,5 +37,6 @@ def paper_rows() -> pd.DataFrame:
         "date": PAPER_DATE,
         "hardware": "",
         "code_revision": "",
+        "evidence": "paper",
     })
     return rows[list(COLUMNS)]

@@ -67,6 +67,8 @@ def markdown_table(wide: WideTable, heading_level: int = 3) -> str:
     parts += [line(header), rule] + [line(r) for r in body]
     if wide.partial:
         parts += ["", PARTIAL_NOTE]
+    if wide.evidence_note:
+        parts += ["", wide.evidence_note]
     return "\n".join(parts) + "\n"
 
 
@@ -91,6 +93,8 @@ def plain_table(wide: WideTable) -> str:
     lines += _aligned([header] + body, len(HEADERS), "  ")
     if wide.partial:
         lines.append(PARTIAL_NOTE)
+    if wide.evidence_note:
+        lines.append(wide.evidence_note)
     if wide.caveat:
         lines.append(f"note: {wide.caveat}")
     return "\n".join(lines) + "\n"

@@ -20,8 +20,18 @@ from threecad.leaderboard.names import formula_reason, unsafe_reason
 
 COLUMNS: tuple[str, ...] = (
     "method", "variant", "source", "reference", "protocol", "dataset", "category", "metric",
-    "value", "eval_size", "seed", "date", "hardware", "code_revision",
+    "value", "eval_size", "seed", "date", "hardware", "code_revision", "evidence",
 )
+# What a row's number rests on (threecad.leaderboard.evidence):
+#   paper            printed in a publication
+#   recomputed       computed by `submit --root` from the run's stored predictions and the root's
+#                    masks, on a dataset whose identity is checked (synthetic marker, or custom data)
+#   data-unverified  computed so, but the root's test set is not one recorded as the official
+#                    dataset's (none is recorded yet for 3CAD and MVTec AD)
+#   claimed          the number the run recorded, not computed again (submit without --root)
+EVIDENCE: tuple[str, ...] = ("paper", "recomputed", "data-unverified", "claimed")
+# Tables written before the column existed: their run rows were never computed again.
+EVIDENCE_BEFORE_COLUMN = {"paper": "paper", "run": "claimed"}
 REQUIRED: tuple[str, ...] = (
     "method", "variant", "source", "reference", "protocol", "dataset", "category", "metric", "value",
 )
@@ -111,6 +121,11 @@ def _check_cell(column: str, value: str, row: dict[str, str]) -> str | None:
         return f"unknown protocol '{value}'; known: {', '.join(PROTOCOLS)}"
     if column == "dataset" and value not in DATASETS:
         return f"unknown dataset '{value}'; known: {', '.join(DATASETS)}"
+    if column == "evidence":
+        if value not in EVIDENCE:
+            return f"unknown evidence '{value}'; known: {', '.join(EVIDENCE)}"
+        if (value == "paper") != (row.get("source") == "paper"):
+            return f"'{value}' does not go with source '{row.get('source')}' (paper rows, and only they, are 'paper')"
     if column == "metric" and value not in METRICS:
         return f"unknown metric '{value}'; known: {', '.join(METRICS)}"
     if column == "category" and value != MEAN and row.get("dataset") in DATASETS:
@@ -137,6 +152,13 @@ def _check_cell(column: str, value: str, row: dict[str, str]) -> str | None:
         except ValueError:
             return f"'{value}' is not a valid date"
     return None
+
+
+def with_evidence(table: pd.DataFrame) -> pd.DataFrame:
+    """A table written before the `evidence` column, given it: paper rows `paper`, run rows `claimed`."""
+    if "evidence" in table.columns or "source" not in table.columns:
+        return table
+    return table.assign(evidence=table["source"].map(EVIDENCE_BEFORE_COLUMN).fillna(""))
 
 
 def find_problems(table: pd.DataFrame, first_line: int = 2) -> list[Problem]:

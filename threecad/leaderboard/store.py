@@ -26,7 +26,7 @@ from threecad.leaderboard.paper import paper_rows
 from threecad.leaderboard.evidence import verify_run
 from threecad.leaderboard.runcheck import check_run
 from threecad.leaderboard.runs import load_results, rows_from_run
-from threecad.leaderboard.schema import COLUMNS, KEY, SUBMISSION, LeaderboardError, validate_table
+from threecad.leaderboard.schema import COLUMNS, KEY, SUBMISSION, LeaderboardError, validate_table, with_evidence
 
 LOCK_TIMEOUT_S = 60.0
 
@@ -205,6 +205,7 @@ def read_table(csv_path: str | Path) -> pd.DataFrame:
                             na_filter=False, skip_blank_lines=False)
     except (pd.errors.ParserError, csv.Error) as exc:
         raise LeaderboardError(f"{csv_path} is not a well-formed CSV ({exc}).") from None
+    table = with_evidence(table)
     validate_table(table, str(csv_path))
     return table[list(COLUMNS)].reset_index(drop=True)
 
@@ -297,7 +298,13 @@ def submit_run(run_dir: str | Path, csv_path: str | Path, replace: bool = False,
     run = rows_from_run(run_dir)  # a malformed or unfinished run fails here, before the table is touched
     if root is not None:  # every metric computed again from the run's predictions and ROOT's masks
         _, results_path, data = load_results(run_dir)
-        verify_run(run_dir, data, check_run(Path(run_dir), results_path, data).records, root)
+        verified = verify_run(run_dir, data, check_run(Path(run_dir), results_path, data).records, root)
+        run.rows["evidence"] = verified.evidence
+        if verified.why:
+            run.notes.append(f"rows stored as data-unverified: every number was computed again, but {verified.why}.")
+    else:
+        run.notes.append("rows stored as claimed: the run's own numbers, not computed again; pass --root ROOT "
+                         "(the dataset it was scored on) to compute them from its stored predictions.")
     with locked(csv_path):
         created = not csv_path.exists()
         table = empty_table() if created else read_table(csv_path)

@@ -16,7 +16,12 @@ from threecad.leaderboard.schema import (
     DATASETS, MEAN, METRICS, PROTOCOL_CAVEATS, PROTOCOLS, LeaderboardError, dataset_categories,
 )
 
-ENTRY = ("method", "variant", "source", "reference")
+ENTRY = ("method", "variant", "source", "reference", "evidence")
+# how an entry whose numbers were not computed again is marked beside its source, and why
+EVIDENCE_MARKS = {"claimed": "claimed", "data-unverified": "data unverified"}
+EVIDENCE_NOTE = ("claimed: the run's own numbers, not computed again (`submit` without `--root`); data "
+                 "unverified: computed again from the run's predictions, on a test set not recorded as the "
+                 "official one.")
 DISPLAY_DIGITS = 1  # the paper's precision; "best" is judged on the values as displayed
 PARTIAL_MARK = "\u2020"  # dagger
 PARTIAL_NOTE = f"{PARTIAL_MARK} Mean over fewer categories than the dataset has: not comparable with a full Mean."
@@ -33,6 +38,11 @@ class WideTable:
     partial: set[int] = field(default_factory=set)  # rows whose Mean lacks some of the dataset's categories
 
     @property
+    def evidence_note(self) -> str | None:
+        """Said under a table holding numbers that were not computed again."""
+        return EVIDENCE_NOTE if self.entries["evidence"].isin(list(EVIDENCE_MARKS)).any() else None
+
+    @property
     def caveat(self) -> str | None:
         return PROTOCOL_CAVEATS.get(self.protocol)
 
@@ -42,7 +52,8 @@ def format_value(value: float) -> str:
 
 
 def source_label(row: pd.Series | dict) -> str:
-    return f"{row['source']} {row['reference']}"
+    mark = EVIDENCE_MARKS.get(str(row.get("evidence", "")))
+    return f"{row['source']} {row['reference']}" + (f" ({mark})" if mark else "")
 
 
 def _category_order(dataset: str, present: set[str]) -> list[str]:
