@@ -28,11 +28,13 @@ The paper's text (eq. 7) reweights it by how isolated the nearest memory entry i
 its b nearest neighbours: `--set num_neighbors=9` for b = 9 (weights from Euclidean
 distances, as eq. 7 writes them, applied to the score in the configured `distance`).
 
-Not repeated from the official code: its loader runs an all-ones image through the
-backbone in train mode to learn the feature sizes, which moves every BatchNorm running
-statistic; here the backbone is frozen and always in eval mode. Its coreset starts from 10
-random points and a random linear layer as projection; ours from one seeded point and a
-Gaussian projection (same method, different draws).
+Backbone BatchNorm statistics (`ones_warmup`): to learn the feature sizes, the official loader
+runs an all-ones image through conv1..layer3 in train mode, which moves every BatchNorm running
+statistic 10 % toward that image's; preset `paper` does the same once the weights are loaded,
+preset `cpu` keeps the file's statistics. Not repeated from the official code: its coreset
+starts from the mean distance to 10 random points (not added to the coreset) and projects with
+a bias-free random linear layer, and takes int(N p) points; ours starts from one seeded point,
+projects with a Gaussian matrix and takes round(N p) (the same method, other draws).
 
 Input: 256x256 without the paper's 224 center crop, as the 3CAD runs do: the harness
 evaluates every pixel of the full image, and a crop would hide defects near the border.
@@ -78,6 +80,7 @@ class PatchCoreConfig(MethodConfig):
     num_neighbors: int = 1  # b of the paper's eq. 7 image-score reweighting; 1 = max patch score (official)
     sigma: float = 4.0  # Gaussian smoothing of the map, in input pixels (harness); 0 = none
     chunk_elements: int = 2 ** 25  # largest distance block held at once (floats)
+    ones_warmup: bool = True  # the official all-ones train-mode probe through the backbone at load (BN statistics)
 
     def validate(self) -> None:
         if self.patch_size < 1 or self.patch_size % 2 == 0:
@@ -187,12 +190,14 @@ class PatchCore(Method):
         # table gives what it reaches). Not 192 px: Copper_Stator fell behind the other categories
         # there, as the stride-8 patches of a 24 x 24 grid blend a dent into the per-image winding
         # texture around it.
-        "cpu": {"backbone": "efficientnet_lite0", "image_size": 256, "batch_size": 16},
+        "cpu": {"backbone": "efficientnet_lite0", "image_size": 256, "batch_size": 16, "ones_warmup": False},
     }
 
     def __init__(self, config: PatchCoreConfig, device: str | torch.device = "cpu", amp: bool = False):
         super().__init__(config, device, amp)
         self.extractor = FeatureExtractor(config.backbone, config.strides, config.weights).to(self.device)
+        if config.ones_warmup:
+            self.extractor.probe_with_ones(config.image_size)
         self.memory_bank: torch.Tensor | None = None
         self._fit_patches = 0
 
@@ -210,6 +215,10 @@ class PatchCore(Method):
         return {
             "taps": self.extractor.describe_taps(self.config.image_size),
             "neighbourhood": f"{c.patch_size}x{c.patch_size}, zero padding counted",
+            "backbone_batchnorm": ("running statistics moved by one all-ones train-mode pass at load (ones_warmup), "
+                                   "as the official loader" if c.ones_warmup else
+                                   "the weight file's running statistics (ones_warmup off; the official loader moves "
+                                   "them with an all-ones pass)"),
             "pretrain_dim": c.pretrain_dim,
             "feature_dim": c.feature_dim,
             "memory_bank": f"greedy k-center coreset, ratio {c.coreset_ratio:g} of the training patches, "

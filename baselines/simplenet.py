@@ -171,22 +171,6 @@ def truncated_l1(true_scores: torch.Tensor, fake_scores: torch.Tensor, margin: f
     return {"loss": true + fake, "true": true, "fake": fake}
 
 
-def ones_warmup(extractor: FeatureExtractor, image_size: int) -> None:
-    """The reference's load-time probe: one (1, 3, image_size, image_size) tensor of ones into the
-    backbone's first layer (the reference's images are normalised before the network, so its
-    ones are network input), in train mode without gradients, so every BatchNorm moves its
-    running statistics `momentum` of the way toward that input's batch statistics. Only the
-    stages threecad keeps run; the reference also moves layer4's, which it never uses."""
-    extractor.stages.train()
-    try:
-        with torch.no_grad():
-            x = torch.ones(1, 3, image_size, image_size, device=extractor.mean.device)
-            for stage in extractor.stages:
-                x = stage(x)
-    finally:
-        extractor.stages.eval()
-
-
 class _Passes:
     """A loader seen `times` times in a row: one meta-epoch is `gan_epochs` passes."""
 
@@ -227,7 +211,7 @@ class SimpleNet(TrainedMethod):
         super().__init__(config, device, amp)
         self.extractor = FeatureExtractor(config.backbone, config.strides, config.weights).to(self.device)
         if config.ones_warmup:
-            ones_warmup(self.extractor, config.image_size)
+            self.extractor.probe_with_ones(config.image_size)
         with seeded_weights(config.seed):
             self.net = nn.ModuleDict({
                 "adaptor": Adaptor(config.target_dim, config.adaptor_layers),

@@ -353,6 +353,21 @@ class FeatureExtractor(nn.Module):
         return f"backbone {self.name} (used: {'conv1' if self.name.startswith(('resnet', 'wide_resnet')) else 'stem'}" \
                f"..{self.tap_names[-1]})"
 
+    def probe_with_ones(self, image_size: int) -> None:
+        """The load-time probe of the SimpleNet and PatchCore references: one (1, 3, S, S) tensor of
+        ones into the first layer (their images are normalised before the network, so the ones are
+        network input), in train mode without gradients, so that every BatchNorm moves its running
+        statistics `momentum` of the way toward that input's batch statistics. Only the stages kept
+        here run (SimpleNet's reference also moves layer4's, which it never uses)."""
+        self.stages.train()
+        try:
+            with torch.no_grad():
+                x = torch.ones(1, 3, image_size, image_size, device=self.mean.device)
+                for stage in self.stages:
+                    x = stage(x)
+        finally:
+            self.stages.eval()
+
     def batchnorm_layers(self) -> list[nn.modules.batchnorm._BatchNorm]:
         return [m for m in self.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
