@@ -146,6 +146,13 @@ class PaDiM(Method):
             "feature_dim": f"{len(self.channel_index)} of {total} channels (random subset, seed {self.config.seed})",
             "grid": f"stride {min(self.extractor.strides)}: deeper maps upsampled (nearest) to it",
             "gaussians": f"one per grid position, covariance + {self.config.epsilon:g} I",
+            "notes": [
+                "input: the whole image squashed to a square (3CAD's evaluation covers every pixel); the reference "
+                "resizes the shorter side to 256 (Lanczos) and keeps the centre 224 x 224 "
+                "(tests/test_golden_padim.py)",
+                "precision: covariances accumulated in float32 and inverted by Cholesky; the reference inverts "
+                "a float32 copy of float64 covariances by LU. Both lose digits when covariance + epsilon I is "
+                "ill-conditioned, ours more (tests/test_golden_padim.py)"],
         }
         if self.config.backbone == "wide_resnet50_2":
             details["reference_backbone"] = ("the reference runs the whole WideResNet-50-2 (68,883,240 "

@@ -215,6 +215,11 @@ class PatchCore(Method):
         return {
             "taps": self.extractor.describe_taps(self.config.image_size),
             "neighbourhood": f"{c.patch_size}x{c.patch_size}, zero padding counted",
+            "notes": [
+                "input: the whole image squashed to a square (3CAD's evaluation covers every pixel); the official "
+                "loader resizes the shorter side to 256 and keeps the centre 224 x 224 "
+                "(tests/test_golden_patchcore.py)",
+                "coreset: the same greedy k-center selection with other random draws (start point, projection)"],
             "backbone_batchnorm": ("running statistics moved by one all-ones train-mode pass at load (ones_warmup), "
                                    "as the official loader" if c.ones_warmup else
                                    "the weight file's running statistics (ones_warmup off; the official loader moves "
