@@ -21,6 +21,7 @@ from threecad.leaderboard.evidence import recorded_config, verify_run
 from threecad.leaderboard.runcheck import check_run
 from threecad.leaderboard.runs import load_results
 from threecad.leaderboard.schema import LeaderboardError
+from threecad.wording import plural
 
 
 def audit_run(run_dir: str | Path, root: str | Path | None = None, rerun: bool = False, tolerance: float = 0.0,
@@ -34,8 +35,11 @@ def audit_run(run_dir: str | Path, root: str | Path | None = None, rerun: bool =
     if unlisted and RunManifest(run_dir).read() is not None:
         raise LeaderboardError(f"{run_dir}: {unlisted[0]} is not in the run's manifest")
     root = Path(root) if root is not None else Path((data.get("dataset") or {}).get("root", ""))
-    verify_run(run_dir, data, records, root)
-    echo(f"{len(records)} categories: every metric computed again from the stored predictions and {root}'s masks")
+    verified = verify_run(run_dir, data, records, root)
+    echo(f"{plural(len(records), 'category')}: every metric computed again from the stored predictions and {root}'s masks")
+    for abbr, fingerprint in verified.fingerprints.items():
+        echo(f"{abbr}: test-set fingerprint {fingerprint}")
+    echo(f"evidence: {verified.evidence}" + (f" ({verified.why})" if verified.why else ""))
     if not rerun:
         return {}
     return {abbr: _rerun(Path(run_dir), data, abbr, record, root, tolerance, echo) for abbr, record in records.items()}
