@@ -15,6 +15,13 @@ Each file carries a checksum (`<file>.sum`, see threecad.integrity), written aft
 file lands and checked when a Dataset opens the cache: a flipped bit would otherwise reach
 every later run as a wrong pixel. A cache that fails the check, or cannot be opened at
 all (a damaged `.npy` header), is rebuilt with one warning.
+
+The key names the files' bytes (`content_key`), not their sizes and mtimes: a training
+image overwritten with other pixels of the same size, its mtime put back, must not be
+served from the old cache. Reading every file once per Dataset is the price; see
+benchmarks/content_digest_cost.py.
+
+Where caches live (this one and the stats cache): `default_cache_dir`.
 """
 from __future__ import annotations
 
@@ -22,29 +29,49 @@ import logging
 import os
 import re
 import shutil
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import xxhash
 from filelock import FileLock
-from threecad.progress import progress_bar
 
 from threecad import integrity
 from threecad.errors import ThreecadError
+from threecad.fsutil import check_writable, open_regular
+from threecad.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
 CACHE_ENV = "THREECAD_CACHE"
-DEFAULT_CACHE_DIR = Path("~/.cache/threecad")
 # Below this many samples a thread pool costs more than it saves.
 PARALLEL_MIN_ITEMS = 8
+READ_CHUNK = 1 << 20  # most dataset files are read in one or two calls
 
 
 def default_cache_dir() -> Path:
-    """`$THREECAD_CACHE` when set, else ~/.cache/threecad."""
+    """Where every threecad cache lives: `$THREECAD_CACHE`, else `$XDG_CACHE_HOME/threecad`,
+    else ~/.cache/threecad. A relative $XDG_CACHE_HOME is ignored, as the XDG base directory
+    specification asks."""
     env = os.environ.get(CACHE_ENV)
-    return Path(env).expanduser() if env else DEFAULT_CACHE_DIR.expanduser()
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    if xdg and os.path.isabs(xdg):
+        return Path(xdg) / "threecad"
+    return Path("~/.cache/threecad").expanduser()
+
+
+def unwritable(folder: Path, exc: OSError, fallback: str) -> ThreecadError:
+    """The one-line error for a cache folder that cannot be written (or its lock taken)."""
+    if isinstance(exc, ThreecadError):  # check_writable's, which names the folder already
+        what = str(exc)
+    else:
+        why = exc.strerror.lower() if isinstance(exc.strerror, str) else str(exc)
+        what = f"cannot write the cache folder {folder}: {why}"
+    return ThreecadError(f"{what}; set ${CACHE_ENV} to a writable folder or {fallback}")
 
 
 def resolve_cache_dir(cache: bool | str | os.PathLike | None) -> Path | None:
@@ -67,6 +94,40 @@ def default_workers() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not Linux
         return max(1, os.cpu_count() or 1)
+
+
+def content_key(paths: list[str | None], workers: int | None = None) -> str:
+    """XXH3-128 over the bytes of every file, in order (None: no file, as a good image's
+    mask): the part of a cache's key that says which pixels it holds. Paths are left out,
+    so a dataset moved or copied elsewhere keeps its caches.
+
+    Read in threads: the time is in reading, and reads release the GIL.
+    """
+    local = threading.local()
+
+    def digest(path: str | None) -> bytes:
+        if path is None:
+            return b""
+        buf = getattr(local, "buf", None)
+        if buf is None:
+            buf = local.buf = bytearray(READ_CHUNK)
+        h = xxhash.xxh3_128()
+        view = memoryview(buf)
+        with open_regular(path) as fh:
+            while n := fh.readinto(buf):
+                h.update(view[:n])
+        return h.digest()
+
+    workers = default_workers() if workers is None else max(1, workers)
+    if workers == 1 or len(paths) < PARALLEL_MIN_ITEMS:
+        digests = [digest(p) for p in paths]
+    else:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            digests = list(pool.map(digest, paths))
+    total = xxhash.xxh3_128()
+    for d in digests:
+        total.update(len(d).to_bytes(1, "little") + d)
+    return total.hexdigest()
 
 
 def _problem(path: Path, shape: tuple[int, ...]) -> str | None:
@@ -101,13 +162,14 @@ def ensure_cache(path: Path, n_items: int, item_shape: tuple[int, ...],
     path = Path(path)
     if _problem(path, shape) is None:
         return path
-    try:
+    try:  # a cache that is already there is read even from a read-only folder; a build is not
         path.parent.mkdir(parents=True, exist_ok=True)
+        check_writable(path.parent, folder=True)
+        lock = FileLock(str(path) + ".lock")
+        lock.acquire()
     except OSError as exc:
-        raise ThreecadError(f"cannot create the cache folder {path.parent} ({exc.strerror}); "
-                            f"set ${CACHE_ENV} to a writable folder or pass cache=False") from exc
-    lock = FileLock(str(path) + ".lock")
-    with lock:
+        raise unwritable(path.parent, exc, "pass cache=False to ThreeCAD") from None
+    try:
         problem = _problem(path, shape)
         if problem is None:  # another process built it while we waited
             log.info("cache %s built by another process", path.name)
@@ -116,6 +178,8 @@ def ensure_cache(path: Path, n_items: int, item_shape: tuple[int, ...],
             log.warning("rebuilding the cache %s: %s", path, problem)
         _remove_stale_temporaries(path)
         _build(path, shape, load_item, workers, desc)
+    finally:
+        lock.release()
     return path
 
 

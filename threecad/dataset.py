@@ -7,7 +7,9 @@ uint8 samples are built once into a memory-mapped file (see threecad.cache) and 
 later pass reads no PNG; without it every access decodes. Both paths run the same
 preprocessing, so they return identical tensors.
 
-The cache is built eagerly at construction, in parallel threads, with a progress bar:
+The cache is keyed on the bytes of every image and mask (threecad.cache.content_key), read
+at each construction: a file rewritten in place, same size and mtime, is never served
+stale. It is built eagerly at construction, in parallel threads, with a progress bar:
 the first epoch would decode every image anyway, an eager build uses every core even
 with `num_workers=0`, and a cache that is either complete or absent needs no bookkeeping
 shared between DataLoader workers.
@@ -26,10 +28,11 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from threecad.cache import CachedArray, cache_file, ensure_cache, resolve_cache_dir
+from threecad.cache import CachedArray, cache_file, content_key, ensure_cache, resolve_cache_dir
 from threecad.catalog import Category, resolve_category
 from threecad.errors import DatasetError, ThreecadError
-from threecad.layout import fingerprint, require_readable, scan_root
+from threecad.fsutil import open_regular
+from threecad.layout import require_readable, scan_root
 from threecad.masks import MaskError, read_mask
 from threecad.preprocess import Preprocess
 from threecad.splits import read_manifest, select_rows, table_categories, validate_manifest
@@ -54,7 +57,7 @@ def _to_rgb(im: Image.Image) -> Image.Image:
 def _load_image(path: str | os.PathLike, pre: Preprocess) -> tuple[np.ndarray, tuple[int, int]]:
     """(3, size, size) uint8 through the method's pipeline, and the image's own (height, width)."""
     try:
-        with Image.open(path) as im:
+        with open_regular(path) as fh, Image.open(fh) as im:
             hw = (im.height, im.width)
             image = pre.image(_to_rgb(im))
     except (OSError, ValueError, SyntaxError) as exc:
@@ -169,7 +172,8 @@ class ThreeCAD(Dataset):
     def _build_cache(self, cache_dir: Path) -> None:
         pipeline = "-".join(filter(None, (self.preprocess.key(),
                                           f"mask{self.mask_size}" if self.mask_size != self.image_size else "")))
-        fp = "-".join(filter(None, (f"v{PREPROCESS_VERSION}", pipeline, fingerprint(self.samples, with_mtime=True))))
+        files = [p for pair in zip(self._paths, self._masks) for p in pair]
+        fp = "-".join(filter(None, (f"v{PREPROCESS_VERSION}", pipeline, content_key(files))))
         path = cache_file(cache_dir, fp, self.category.abbreviation, self.split, self.image_size)
         load = functools.partial(_load_index, self._paths, self._masks, self.preprocess, self.mask_size)
         s, m = self.image_size, self.mask_size

@@ -5,6 +5,9 @@ raises WriteError, a ThreecadError that names the path ("cannot write PATH: perm
 denied"), so every command reports it in one line; it is also an OSError, so callers that
 already catch OSError keep working. `check_writable` lets a command refuse before it does
 any work (and before its first write), as the refusal contract asks.
+
+Dataset files are read through `open_regular`: a FIFO named like an image would otherwise
+block the reader forever, waiting for a writer.
 """
 from __future__ import annotations
 
@@ -12,9 +15,10 @@ import contextlib
 import errno
 import json
 import os
+import stat
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, BinaryIO, Iterator
 
 from threecad.errors import ThreecadError
 
@@ -25,6 +29,42 @@ _WRITE_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQ
 
 class WriteError(ThreecadError, OSError):
     """A file or folder could not be written; the message names it and says why."""
+
+
+class NotRegularFile(ThreecadError, OSError):
+    """A FIFO, socket, device or folder where a file is read; the message names it."""
+
+
+_SPECIAL = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+            (stat.S_ISBLK, "a block device"), (stat.S_ISDIR, "a folder"))
+
+
+def special_kind(mode: int) -> str | None:
+    """What a non-regular file is ("a FIFO", ...), from its st_mode; None for a regular file."""
+    if stat.S_ISREG(mode):
+        return None
+    return next((name for test, name in _SPECIAL if test(mode)), "not a regular file")
+
+
+def open_regular(path: str | os.PathLike) -> BinaryIO:
+    """Open a file for reading in binary; anything but a regular file raises NotRegularFile.
+
+    Opened without blocking and checked on the descriptor, so that a FIFO is refused at once
+    instead of waiting for a writer, and a file swapped between a check and the open is
+    still caught.
+    """
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    try:
+        kind = special_kind(os.fstat(fd).st_mode)
+        if kind is not None:
+            err = NotRegularFile(f"{path} is {kind}, not a regular file; it is not read")
+            err.errno, err.strerror, err.filename = errno.EINVAL, f"it is {kind}, not a regular file", os.fspath(path)
+            raise err
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def _why(exc: OSError) -> str:

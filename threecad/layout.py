@@ -13,7 +13,10 @@ Categories come in the catalog's order (3CAD: ACC, AI, AMF, ANMF, ANI, AP, CS, I
 MVTec AD's; then custom folders by name), whatever the folders' alphabetical order, so
 every command lists them the same way. Mask headers are read too (a few bytes each): a
 mask whose size is not its image's is an error here already, so that `layout_errors`
-(what bench refuses to run on) holds every problem that would change results.
+(what bench refuses to run on) holds every problem that would change results. A category
+without training or test images, and a known category's folder that is empty, are errors
+too (the Dataset refuses the first two on its own). Only regular files are read: a FIFO
+named `x.png` would block a reader forever.
 """
 from __future__ import annotations
 
@@ -27,6 +30,7 @@ import pandas as pd
 
 from threecad.catalog import KNOWN, Category, category_for_folder
 from threecad.errors import DatasetError
+from threecad.fsutil import NotRegularFile, open_regular, special_kind
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 # Files that may sit beside the category folders without being a problem.
@@ -76,15 +80,18 @@ class Scan:
 def read_header(path: str | os.PathLike) -> tuple[tuple[int, int] | None, str]:
     """((height, width), "") from the file header without decoding pixels, or (None, why)."""
     try:
-        with open(path, "rb") as fh:
+        with open_regular(path) as fh:
             head = fh.read(24)
-        if head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR":
-            width, height = struct.unpack(">II", head[16:24])
-            return (int(height), int(width)), ""
-        from PIL import Image  # lazy: only for non-PNG files; PIL reads the header only
+            if head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR":
+                width, height = struct.unpack(">II", head[16:24])
+                return (int(height), int(width)), ""
+            from PIL import Image  # lazy: only for non-PNG files; PIL reads the header only
 
-        with Image.open(path) as im:
-            return (im.height, im.width), ""
+            fh.seek(0)
+            with Image.open(fh) as im:
+                return (im.height, im.width), ""
+    except NotRegularFile as exc:
+        return None, f"{exc.strerror}; not read"
     except OSError as exc:
         if exc.errno is not None and exc.strerror:
             return None, f"cannot read it: {exc.strerror.lower()}"
@@ -213,8 +220,14 @@ def scan_root(root: str | os.PathLike) -> Scan:
                                         "file beside the category folders is ignored"))
             continue
         if not is_category_dir(path):
-            problems.append(Problem("warning", "unknown_folder", str(path),
-                                    "no train/ or test/ inside; not a category, ignored"))
+            known = category_for_folder(entry.name)
+            if known in KNOWN:  # an emptied or half-copied category, not a stray folder
+                problems.append(Problem("error", "empty_category", str(path),
+                                        f"the {known.abbreviation} folder has no train/ or test/ inside; "
+                                        "its images are missing"))
+            else:
+                problems.append(Problem("warning", "unknown_folder", str(path),
+                                        "no train/ or test/ inside; not a category, ignored"))
             continue
         cat = category_for_folder(entry.name)
         categories.append(cat)
@@ -245,11 +258,11 @@ def _scan_category(path: Path, cat: Category, rows: list[dict], problems: list[P
     _listdir(gt_dir, problems)  # an unreadable ground_truth/ is reported once, here
     naming = _detect_mask_naming(gt_dir)
     used_masks: set[str] = set()
+    first_row = len(rows)
     for split in ("train", "test"):
         split_dir = path / split
         if not split_dir.is_dir():
-            problems.append(Problem("warning", "missing_split", str(split_dir), f"no {split}/ folder"))
-            continue
+            continue  # reported below, as a split without images
         for type_entry in _listdir(split_dir, problems):
             if not _is_dir(type_entry):
                 problems.append(Problem("warning", "unexpected_file", type_entry.path,
@@ -274,10 +287,15 @@ def _scan_category(path: Path, cat: Category, rows: list[dict], problems: list[P
                     problems.append(Problem("error", "unreadable_image", img.path, why))
                 if label:
                     candidate = gt_dir / defect_type / _mask_name(img.name, naming)
+                    kind = _special(candidate)
                     if _is_file(candidate):
                         mask_path = str(candidate)
                         used_masks.add(mask_path)
                         _check_mask_header(mask_path, size, problems)
+                    elif kind is not None:
+                        used_masks.add(str(candidate))
+                        problems.append(Problem("error", "missing_mask", img.path,
+                                                f"its mask {candidate} is {kind}, not a regular file; not read"))
                     else:
                         problems.append(Problem("error", "missing_mask", img.path,
                                                 f"no mask at {candidate}"))
@@ -292,7 +310,23 @@ def _scan_category(path: Path, cat: Category, rows: list[dict], problems: list[P
             if not _is_dir(m) and _is_image(m.name) and m.path not in used_masks:
                 kind = "mask_for_good" if type_entry.name == GOOD else "orphan_mask"
                 problems.append(Problem("error", kind, m.path, "mask without a matching test image"))
+    splits = {r["split"] for r in rows[first_row:]}
+    if "train" not in splits:
+        problems.append(Problem("error", "no_train_images", str(path / "train" / GOOD),
+                                "no training image in this category; no method can be trained on it"))
+    if "test" not in splits:
+        problems.append(Problem("error", "no_test_images", str(path / "test"),
+                                "no test image in this category; it cannot be evaluated"))
     return naming
+
+
+def _special(path: Path) -> str | None:
+    """What `path` is when it exists but is not a regular file or folder ("a FIFO", ...)."""
+    try:
+        kind = special_kind(path.stat().st_mode)
+    except OSError:
+        return None
+    return None if kind == "a folder" else kind
 
 
 def _check_mask_header(mask_path: str, image_hw: tuple[int, int] | None, problems: list[Problem]) -> None:
@@ -306,16 +340,16 @@ def _check_mask_header(mask_path: str, image_hw: tuple[int, int] | None, problem
                                 "(WxH); masks must have their image's size"))
 
 
-def fingerprint(table: pd.DataFrame, root: str | os.PathLike | None = None, with_mtime: bool = False) -> str:
-    """A short hash of the files in a table: relative paths and sizes (and mtimes if asked).
-
-    Without mtimes it identifies a dataset across machines (results.json); with them it keys
-    caches that must notice an edited file.
+def fingerprint(table: pd.DataFrame, root: str | os.PathLike | None = None) -> str:
+    """A short hash of the files in a table, their relative paths and sizes: what identifies
+    a dataset across machines in results.json. (Caches are keyed on the files' bytes, see
+    threecad.cache.content_key: sizes and mtimes can be kept while pixels change.)
     """
     h = hashlib.sha256()
     for col in ("image_path", "mask_path"):
         for p in table[col].dropna():
             st = os.stat(p)
             rel = os.path.relpath(p, root) if root else p
-            h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns if with_mtime else 0}\n".encode())
+            # the trailing 0 stood for an mtime; kept so that recorded fingerprints stay the same
+            h.update(f"{rel}\0{st.st_size}\0".encode() + b"0\n")
     return h.hexdigest()[:16]

@@ -31,6 +31,7 @@ from threecad import catalog
 from threecad.catalog import Category
 from threecad.wording import plural
 from threecad.errors import DatasetError, ThreecadError
+from threecad.fsutil import open_regular
 from threecad.layout import (METADATA_SUFFIXES, SYNTHETIC_MARKER, Problem, Scan, catalog_order,
                              is_category_dir, scan_root)
 from threecad.masks import MaskError, inspect_mask
@@ -158,7 +159,7 @@ def _selection(root: Path, cats: Sequence[Category]) -> _Selection:
 
 
 def _read(path: str, want_hash: bool) -> tuple[bytes, FileEntry | None]:
-    with open(path, "rb") as fh:
+    with open_regular(path) as fh:
         data = fh.read()
     if not want_hash:
         return data, None
@@ -184,6 +185,14 @@ def _mask_problems(mask_path: str, data: bytes, image_hw: tuple[int, int] | None
         out.append(Problem("error", "empty_mask", mask_path,
                            "no defect pixel (> 127) in the mask of a defective image"))
     return out, info.n_defect
+
+
+def _regular(path: Path) -> bool:
+    """A regular file (what may be read and hashed), not a FIFO, socket or device."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False
 
 
 def _check_sample(root: Path, image_path: str, mask_path: str | None, header_ok: bool, mask_ok: bool,
@@ -321,7 +330,8 @@ def verify(root: str | os.PathLike, strict: bool = False, workers: int | None = 
     chosen = _selection(root, cats)
     selected = {c.abbreviation for c in cats}
     table = scan.table[scan.table.category.isin(selected)]
-    problems = [p for p in scan.problems if p.path in chosen]
+    # an empty category folder belongs to no selection but "all"
+    problems = [p for p in scan.problems if p.path in chosen and (all_requested or p.kind != "empty_category")]
 
     manifest = read_manifest(root) if check_manifest else None
     want_hash = manifest is not None or hash_all
@@ -343,7 +353,7 @@ def verify(root: str | os.PathLike, strict: bool = False, workers: int | None = 
 
     manifest_status, diff = "absent", None
     if want_hash:
-        selected_files = [p for p in list_files(root) if root / p in chosen]
+        selected_files = [p for p in list_files(root) if root / p in chosen and _regular(root / p)]
         hashes = hash_files(root, selected_files, workers=workers, known=hashes)
     if manifest is not None:
         reference = manifest

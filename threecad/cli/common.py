@@ -19,8 +19,19 @@ def resolve_root(root: Path | None) -> Path:
     return Path(root).expanduser() if root is not None else default_root()
 
 
+def _no_empty_names(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> tuple[str, ...]:
+    """Refuse an empty name (`--category ''`, `--category ,,`, `ACC,`): read as nothing, it
+    would silently mean every category."""
+    for value in values:
+        if any(not name.strip() for name in value.split(",")):
+            raise click.BadParameter(f"{value!r} holds an empty category name; name categories "
+                                     "(ACC or ACC,CS) or pass `all`", ctx=ctx, param=param)
+    return values
+
+
 def category_option(**kwargs):
     return click.option(
         "--category", "categories", multiple=True, default=("all",), show_default=True,
+        callback=_no_empty_names,
         help="Category by abbreviation or folder name, any case; repeatable or a comma "
              "list (ACC,CS); `all` is every category.", **kwargs)

@@ -23,12 +23,20 @@ from threecad.cli.common import category_option, resolve_root, root_option
 @click.option("--workers", type=click.IntRange(min=1), default=None,
               help="Processes for the masks not yet cached. Default: every available core.")
 @click.option("--no-cache", is_flag=True,
-              help="Recompute every mask and leave the cache ($THREECAD_CACHE, else ~/.cache/threecad) alone.")
+              help="Recompute every mask and leave the cache ($THREECAD_CACHE, else $XDG_CACHE_HOME/threecad, "
+                   "else ~/.cache/threecad) alone.")
+@click.option("--skip-unreadable", is_flag=True,
+              help="Measure the other masks when some cannot be read; those are listed first and left "
+                   "out of every figure. Without it, a mask that cannot be read is an error (exit 2) and "
+                   "nothing is written.")
 def command(root: Path | None, categories: tuple[str, ...], plot: bool, out_dir: Path | None,
-            json_path: Path | None, workers: int | None, no_cache: bool) -> None:
+            json_path: Path | None, workers: int | None, no_cache: bool, skip_unreadable: bool) -> None:
     """Measure a dataset root: counts, sizes, regions (NE) and types (TE) per defective image,
-    defect size and shape; on a 3CAD root, next to the paper's Table 1."""
+    defect size and shape; on a 3CAD root, next to the paper's Table 1.
+
+    A mask that cannot be read stops the command (exit 2) unless --skip-unreadable."""
     started = time.perf_counter()
+    from threecad.errors import DatasetError
     from threecad.fsutil import atomic_write_json, check_writable
     from threecad.layout import scan_root
     from threecad import stats as st
@@ -42,6 +50,17 @@ def command(root: Path | None, categories: tuple[str, ...], plot: bool, out_dir:
         check_writable(json_path)
     scan = scan_root(resolve_root(root))
     result = st.compute_stats(scan, categories, workers=workers, cache=not no_cache)
+    unreadable = result.unreadable
+    if unreadable and not skip_unreadable:
+        raise DatasetError(f"{plural(len(unreadable), 'mask')} cannot be read, first {unreadable[0]}; fix or "
+                           "remove them, or pass --skip-unreadable to measure without them")
+    if unreadable:
+        click.echo(f"{plural(len(unreadable), 'unreadable mask')} left out (--skip-unreadable):")
+        for line in unreadable[:10]:
+            click.echo(f"  {line}")
+        if len(unreadable) > 10:
+            click.echo(f"  ... {len(unreadable) - 10} more (all of them in --json)")
+        click.echo("")
 
     click.echo(f"{scan.root} ({scan.dataset}); NE = 8-connected mask regions; "
                f"area = region / image; aspect = min-area rotated rectangle, long / short")

@@ -7,7 +7,8 @@ MVTec AD and on the synthetic set, and fast enough to run on 27k images without 
 How it is fast: only masks are decoded (image sizes come from the sample table, which read
 them from the file headers); each mask is cropped to its non-zero box before labelling; the
 per-file result is cached in one sqlite file keyed by path, size and mtime (a changed file
-is recomputed); uncached files are spread over a process pool.
+is recomputed), each row with its checksum (a damaged row is recomputed); uncached files are
+spread over a process pool.
 
 Conventions, stated once:
 - A mask pixel is a defect under threecad.masks' rule (> 127 on the 8-bit scale; colour

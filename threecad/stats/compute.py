@@ -12,11 +12,12 @@ import numpy as np
 import pandas as pd
 
 from threecad.catalog import resolve_categories
+from threecad.fsutil import open_regular
 from threecad.layout import SYNTHETIC_MARKER, Scan, catalog_order, require_readable
 from threecad.stats.pool import analyze_masks
 from threecad.stats.sidecar import apply_sidecars, load_sidecar
-from threecad.stats.tables import (OVERALL, defect_type_table, image_and_region_tables, summary_table,
-                                   table1_comparison)
+from threecad.stats.tables import (OVERALL, UNREADABLE, defect_type_table, image_and_region_tables,
+                                   summary_table, table1_comparison)
 
 
 @dataclass
@@ -42,6 +43,11 @@ class DatasetStats:
     synthetic: dict | None = None  # the root's synthetic.json, when threecad.synth made it
     problems: list[str] = field(default_factory=list)
     seconds: float = 0.0
+
+    @property
+    def unreadable(self) -> list[str]:
+        """The masks that could not be read, each as "PATH: why"; they are not measured."""
+        return [p[len(UNREADABLE):] for p in self.problems if p.startswith(UNREADABLE)]
 
     def to_json(self) -> dict:
         """A JSON-ready dict: per category and `overall`, the summary, NE/TE histograms and
@@ -134,10 +140,10 @@ def compute_stats(scan: Scan, categories: Sequence[str] | str | None = None, *,
 
 def _synthetic_marker(root: Path) -> dict | None:
     """The `synthetic.json` that threecad.synth leaves at the root, if any (and readable)."""
-    path = root / SYNTHETIC_MARKER
     try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
+        with open_regular(root / SYNTHETIC_MARKER) as fh:
+            data = json.loads(fh.read().decode("utf-8"))
+    except (OSError, ValueError):  # absent, not a regular file, not JSON
         return None
     return data if isinstance(data, dict) else None
 

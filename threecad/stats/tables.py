@@ -9,6 +9,7 @@ from threecad.catalog import table1
 from threecad.stats.measure import REGION_FIELDS, MaskResult
 
 OVERALL = "all"
+UNREADABLE = "unreadable mask "  # how a mask that cannot be read is listed among the problems
 # The Table 1 columns that are compared with the measured figures, in the paper's order.
 TABLE1_FIELDS = ("train_good", "test_all", "test_good", "test_defect", "defect_types",
                  "height_min", "height_max", "width_min", "width_max",
@@ -34,7 +35,7 @@ def image_and_region_tables(defective: pd.DataFrame, with_mask: pd.Series,
     for i, res in zip(idx.tolist(), results):
         if res.error is not None:
             status[i] = "unreadable_mask"
-            problems.append(f"unreadable mask {mask_paths[i]}: {res.error}")
+            problems.append(f"{UNREADABLE}{mask_paths[i]}: {res.error}")
             continue
         if not np.isnan(heights[i]) and (heights[i], widths[i]) != (res.height, res.width):
             # threecad.masks refuses such a mask (the Dataset raises, verify reports an error)
