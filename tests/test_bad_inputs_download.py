@@ -62,6 +62,14 @@ def test_bad_options(tmp_path, root, args, names):
     assert_refused(_dl(root, *args), names=names, watch=[root.parent])
 
 
+def test_root_whose_parent_is_a_file(tmp_path, dataset):
+    """`--root FILE/R`: one line, not a FileExistsError."""
+    parent = tmp_path / "a-file"
+    parent.write_text("not a folder\n")
+    assert_refused(_dl(parent / "R", "--source", "path", "--path", str(dataset)), names=[str(parent)],
+                   watch=[parent])
+
+
 def test_sha256_mismatch(tmp_path, root, dataset):
     archive = _zip_dir(dataset, tmp_path / "3cad.zip")
     assert_refused(_dl(root, "--source", "path", "--path", str(archive), "--sha256", "0" * 64),

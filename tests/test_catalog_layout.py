@@ -33,6 +33,13 @@ def test_resolve_categories_lists_and_all():
     assert len(catalog.resolve_categories(None)) == 8
 
 
+@pytest.mark.parametrize("values", ["", ",,", ["ACC", ""], "ACC,"])
+def test_resolve_categories_refuses_an_empty_name(values):
+    """An empty name is never read as `all` (the CLI and Python callers alike)."""
+    with pytest.raises(ThreecadError, match="empty name"):
+        catalog.resolve_categories(values)
+
+
 def test_scan_3cad_naming(tiny_root):
     scan = scan_root(tiny_root)
     t = scan.table

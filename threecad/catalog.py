@@ -97,9 +97,14 @@ def resolve_categories(values: Iterable[str] | str | None,
     With `available` given, `all` means every available category, in catalog order.
     The result keeps the order given and drops repeats.
     """
-    if values is None or isinstance(values, str):
-        values = [values] if values else []
-    tokens = [t.strip() for v in values for t in str(v).split(",") if t.strip()]
+    if values is None:
+        values = []
+    elif isinstance(values, str):
+        values = [values]
+    tokens = [t.strip() for v in values for t in str(v).split(",")]
+    if any(not t for t in tokens):  # read as nothing, an empty name would silently mean every category
+        raise ThreecadError(f"category list {','.join(map(str, values))!r} holds an empty name; name categories "
+                            "(ACC or ACC,CS) or pass `all`")
     pool = list(available) if available is not None else list(THREECAD)
     if not tokens or any(t.lower() == "all" for t in tokens):
         return pool

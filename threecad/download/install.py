@@ -18,6 +18,7 @@ from threecad.download.fetch import describe, fetch
 from threecad.download.request import DownloadRequest, DownloadResult, validate
 from threecad.download.unpack import convert_parquet, holds_layout, parquet_files, unpack
 from threecad.errors import DatasetError, ThreecadError
+from threecad.fsutil import ensure_dir
 from threecad.layout import scan_root
 from threecad.manifest import MANIFEST_NAME, build_manifest, read_manifest, size_mismatch, write_manifest
 from threecad.verify import verify
@@ -79,7 +80,7 @@ def download(req: DownloadRequest) -> DownloadResult:
     created = [p for p in [root.parent, *root.parent.parents] if not p.exists()]  # removed again on refusal
     lock = FileLock(str(root.parent / f".{root.name}.lock"))
     try:
-        root.parent.mkdir(parents=True, exist_ok=True)
+        ensure_dir(root.parent)  # one line when a parent is a file
         lock.acquire(timeout=0)
     except Timeout:
         raise ThreecadError(f"another `threecad download` is writing {root} (lock {lock.lock_file}); wait "
