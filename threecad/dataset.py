@@ -46,7 +46,8 @@ SPLITS = ("train", "val", "test")
 PREPROCESS_VERSION = 3
 
 
-def _to_rgb(im: Image.Image) -> Image.Image:
+def to_rgb(im: Image.Image) -> Image.Image:
+    """RGB as every method reads it (16-bit grey keeps its top 8 bits)."""
     if im.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit grey: keep the top 8 bits
         arr = np.asarray(im).astype(np.uint32)
         scale = 256 if arr.max(initial=0) > 255 else 1
@@ -54,12 +55,12 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
-def _load_image(path: str | os.PathLike, pre: Preprocess) -> tuple[np.ndarray, tuple[int, int]]:
+def load_image(path: str | os.PathLike, pre: Preprocess) -> tuple[np.ndarray, tuple[int, int]]:
     """(3, size, size) uint8 through the method's pipeline, and the image's own (height, width)."""
     try:
         with open_regular(path) as fh, Image.open(fh) as im:
             hw = (im.height, im.width)
-            image = pre.image(_to_rgb(im))
+            image = pre.image(to_rgb(im))
     except (OSError, ValueError, SyntaxError) as exc:
         raise DatasetError(f"cannot decode image {path} ({exc}); run `threecad verify`") from exc
     return image, hw
@@ -86,7 +87,7 @@ def load_sample(image_path: str, mask_path: str | None, pre: Preprocess | int,
     """Image and mask flattened into one uint8 vector (3*S*S + M*M): what the cache stores
     per sample. `pre` is the pipeline (an int: the default one at that size)."""
     pre = pre if isinstance(pre, Preprocess) else Preprocess(size=int(pre))
-    image, hw = _load_image(image_path, pre)
+    image, hw = load_image(image_path, pre)
     mask = load_mask(mask_path, pre, mask_size or pre.size, image_size=hw)
     return np.concatenate([image.ravel(), mask.ravel()])
 

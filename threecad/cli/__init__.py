@@ -25,6 +25,9 @@ COMMANDS = {
     "bench": "bench",
     "methods": "methods",
     "leaderboard": "leaderboard",
+    "predict": "predict",
+    "export": "export",
+    "report": "report",
 }
 
 

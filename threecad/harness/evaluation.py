@@ -74,6 +74,33 @@ def evaluate(method: Method, post, config, test, device: torch.device, spec: Ben
                       hardest=hardest, predictions=kept)
 
 
+def calibration(method: Method, post, config, val, device: torch.device, spec: BenchSpec) -> dict[str, Any] | None:
+    """The image scores of the held-out good training images (the validation split), from which
+    `threecad predict` sets a decision threshold at a chosen false-positive rate without ever
+    looking at the test set; None without a validation split."""
+    if val is None or len(val) == 0:
+        return None
+    scores: list[float] = []
+    for batch in loader(val, config.batch_size, device, False, config.seed):
+        s, maps = score_batch(method, post, spec.protocol, batch["image"].to(device, non_blocking=True),
+                              spec.eval_size)
+        scores += [float(v) for v in ranking_scores(spec.protocol, s, maps)]
+    return {"source": "validation split: good training images held out of the fit", "images": len(scores),
+            "scores": scores}
+
+
+def score_batch(method: Method, post, protocol: str, images: torch.Tensor, eval_size: int
+                ) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """(scores or None, maps (N, eval_size, eval_size)) on the CPU, float32, as the metrics take them:
+    `predict`, the protocol's treatment (the method's post-processing under `standard`), the
+    resize to the evaluation grid. `threecad predict` scores images through this same function."""
+    with torch.inference_mode():
+        scores, maps = method.predict(images)
+        scores, maps = evaluator_inputs(protocol, scores, maps.float(), post)
+        maps = F.interpolate(maps[:, None], size=(eval_size, eval_size), mode="bilinear", align_corners=False)[:, 0]
+        return (None if scores is None else scores.float().cpu()), maps.cpu()
+
+
 def _stream(method, post, test_loader, device, evaluator, hardest, protocol, eval_size, label,
             writer: PredictionWriter | None) -> dict[str, Any]:
     """Every test batch: predicted, post-processed, kept (with `writer`) and fed to the Evaluator."""
@@ -83,12 +110,7 @@ def _stream(method, post, test_loader, device, evaluator, hardest, protocol, eva
         devices.synchronize(device)
         t1 = time.perf_counter()
         x = images.to(device, non_blocking=True)  # through the method's preprocess, as in training
-        with torch.inference_mode():
-            scores, maps = method.predict(x)
-            scores, maps = evaluator_inputs(protocol, scores, maps.float(), post)
-            maps = F.interpolate(maps[:, None], size=(eval_size, eval_size),
-                                 mode="bilinear", align_corners=False)[:, 0].cpu()
-            scores = None if scores is None else scores.float().cpu()
+        scores, maps = score_batch(method, post, protocol, x, eval_size)
         devices.synchronize(device)
         if i > 0 or len(test_loader) == 1:  # the first batch is warm-up
             infer_s += time.perf_counter() - t1

@@ -25,7 +25,8 @@ from threecad.metrics.protocols import recorded_postprocess
 
 def category_record(method: Method, post, cat: Category, ev: Evaluation, spec: BenchSpec, run: RunDir, *,
                     fit_s: float, memory: dict[str, Any], n_train: int, n_val: int, n_test: int,
-                    checkpoint: Path, losses: dict[str, str | None] | None = None) -> dict[str, Any]:
+                    checkpoint: Path, losses: dict[str, str | None] | None = None,
+                    calibration: dict[str, Any] | None = None) -> dict[str, Any]:
     """The category's record (pictures and loss curves written): what categories/<ABBR>.json holds.
 
     `losses`: the paths of a loss history written before (a unified fit's), else this
@@ -45,6 +46,8 @@ def category_record(method: Method, post, cat: Category, ev: Evaluation, spec: B
         "postprocess": recorded_postprocess(spec.protocol, post),
         "checkpoint": str(checkpoint.relative_to(run.path)),
         "picture": str(run.picture_file(cat.abbreviation).relative_to(run.path)) if spec.pictures > 0 else None,
+        # held-out good images' scores, for a decision threshold (threecad predict); None without a val split
+        "threshold_calibration": calibration,
         **losses,
     }
 

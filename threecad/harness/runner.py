@@ -24,7 +24,7 @@ from typing import Any
 from threecad.catalog import Category
 from threecad.choices import UNIFIED
 from threecad.errors import ThreecadError
-from threecad.harness.evaluation import evaluate
+from threecad.harness.evaluation import calibration, evaluate
 from threecad.harness.fitting import DDPFit, fit, new_method
 from threecad.harness.memory import PeakMemory
 from threecad.harness.prepare import (RESUME_KEYS, BenchSpec, CategoryData, Plan, check_resumable, prepare,
@@ -174,12 +174,13 @@ def _run_category(plan: Plan, data: CategoryData, spec: BenchSpec, run: RunDir,
             return None
         ev = evaluate(method, post, plan.config, test, device, spec, cat.abbreviation,
                       keep=(run.path, cat.abbreviation))
+        held_out = calibration(method, post, plan.config, val, device, spec)
     ckpt = run.checkpoint_file(cat.abbreviation)
     save_checked(method.state_dict(), ckpt)  # with its checksum: load it with integrity.load_checked
     record = category_record(method, post, cat, ev, spec, run, fit_s=fit_s,
                              memory={"peak_host_rss_mb": mem.host_mb, "peak_device_mb": mem.device_mb},
                              n_train=len(train), n_val=len(val) if val is not None else 0, n_test=len(test),
-                             checkpoint=ckpt)
+                             checkpoint=ckpt, calibration=held_out)
     if ddp is not None:
         record["ddp"] = ddp.facts(plan.config)  # the one key a single-process record lacks
     if tracker is not None:

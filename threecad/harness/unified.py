@@ -17,7 +17,7 @@ from torch.utils.data import ConcatDataset
 
 from threecad.errors import ThreecadError
 from threecad.fsutil import atomic_write_json
-from threecad.harness.evaluation import evaluate
+from threecad.harness.evaluation import calibration, evaluate
 from threecad.harness.fitting import fit, new_method
 from threecad.harness.memory import PeakMemory
 from threecad.harness.prepare import BenchSpec, CategoryData, Plan
@@ -108,6 +108,7 @@ def evaluate_unified(plan: Plan, model: UnifiedModel, data: CategoryData, spec: 
     with PeakMemory(plan.device) as mem:
         ev = evaluate(model.method, post, plan.config, data.test, plan.device, spec, cat.abbreviation,
                       keep=(run.path, cat.abbreviation))
+        held_out = calibration(model.method, post, plan.config, data.val, plan.device, spec)
     fit_mem = model.facts.get("memory") or {}
     device_peaks = [v for v in (fit_mem.get("peak_device_mb"), mem.device_mb) if v is not None]
     memory = {"peak_host_rss_mb": max(mem.host_mb, fit_mem.get("peak_host_rss_mb") or 0.0),
@@ -115,7 +116,7 @@ def evaluate_unified(plan: Plan, model: UnifiedModel, data: CategoryData, spec: 
     record = category_record(model.method, post, cat, ev, spec, run, fit_s=model.facts["fit_s"],
                              memory=memory, n_train=model.facts["n_train"], n_val=model.facts["n_val"],
                              n_test=len(data.test), checkpoint=run.unified_checkpoint_file,
-                             losses={k: model.facts.get(k) for k in ("losses", "loss_curve")})
+                             losses={k: model.facts.get(k) for k in ("losses", "loss_curve")}, calibration=held_out)
     record.update({"fit_shared": True, "fit_loaded": model.loaded, "n_train_category": len(data.train),
                    "unified_categories": model.facts["categories"]})
     return record

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from threecad.harness.runmanifest import MANIFEST_FILE, RunManifest, category_files
-from threecad.leaderboard.evidence import recorded_config, verify_run
+from threecad.leaderboard.evidence import verify_run
+from threecad.saved_run import recorded_config
 from threecad.leaderboard.runcheck import check_run
 from threecad.leaderboard.runs import load_results
 from threecad.leaderboard.schema import LeaderboardError

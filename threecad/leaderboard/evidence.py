@@ -19,6 +19,7 @@ import numpy as np
 import xxhash
 
 from threecad.leaderboard.schema import LeaderboardError
+from threecad.saved_run import recorded_config
 
 # what the synthetic marker makes of a dataset, whatever the run says
 SYNTHETIC = "3cad-synthetic"
@@ -77,29 +78,6 @@ def verify_run(run_dir: str | Path, data: dict[str, Any], records: dict[str, dic
     return Verified("data-unverified", fingerprints, why)
 
 
-def recorded_config(data: dict[str, Any]):
-    """(method class, config) as run.json records them; a field the method does not have is refused."""
-    import dataclasses
-
-    from threecad.errors import ThreecadError
-    from threecad.registry import load_method
-
-    try:
-        method_cls = load_method(str(data.get("method")))
-    except ThreecadError as exc:
-        raise LeaderboardError(f"the run's method cannot be loaded: {exc}") from None
-    fields = {f.name for f in dataclasses.fields(method_cls.config_class)}
-    config = data.get("config") or {}
-    unknown = sorted(set(config) - fields)
-    if unknown:
-        raise LeaderboardError(f"the recorded config has fields {method_cls.name} does not have: {unknown[:5]}")
-    try:
-        built = method_cls.config_class(**{k: tuple(v) if isinstance(v, list) else v for k, v in config.items()})
-    except (ThreecadError, TypeError, ValueError) as exc:
-        raise LeaderboardError(f"the recorded config is not a valid {method_cls.name} config: {exc}") from None
-    return method_cls, built
-
-
 def check_checkpoints(run_dir: Path, data: dict[str, Any], records: dict[str, dict[str, Any]]) -> None:
     """Each category's checkpoint must load into the method run.json names, built from the recorded
     config (on the meta device: shapes and keys are checked, nothing is computed), so that a run of
@@ -109,7 +87,7 @@ def check_checkpoints(run_dir: Path, data: dict[str, Any], records: dict[str, di
     from threecad.backbones import architecture_only
     from threecad.integrity import load_checked
 
-    method_cls, config = recorded_config(data)
+    method_cls, config = recorded_config(data)  # a ThreecadError names what does not fit
     if config.seed != data.get("seed", config.seed):
         raise LeaderboardError(f"the run's seed {data.get('seed')} is not its config's ({config.seed})")
     with architecture_only(), torch.device("meta"):
