@@ -28,6 +28,14 @@ def _share_cores_between_workers() -> None:
 _share_cores_between_workers()
 
 
+@pytest.fixture(autouse=True)
+def _own_data_home(tmp_path_factory, monkeypatch):
+    """Every test gets an empty data home (datasets, the user's leaderboard table) of its own, unless it
+    sets one: nothing a test writes by default lands in ~/threecad-data, and nothing there changes a test."""
+    if "THREECAD_DATA_HOME" not in os.environ:
+        monkeypatch.setenv("THREECAD_DATA_HOME", str(tmp_path_factory.mktemp("data-home")))
+
+
 def make_tiny_dataset(root: Path, categories=("Aluminum_Camera_Cover", "Copper_Stator"),
                       n_train: int = 6, n_good: int = 3, n_defect: int = 3, size: int = 64,
                       mask_naming: str = "same", defect_types=("scratch", "bump"), seed: int = 0) -> Path:

@@ -19,7 +19,8 @@ from click.testing import CliRunner
 
 from threecad.cli import main
 from threecad.leaderboard import (
-    COLUMNS, LeaderboardError, default_csv_path, display_name, init_table, read_table, rows_from_run, submit_run,
+    COLUMNS, LeaderboardError, checkout_csv_path, default_csv_path, display_name, init_table, read_table,
+    rows_from_run, submit_run,
 )
 from threecad.leaderboard.readme import BEGIN, END
 
@@ -100,8 +101,8 @@ def run_rows(csv: Path, run_id: str) -> pd.DataFrame:
 # --- the seeded table -------------------------------------------------------------------------
 
 def test_seeded_table_is_every_published_number():
-    assert default_csv_path() == REPO / "leaderboard" / "results.csv"
-    seeded = read_table(default_csv_path())
+    assert checkout_csv_path() == REPO / "leaderboard" / "results.csv"
+    seeded = read_table(checkout_csv_path())
     paper = pd.read_csv(PAPER_CSV, dtype=str)
     assert len(seeded) == len(paper)
     assert set(seeded["source"]) == {"paper"} and set(seeded["protocol"]) == {"3cad-paper"}
@@ -390,7 +391,7 @@ def test_html_page_is_self_contained(tmp_path, table):
 # --- README ----------------------------------------------------------------------------------
 
 def test_repository_readme_is_current():
-    result = cli("render-readme", "--check")
+    result = cli("render-readme", "--check", "--csv", str(checkout_csv_path()))
     assert result.exit_code == 0, result.output
 
 
@@ -510,12 +511,32 @@ def test_show_from_a_plain_install_uses_the_packaged_numbers(plain_install):
     assert html.exit_code == 0 and "306 rows from the paper&#x27;s published numbers" in html.stdout
 
 
-@pytest.mark.parametrize("args", [["submit", "RUN"], ["init"], ["validate"], ["render-readme"]])
-def test_commands_that_change_the_repository_table_need_csv_in_a_plain_install(tmp_path, plain_install, args):
+def test_submit_without_csv_starts_the_users_table_and_leaves_the_checkout_unchanged(tmp_path):
+    """The first submit without --csv starts <data home>/leaderboard/results.csv with the paper's rows
+    (said in one line); the repository's tracked table is untouched; `show` then shows the user's table."""
+    import os
+
+    checkout = checkout_csv_path()
+    before = checkout.read_bytes()
     write_run(tmp_path / "RUN", run_results())
+    result = CliRunner().invoke(main, ["leaderboard", "submit", str(tmp_path / "RUN")])
+    assert result.exit_code == 0, result.output
+    mine = default_csv_path()
+    assert mine == Path(os.environ["THREECAD_DATA_HOME"]) / "leaderboard" / "results.csv"
+    assert "started your table" in result.output and str(mine) in result.output
+    assert checkout.read_bytes() == before
+    table = read_table(mine)
+    assert set(table["source"]) == {"paper", "run"} and (table["source"] == "paper").sum() == 306
+    shown = CliRunner().invoke(main, ["leaderboard", "show", "--protocol", "standard", "--format", "plain"])
+    assert shown.exit_code == 0 and "CFRG" in shown.output and "packaged" not in shown.stderr
+    again = CliRunner().invoke(main, ["leaderboard", "submit", str(tmp_path / "RUN")])
+    assert again.exit_code != 0 and "already in" in again.stderr  # the second submit finds the table
+
+
+@pytest.mark.parametrize("args", [["validate"], ["render-readme"]])
+def test_commands_on_the_users_table_before_it_exists(tmp_path, plain_install, args):
     result = CliRunner().invoke(main, ["leaderboard", *args])
-    assert result.exit_code != 0 and "pass --csv FILE" in result.stderr and "Traceback" not in result.output
-    assert not (plain_install / "leaderboard" / "results.csv").exists()
+    assert result.exit_code != 0 and "no leaderboard table yet" in result.stderr and "Traceback" not in result.output
 
 
 def test_show_after_a_real_plain_install(tmp_path):

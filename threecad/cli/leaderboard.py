@@ -20,8 +20,9 @@ FORMATS = ("md", "plain", "csv", "html")
 def csv_option(func):
     return click.option(
         "--csv", "csv_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
-        help="Leaderboard table to work on. Default: leaderboard/results.csv of the source checkout "
-             "threecad runs from (`show` from a plain install: the paper's packaged numbers).")(func)
+        help="Leaderboard table to work on. Default: your table, <data home>/leaderboard/results.csv, which "
+             "the first submit starts with the paper's numbers (`show` before that: the paper's packaged "
+             "numbers). The repository's table: --csv leaderboard/results.csv.")(func)
 
 
 def _metric(ctx, param, value):
@@ -57,8 +58,8 @@ def show(protocol, metric, dataset, fmt, out, csv_file) -> None:
 
     table, origin, packaged = table_to_show(csv_file)
     if packaged:
-        click.echo(f"note: not a source checkout; showing {origin} (pass --csv FILE for a table with runs)",
-                   err=True)
+        click.echo(f"note: you have no table yet; showing {origin} (`leaderboard submit RUN` starts yours; "
+                   "--csv FILE shows another)", err=True)
     if out is not None:  # refuse a read-only --out before any work
         check_writable(out)
     tables = wide_tables(table, protocol=protocol and protocol.lower(), metric=metric,
@@ -96,6 +97,11 @@ def submit(run_dir, replace, create, root, csv_file) -> None:
     results.json is checked against the run's per-category records first: an unfinished run,
     a failed category or an altered value is refused. Each category and the Mean (recomputed)
     become rows, per metric, in percent. A run already in the table is refused unless --replace.
+    Without --csv the rows go to your table in the data home (started on the first submit).
+
+    \b
+    Example:
+      threecad leaderboard submit runs/cfrg --root ~/threecad-data/3CAD
     """
     path = resolve_csv(csv_file, must_exist=False)
     result = submit_run(run_dir, path, replace=replace, create=create, root=root)

@@ -40,6 +40,7 @@ def checkout_csv_path() -> Path | None:
     """`leaderboard/results.csv` of the source checkout threecad runs from; None for a plain install.
 
     A checkout is recognised by its project file beside the package; site-packages has none.
+    Commands change it only when it is named (`--csv leaderboard/results.csv`).
     """
     root = repository_root()
     if (root / "setup.cfg").is_file() or (root / "pyproject.toml").is_file():
@@ -48,24 +49,22 @@ def checkout_csv_path() -> Path | None:
 
 
 def default_csv_path() -> Path:
-    """The repository's table, wherever the command runs; refused outside a source checkout."""
-    path = checkout_csv_path()
-    if path is None:
-        raise LeaderboardError(
-            f"threecad is installed as a package ({repository_root()}), not run from a source checkout, so "
-            "there is no repository table to change; pass --csv FILE (start one with "
-            "`threecad leaderboard init --csv FILE`).")
-    return path
+    """The user's own table, `<data home>/leaderboard/results.csv`: where submits go unless --csv
+    names another, so that a submission never edits a file a git checkout tracks."""
+    from threecad.datahome import data_home
+
+    return data_home() / "leaderboard" / "results.csv"
 
 
 def resolve_csv(path: str | Path | None, must_exist: bool = True) -> Path:
-    """The CSV a command works on: `--csv FILE` when given, else the repository's table."""
+    """The CSV a command works on: `--csv FILE` when given, else the user's table (default_csv_path)."""
     csv_path = Path(path).expanduser() if path is not None else default_csv_path()
     if csv_path.is_dir():
         raise LeaderboardError(f"leaderboard table {csv_path} is a folder; --csv names a CSV file.")
     if must_exist and not csv_path.is_file():
         if path is None:
-            raise LeaderboardError(f"no leaderboard table at {csv_path}; restore it from git, or pass --csv FILE.")
+            raise LeaderboardError(f"you have no leaderboard table yet ({csv_path}); `threecad leaderboard submit "
+                                   "RUN` starts it, or pass --csv FILE.")
         raise LeaderboardError(f"leaderboard table {csv_path} does not exist; check the path, or start a "
                                "new table with `threecad leaderboard init --csv FILE` (or `submit --create`).")
     return csv_path
@@ -77,10 +76,10 @@ PUBLISHED_ORIGIN = "the paper's published numbers packaged with threecad"
 def table_to_show(path: str | Path | None) -> tuple[pd.DataFrame, str, bool]:
     """(table, where it comes from, whether it is the packaged fallback) for `show`.
 
-    `--csv FILE` when given; else the checkout's `leaderboard/results.csv`; else, from a
-    plain install, the paper's numbers that ship inside the package (no runs).
+    `--csv FILE` when given; else the user's table once a submit has started it; else the
+    paper's numbers that ship inside the package (no runs).
     """
-    if path is None and checkout_csv_path() is None:
+    if path is None and not default_csv_path().is_file():
         return paper_rows(), PUBLISHED_ORIGIN, True
     csv_path = resolve_csv(path)
     return read_table(csv_path), csv_path.name, False
@@ -291,6 +290,9 @@ def submit_run(run_dir: str | Path, csv_path: str | Path, replace: bool = False,
     ROOT's masks (threecad.leaderboard.evidence); any difference refuses the run.
     """
     csv_path = Path(csv_path)
+    started = None
+    if not csv_path.is_file() and csv_path == default_csv_path():
+        create, started = True, "your table"  # the user's own table starts with the first submit
     if not create and not csv_path.is_file():
         raise LeaderboardError(f"leaderboard table {csv_path} does not exist; check the --csv path, "
                                "or pass --create to start a new table there.")
@@ -307,7 +309,7 @@ def submit_run(run_dir: str | Path, csv_path: str | Path, replace: bool = False,
                          "(the dataset it was scored on) to compute them from its stored predictions.")
     with locked(csv_path):
         created = not csv_path.exists()
-        table = empty_table() if created else read_table(csv_path)
+        table = (paper_rows() if started else empty_table()) if created else read_table(csv_path)
         rows = _canonical_methods(run.rows, table)
         new_keys = set(rows[list(KEY)].itertuples(index=False, name=None))
         clash = [k in new_keys for k in table[list(KEY)].itertuples(index=False, name=None)]
@@ -323,5 +325,8 @@ def submit_run(run_dir: str | Path, csv_path: str | Path, replace: bool = False,
             replaced = sum(drop)
             table = table[[not d for d in drop]]
         write_table(csv_path, pd.concat([table, rows], ignore_index=True) if len(table) else rows)
+    notes = run.notes + ([f"started your table {csv_path} with the paper's published numbers (as `threecad "
+                          "leaderboard init` does); the repository's table changes only with --csv "
+                          "leaderboard/results.csv"] if created and started else [])
     return SubmitResult(csv_path=csv_path, added=rows, replaced=replaced, run_id=run.run_id,
-                        created=created, notes=run.notes)
+                        created=created, notes=notes)
