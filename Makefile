@@ -26,7 +26,7 @@ test: $(STAMP)
 DEMO_SET ?= --set image_size=128 --set epochs=24
 
 demo: $(STAMP)
-	$(VENV)/bin/threecad synth --out $(DEMO_DATA) --scale 0.01 --max-size 256 --seed 0 --force
+	$(VENV)/bin/threecad synth --out $(DEMO_DATA) --scale 0.01 --max-size 256 --seed 0 --reuse --force
 	$(VENV)/bin/threecad bench --method cfrg --root $(DEMO_DATA) --preset cpu $(DEMO_SET) --device cpu \
 		--out $(DEMO_RUN) --resume
 

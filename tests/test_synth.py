@@ -569,3 +569,23 @@ def test_worker_allocator_settings_apply_only_where_glibc_has_them():
     import platform
     expected = "True" if platform.libc_ver()[0] == "glibc" else "False"
     assert out.strip() == expected
+
+
+def test_reuse_leaves_the_same_set_as_it_is(tmp_path):
+    """`--reuse` (make demo's) writes nothing over a folder that already holds the set its arguments
+    make, so a second `make demo` never rewrites the data a running bench reads; other arguments are
+    written (with --force) or refused (without)."""
+    from click.testing import CliRunner
+
+    from threecad.cli import main
+
+    args = ["synth", "--out", str(tmp_path / "d"), "--scale", "0.01", "--max-size", "64", "--category", "ACC"]
+    first = CliRunner().invoke(main, [*args, "--reuse"])
+    assert first.exit_code == 0, first.output
+    image = next((tmp_path / "d").rglob("*.png"))
+    stamp = image.stat().st_mtime_ns, (tmp_path / "d" / "synthetic.json").stat().st_mtime_ns
+    again = CliRunner().invoke(main, [*args, "--reuse", "--force"])
+    assert again.exit_code == 0 and "nothing written" in again.output, again.output
+    assert (image.stat().st_mtime_ns, (tmp_path / "d" / "synthetic.json").stat().st_mtime_ns) == stamp
+    other = CliRunner().invoke(main, [*args[:-2], "--category", "CS", "--reuse"])
+    assert other.exit_code != 0 and "--force" in other.stderr

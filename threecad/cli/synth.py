@@ -35,8 +35,13 @@ from threecad.cli.common import category_option
 @click.option("--workers", type=int, default=None,
               help="Processes that render images. Default: the number of CPUs.")
 @click.option("--force", is_flag=True, help="Replace --out if it is not empty.")
+@click.option("--reuse", is_flag=True,
+              help="Leave --out as it is when it already holds the set these arguments make (same synthetic.json); "
+                   "write it otherwise. `make demo` uses it, so a second demo never rewrites the data under a "
+                   "running one.")
 def command(out: Path, scale: float, seed: int, categories: tuple[str, ...], max_size: int | None,
-            min_train: int | None, min_test_good: int | None, workers: int | None, force: bool) -> None:
+            min_train: int | None, min_test_good: int | None, workers: int | None, force: bool,
+            reuse: bool) -> None:
     """Write a synthetic 3CAD dataset.
 
     The tree has 3CAD's layout (<Folder>/train/good, test/<type>, ground_truth/<type> with
@@ -51,16 +56,21 @@ def command(out: Path, scale: float, seed: int, categories: tuple[str, ...], max
     from threecad.synth import generate  # lazy: keeps `threecad --help` fast
 
     started = time.perf_counter()
+    marker = out.expanduser() / SYNTHETIC_MARKER
+    before = marker.stat().st_mtime_ns if marker.is_file() else None
     if not out.expanduser().exists():
         check_writable(out, folder=True)  # refuse before rendering anything
     try:
         root = generate(out, scale=scale, seed=seed, categories=categories, max_size=max_size,
                         workers=workers, force=force, progress=None, min_train=min_train,
-                        min_test_good=min_test_good)
+                        min_test_good=min_test_good, reuse=reuse)
     except WriteError:
         raise
     except OSError as exc:  # the tree is built beside --out and moved into place
         raise write_error(out, exc) from None
+    if before is not None and marker.stat().st_mtime_ns == before:
+        click.echo(f"{root} already holds this synthetic set (same arguments); nothing written (--reuse)")
+        return
     info = json.loads((root / SYNTHETIC_MARKER).read_text())
     counts = info["counts"]
     n_train = sum(c["train_good"] for c in counts.values())

@@ -14,6 +14,7 @@ rather than a half-written temporary tree.
 from __future__ import annotations
 
 import ctypes
+import json
 import logging
 import math
 import multiprocessing as mp
@@ -129,6 +130,15 @@ def _check_args(scale: float, seed: int, max_size: int | None, workers: int | No
                 or not 0 <= min_test_good <= most):
             raise ThreecadError(f"--min-test-good must be a whole number from 0 to {most} (the smallest "
                                 f"category's good test images at scale 1.0), got {min_test_good!r}")
+
+
+def _holds(out: Path, expected: dict) -> bool:
+    """Whether `out` is a finished synthetic set with exactly this description (the tree lands
+    with its synthetic.json in one rename, so a present marker means a complete tree)."""
+    try:
+        return json.loads((out / MARKER).read_text(encoding="utf-8")) == json.loads(json.dumps(expected))
+    except (OSError, ValueError):
+        return False
 
 
 def _prepare_out(out: Path, force: bool) -> None:
@@ -277,7 +287,7 @@ def _write_sidecars(rows: list[dict], categories: Sequence[Category], root: Path
 def generate(out: str | os.PathLike, scale: float = 1.0, seed: int = 0,
              categories: Iterable[str] | str | None = None, max_size: int | None = None,
              workers: int | None = None, force: bool = False, progress: bool | None = None,
-             min_train: int | None = None, min_test_good: int | None = None) -> Path:
+             min_train: int | None = None, min_test_good: int | None = None, reuse: bool = False) -> Path:
     """Write a synthetic 3CAD dataset to `out` and return its path.
 
     scale 1.0 (the largest) reproduces the paper's Table 1 (27,039 images, long side up to
@@ -289,7 +299,9 @@ def generate(out: str | os.PathLike, scale: float = 1.0, seed: int = 0,
     long side.
     `categories` takes abbreviations or folder names (None or "all" = all 8). `workers`
     defaults to the CPU count. A non-empty `out` is refused unless `force`, which replaces
-    it. The same arguments always give the same bytes.
+    it. The same arguments always give the same bytes, so with `reuse` an `out` that already holds
+    the set these arguments make (its synthetic.json equal to the one they would write) is left as
+    it is: a second `make demo` then writes nothing under a bench reading the first one's data.
 
     Large runs render in worker processes started with the "spawn" method (safe when the
     caller runs threads); a script calling this must do so under
@@ -298,13 +310,16 @@ def generate(out: str | os.PathLike, scale: float = 1.0, seed: int = 0,
     _check_args(scale, seed, max_size, workers, min_train, min_test_good)
     cats = resolve_categories(categories)
     out = Path(out).expanduser()
+    floor = DEFAULT_MIN_TRAIN if min_train is None else min_train
+    good_floor = DEFAULT_MIN_TEST_GOOD if min_test_good is None else min_test_good
+    jobs = plan(cats, float(scale), seed, max_size, floor, good_floor)
+    if reuse and _holds(out, marker(cats, jobs, scale, seed, max_size, floor, good_floor)):
+        log.info("synth: %s already holds this synthetic set; nothing written (--reuse)", out)
+        return out
     _prepare_out(out, force)
     for name, value in (("--min-train", min_train), ("--min-test-good", min_test_good)):
         if value and scale >= MAX_SCALE:
             log.warning("%s is ignored at --scale 1.0: the full scale is Table 1 exactly", name)
-    floor = DEFAULT_MIN_TRAIN if min_train is None else min_train
-    good_floor = DEFAULT_MIN_TEST_GOOD if min_test_good is None else min_test_good
-    jobs = plan(cats, float(scale), seed, max_size, floor, good_floor)
     stale = stale_temporaries(out)
     check_free_space(out, jobs, reclaimable=sum(_tree_bytes(p) for p in stale))
     out.parent.mkdir(parents=True, exist_ok=True)
