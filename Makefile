@@ -37,3 +37,4 @@ gpu-check: $(STAMP)
 
 clean:
 	rm -rf $(DEMO_DATA) $(DEMO_RUN) .pytest_cache
+	if test -x $(VENV)/bin/threecad; then $(VENV)/bin/threecad cache clean; fi

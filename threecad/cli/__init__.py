@@ -28,6 +28,7 @@ COMMANDS = {
     "predict": "predict",
     "export": "export",
     "report": "report",
+    "cache": "cache",
 }
 
 
