@@ -204,9 +204,11 @@ def test_official_aggregation_weights_layer2_centre_twice_and_counts_zero_paddin
 
 def test_paper_scores_and_maps_equal_the_official_code():
     """Squared L2 patch scores, max as image score, bilinear resize, scipy gaussian_filter sigma 4."""
+    # the load-time probe off: on a random Lite0 it shrinks the features to where float32 rounding
+    # outweighs the scoring arithmetic compared here (the probe is compared in test_golden_patchcore)
     config = build_config(PatchCore, "paper", {"backbone": "efficientnet_lite0", "weights": "none",
                                                "image_size": str(SIZE), "pretrain_dim": "96",
-                                               "feature_dim": "64"})
+                                               "feature_dim": "64", "ones_warmup": "False"})
     torch.manual_seed(0)
     method = PatchCore(config)
     g = torch.Generator().manual_seed(8)
