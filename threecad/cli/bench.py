@@ -14,7 +14,23 @@ from threecad.choices import PROTOCOLS, SETTINGS, STANDARD
 from threecad.cli.common import category_option, resolve_root, root_option
 
 
+def _load_config(ctx: click.Context, param: click.Parameter, value: Path | None) -> None:
+    """--config FILE: its options become this command's defaults (the command line still wins)."""
+    if value is not None:
+        from threecad.bench_config import read_config_file
+
+        ctx.default_map = {**(ctx.default_map or {}), **read_config_file(value)}
+
+
 @click.command("bench")
+@click.option("--config", type=click.Path(dir_okay=False, path_type=Path), default=None, is_eager=True,
+              expose_value=False, callback=_load_config,
+              help="A YAML file of this command's options (long names: method, root, category, preset, eval_size, "
+                   "...) and the method's config fields under `set`; options on the command line win. "
+                   "--print-config writes one.")
+@click.option("--print-config", is_flag=True,
+              help="Print the resolved invocation as YAML (every option, the preset, every config field) and "
+                   "exit without running; `--config` of it runs the same benchmark.")
 @click.option("--method", required=True,
               help="Method name (see `threecad methods`), or a comma list for a study: one run directory "
                    "per method under --out, and study.md/study.csv comparing them.")
@@ -56,14 +72,26 @@ from threecad.cli.common import category_option, resolve_root, root_option
 @click.option("--split", "split_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Split manifest (`threecad split --out FILE`): its val images select epochs (select=val) and "
                    "only its train images train. Default: ROOT/split.csv when there is one.")
-def command(method, root, categories, preset, sets, device, protocol, out, setting, resume, eval_size, metrics_mode,
-            pictures, allow_layout_problems, logger, ddp, track_test_every, split_file):
+def command(print_config, method, root, categories, preset, sets, device, protocol, out, setting, resume, eval_size,
+            metrics_mode, pictures, allow_layout_problems, logger, ddp, track_test_every, split_file):
     """Fit and evaluate METHOD on each category; write a run directory and print the table.
 
     Under `torchrun --nproc-per-node N -m threecad bench ...` the ranks share the work.
+
+    \b
+    Examples:
+      threecad bench --method cfrg --root demo-data --preset cpu --category ACC,CS
+      threecad bench --method patchcore,padim --out runs/study      # a study: one table
+      threecad bench --method cfrg --print-config > cfrg.yaml; threecad bench --config cfrg.yaml
     """
+    from threecad.bench_config import CONFIG_FILE, config_yaml, resolved_config
     from threecad.harness import BenchSpec, distributed
     from threecad.method import parse_set_options
+
+    params = click.get_current_context().params
+    if print_config:
+        click.echo(config_yaml(resolved_config(params)), nl=False)
+        return
 
     spec = BenchSpec(method=method, root=resolve_root(root), categories=tuple(categories), preset=preset,
                      overrides=parse_set_options(sets), device=device, protocol=protocol, out=out,
@@ -76,13 +104,24 @@ def command(method, root, categories, preset, sets, device, protocol, out, setti
     from threecad.harness import run_benchmark
 
     results, code = run_benchmark(spec, echo=click.echo)
-    run_dir = Path(out) if out else None
+    run_dir = Path(out) if out else Path("runs") / str(results["run_id"])
+    _keep_config(run_dir, config_yaml(resolved_config(params)), CONFIG_FILE)
     click.echo("")
-    md = (run_dir / "results.md") if run_dir else None
+    md = run_dir / "results.md"
     from threecad.harness.rundir import markdown
 
     click.echo(md.read_text() if md and md.is_file() else markdown(results))
     raise SystemExit(code)
+
+
+def _keep_config(run_dir: Path, text: str, name: str) -> None:
+    """RUN/config.yaml: the resolved invocation, listed in the run's manifest."""
+    from threecad.fsutil import atomic_write_text
+    from threecad.harness.rundir import RunDir
+
+    if run_dir.is_dir():
+        atomic_write_text(run_dir / name, text)
+        RunDir(run_dir).manifest.update([run_dir / name])
 
 
 def _study(spec, method: str, ddp: bool, launch) -> None:
