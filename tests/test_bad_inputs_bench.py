@@ -252,3 +252,22 @@ def test_read_only_run_dir(root, finished):
                        watch=[root, finished])
     finally:
         os.chmod(finished, 0o755)
+
+
+def test_image_level_labels_only(tmp_path):
+    """A category of one's own without ground_truth/ runs: image metrics, pixel metrics reported as not
+    available (3CAD's own categories without masks stay refused: see test_missing_mask)."""
+    import shutil
+
+    root = make_tiny_dataset(tmp_path / "byo", categories=("widget",), n_train=3, n_good=2, n_defect=2,
+                             defect_types=("bump",))
+    shutil.rmtree(root / "widget" / "ground_truth")
+    verified = CliRunner().invoke(main, ["verify", "--root", str(root)])
+    assert verified.exit_code == 0 and "image_labels_only" in verified.output
+    out = tmp_path / "run"
+    result = CliRunner().invoke(main, bench(root, out))
+    assert result.exit_code == 0, result.output
+    record = json.loads((out / "categories" / "widget.json").read_text())
+    assert record["metrics"]["i_auroc"] is not None
+    assert all(record["metrics"][k] is None for k in ("p_auroc", "p_ap", "p_f1max", "au_pro"))
+    assert record["notes"] == "image-level labels only (no ground_truth/ folder): pixel metrics are not available"

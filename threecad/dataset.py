@@ -166,9 +166,15 @@ class ThreeCAD(Dataset):
 
     def _check_masks(self) -> None:
         missing = self.samples[(self.samples["label"] == 1) & self.samples["mask_path"].isna()]
-        if len(missing):
+        if len(missing) and not self.labels_only:
             raise DatasetError(f"{len(missing)} defective image(s) of {self.category} have no mask, "
                                f"e.g. {missing['image_path'].iloc[0]}; run `threecad verify`")
+
+    @property
+    def labels_only(self) -> bool:
+        """A category of one's own without ground_truth/: image-level labels only (threecad.layout),
+        so its defective images have no masks and pixel metrics are not available."""
+        return self.category.dataset == "custom" and not (Path(self.root) / self.category.folder / "ground_truth").exists()
 
     def _build_cache(self, cache_dir: Path) -> None:
         pipeline = "-".join(filter(None, (self.preprocess.key(),

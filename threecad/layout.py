@@ -257,6 +257,12 @@ def _scan_category(path: Path, cat: Category, rows: list[dict], problems: list[P
     gt_dir = path / "ground_truth"
     _listdir(gt_dir, problems)  # an unreadable ground_truth/ is reported once, here
     naming = _detect_mask_naming(gt_dir)
+    # a category of one's own without ground_truth/ has image-level labels only: image metrics, no
+    # pixel metrics (3CAD's and MVTec AD's categories always have masks: a missing one is an error)
+    labels_only = cat.dataset == "custom" and not os.path.lexists(gt_dir)
+    if labels_only:
+        problems.append(Problem("warning", "image_labels_only", str(path),
+                                "no ground_truth/ folder: image-level labels only; pixel metrics are not available"))
     used_masks: set[str] = set()
     first_row = len(rows)
     for split in ("train", "test"):
@@ -285,7 +291,7 @@ def _scan_category(path: Path, cat: Category, rows: list[dict], problems: list[P
                 size, why = read_header(img.path)
                 if size is None:
                     problems.append(Problem("error", "unreadable_image", img.path, why))
-                if label:
+                if label and not labels_only:
                     candidate = gt_dir / defect_type / _mask_name(img.name, naming)
                     kind = _special(candidate)
                     if _is_file(candidate):

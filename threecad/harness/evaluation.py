@@ -68,7 +68,10 @@ def evaluate(method: Method, post, config, test, device: torch.device, spec: Ben
     # None: the data cannot define the metric (e.g. no defect pixel at all); `notes` says why
     metrics = {k: None if computed[k] is None else float(computed[k]) for k in MAIN_METRICS if k in computed}
     infer_s, infer_n = computed.pop("_infer")
-    return Evaluation(metrics=metrics, notes=str(computed.get("notes") or ""),
+    notes = str(computed.get("notes") or "")
+    if getattr(test, "labels_only", False):  # said once, instead of each pixel metric's "no defective pixel"
+        notes = "image-level labels only (no ground_truth/ folder): pixel metrics are not available"
+    return Evaluation(metrics=metrics, notes=notes,
                       breakdowns={k: v for k, v in computed.items() if k not in MAIN_METRICS and k != "notes"},
                       infer_images_per_s=infer_n / infer_s if infer_s > 0 else float("nan"), mode=mode,
                       hardest=hardest, predictions=kept)
