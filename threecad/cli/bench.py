@@ -22,7 +22,19 @@ def _load_config(ctx: click.Context, param: click.Parameter, value: Path | None)
         ctx.default_map = {**(ctx.default_map or {}), **read_config_file(value)}
 
 
-@click.command("bench")
+class _BenchCommand(click.Command):
+    """`bench --help` ends with the registered methods and their presets (read when help is asked for)."""
+
+    def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        from threecad.registry import available_methods
+
+        rows = [(name, "failed to load" if isinstance(cls, Exception) else f"presets: {', '.join(cls.presets)}")
+                for name, cls in available_methods().items()]
+        with formatter.section("Methods (`threecad methods NAME` shows one's model card)"):
+            formatter.write_dl(rows)
+
+
+@click.command("bench", cls=_BenchCommand)
 @click.option("--config", type=click.Path(dir_okay=False, path_type=Path), default=None, is_eager=True,
               expose_value=False, callback=_load_config,
               help="A YAML file of this command's options (long names: method, root, category, preset, eval_size, "

@@ -12,7 +12,8 @@ def root_option(**kwargs):
     return click.option(
         "--root", type=click.Path(file_okay=False, path_type=Path), default=None,
         help="Dataset root (the folder holding the category folders). "
-             "Default: $THREECAD_ROOT, else ~/threecad-data/3CAD.", **kwargs)
+             "Default: $THREECAD_ROOT, else <data home>/3CAD (data home: $THREECAD_DATA_HOME, else "
+             "~/threecad-data).", **kwargs)
 
 
 def resolve_root(root: Path | None) -> Path:

@@ -69,6 +69,12 @@ def command(dataset: str, source: str, variant: str, repo_id: str | None, revisi
     For 3CAD, --source auto tries Google Drive first and, when Drive refuses and HF_TOKEN is
     set, the Hub copy (accept its terms on its dataset page first); the manifest records
     which source served the data.
+
+    \b
+    Examples:
+      threecad download                                   # 3CAD into <data home>/3CAD
+      threecad download --source path --path ~/Downloads/3CAD.zip
+      threecad download --dataset dtd                     # textures for anomaly synthesis
     """
     from threecad.datahome import default_dtd_root, default_mvtec_root
     from threecad.download import DownloadRequest, download

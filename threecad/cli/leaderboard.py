@@ -51,7 +51,13 @@ def command() -> None:
               help="Write to this file (atomically) instead of standard output.")
 @csv_option
 def show(protocol, metric, dataset, fmt, out, csv_file) -> None:
-    """Methods as rows, categories plus Mean as columns, sorted by Mean, best per column marked."""
+    """Methods as rows, categories plus Mean as columns, sorted by Mean, best per column marked.
+
+    \b
+    Examples:
+      threecad leaderboard show --protocol 3cad-paper --metric p_auroc
+      threecad leaderboard show --format html --out leaderboard.html
+    """
     from threecad.leaderboard.html import render_html
     from threecad.leaderboard.render import render_csv, render_markdown, render_plain
     from threecad.leaderboard.views import wide_tables
@@ -135,7 +141,9 @@ def audit(run_dir, root, rerun, tolerance) -> None:
     """Check that a run is what it says: summary against records, every metric computed again from
     the stored predictions and the root's masks, and with --rerun from the checkpoints.
 
-    Example: threecad leaderboard audit runs/cfrg --rerun
+    \b
+    Example:
+      threecad leaderboard audit runs/cfrg --rerun
     """
     from threecad.leaderboard.audit import audit_run
 
@@ -149,7 +157,13 @@ def audit(run_dir, root, rerun, tolerance) -> None:
 @click.option("--check", is_flag=True, help="Change nothing; exit 1 when the README is out of date.")
 @csv_option
 def render_readme_command(readme, check, csv_file) -> None:
-    """Regenerate the tables between the marker comments of leaderboard/README.md."""
+    """Regenerate the tables between the marker comments of a README (the repository's page:
+    `--csv leaderboard/results.csv`, whose README.md sits beside it).
+
+    \b
+    Example:
+      threecad leaderboard render-readme --csv leaderboard/results.csv --check
+    """
     from threecad.leaderboard.readme import render_readme
 
     path = resolve_csv(csv_file)
@@ -166,7 +180,12 @@ def render_readme_command(readme, check, csv_file) -> None:
 @click.option("--force", is_flag=True, help="Overwrite an existing table.")
 @csv_option
 def init(empty, force, csv_file) -> None:
-    """Create a table seeded with the paper's published numbers (protocol 3cad-paper)."""
+    """Create a table seeded with the paper's published numbers (protocol 3cad-paper).
+
+    \b
+    Example:
+      threecad leaderboard init --csv team-board.csv
+    """
     path = Path(csv_file) if csv_file is not None else default_csv_path()
     n = init_table(path, with_paper=not empty, overwrite=force)
     click.echo(f"wrote {path} ({n} rows)")
@@ -175,7 +194,12 @@ def init(empty, force, csv_file) -> None:
 @command.command()
 @csv_option
 def validate(csv_file) -> None:
-    """Check the table against the schema; exit non-zero naming the first bad line and column."""
+    """Check the table against the schema; exit non-zero naming the first bad line and column.
+
+    \b
+    Example:
+      threecad leaderboard validate --csv leaderboard/results.csv
+    """
     path = resolve_csv(csv_file)
     table = read_table(path)
     n_runs = table.loc[table["source"] == "run", "reference"].nunique()

@@ -23,6 +23,12 @@ def command(name: str | None, preset: str | None, overrides: tuple[str, ...], as
     counts per part (trainable and frozen), input size, feature taps, post-processing.
 
     The card is built without downloading weights.
+
+    \b
+    Examples:
+      threecad methods
+      threecad methods cfrg --preset cpu
+      threecad methods padim --set n_features=200 --json
     """
     from threecad.errors import ThreecadError
     from threecad.method import parse_set_options

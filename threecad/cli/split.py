@@ -24,6 +24,11 @@ def command(root: Path | None, categories: tuple[str, ...], val_fraction: float,
     """Carve a validation set (and k-shot training subsets) from train/good.
 
     The official test set is never touched: the manifest lists training images only.
+
+    \b
+    Examples:
+      threecad split --root demo-data                          # <root>/split.csv, 10 % held out
+      threecad split --root demo-data --shots 8 --out 8shot.csv   # then: bench --split 8shot.csv
     """
     from threecad.catalog import resolve_categories
     from threecad.fsutil import check_writable

@@ -34,7 +34,12 @@ def command(root: Path | None, categories: tuple[str, ...], plot: bool, out_dir:
     """Measure a dataset root: counts, sizes, regions (NE) and types (TE) per defective image,
     defect size and shape; on a 3CAD root, next to the paper's Table 1.
 
-    A mask that cannot be read stops the command (exit 2) unless --skip-unreadable."""
+    A mask that cannot be read stops the command (exit 2) unless --skip-unreadable.
+
+    \b
+    Example:
+      threecad stats --root ~/threecad-data/3CAD --plot
+    """
     started = time.perf_counter()
     from threecad.errors import DatasetError
     from threecad.fsutil import atomic_write_json, check_writable

@@ -49,6 +49,11 @@ def command(out: Path, scale: float, seed: int, categories: tuple[str, ...], max
     its type, a pixel inside it and its area) and synthetic.json describing the run.
     An image with several defect types is filed under the type with the most regions.
     Every image of a category shows the same product (one layout per category and seed).
+
+    \b
+    Examples:
+      threecad synth --out demo-data --scale 0.01 --max-size 256   # the demo's set, seconds
+      threecad synth --out synth-3cad --scale 1.0                   # Table 1's counts, about 25 GB
     """
     from threecad.fsutil import WriteError, check_writable, write_error
     from threecad.layout import SYNTHETIC_MARKER

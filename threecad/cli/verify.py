@@ -31,6 +31,11 @@ def command(root: Path | None, categories: tuple[str, ...], strict: bool, worker
     category are compared with Table 1 (a subset is a warning; --strict makes it an error).
     When <root>/MANIFEST.sha256.json exists, files changed, missing or added since are listed.
     Exit status: 0 healthy, 1 problems found, 2 bad input.
+
+    \b
+    Examples:
+      threecad verify --root ~/threecad-data/3CAD --strict
+      threecad verify --root my-parts --category widget --json report.json
     """
     from threecad.fsutil import atomic_write_text, check_writable
     from threecad.manifest import MANIFEST_NAME
