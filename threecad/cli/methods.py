@@ -74,5 +74,15 @@ def command(name: str | None, preset: str | None, overrides: tuple[str, ...], as
                    "(reference only, not in the total)")
     skip = {"name", "description", "presets", "preset", "parts", "total", "input_size", "reference_parts"}
     for key, value in card.items():
-        if key not in skip:
+        if key in skip:
+            continue
+        if isinstance(value, dict) and value:  # one line per field: the config, the pipelines
+            click.echo(f"{key}:")
+            for field, item in value.items():
+                click.echo(f"  {field}: {json.dumps(item)}")
+        elif isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+            click.echo(f"{key}:")
+            for item in value:
+                click.echo(f"  - {item}")
+        else:
             click.echo(f"{key}: {json.dumps(value)}")
