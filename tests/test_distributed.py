@@ -100,8 +100,8 @@ def test_ddp_fit_of_rd_gives_one_record(root, env, tmp_path):
     assert results["finished"] and list(results["categories"]) == ["ACC"] and results["ddp"] is True
     assert proc.stdout.count("rd ACC: i_auroc") == 1  # evaluated by rank 0 only
     assert sorted(p.name for p in out.iterdir()) == [
-        ".lock", ".lock.owner", ".manifest.lock", "categories", "checkpoints", "losses", "manifest.json", "predictions",
-        "results.csv", "results.json", "results.md", "run.json", "work"]
+        ".lock", ".lock.owner", ".manifest.lock", "categories", "checkpoints", "config.yaml", "losses", "manifest.json",
+        "predictions", "report.html", "results.csv", "results.json", "results.md", "run.json", "work"]
     assert not any((out / "work").iterdir())  # the epoch checkpoint removed when the fit ended
 
 

@@ -66,7 +66,8 @@ def _text(value: Any) -> str:
 
 
 def resolved_config(params: Mapping[str, Any]) -> dict[str, Any]:
-    """Every option of a bench invocation, its preset resolved and the method's config complete."""
+    """Every option of a bench command line (click's parameters), its preset resolved and the
+    method's config complete: what --print-config writes."""
     from threecad.harness import devices
     from threecad.method import build_config, config_dict, parse_set_options
     from threecad.registry import load_method
@@ -78,17 +79,34 @@ def resolved_config(params: Mapping[str, Any]) -> dict[str, Any]:
     device = devices.pick_device(params["device"])
     preset = params["preset"] or ("paper" if device.type == "cuda" else "cpu")
     config = config_dict(build_config(method_cls, preset, parse_set_options(params["sets"])))
+    options = {key: params[name] for key, name in OPTIONS.items() if key != "set" and name in params}
+    return describe({**options, "preset": preset}, config)
+
+
+def run_config(spec, run_spec: Mapping[str, Any]) -> dict[str, Any]:
+    """The same description from what the harness ran (a BenchSpec and its run.json), so that a
+    study's member and a single run keep the same file."""
+    options = {"method": spec.method, "root": spec.root, "category": list(spec.categories),
+               "preset": run_spec["preset"], "device": spec.device, "protocol": spec.protocol, "out": spec.out,
+               "setting": spec.setting, "resume": spec.resume, "eval_size": spec.eval_size,
+               "metrics": spec.metrics_mode, "pictures": spec.pictures,
+               "allow_layout_problems": spec.allow_layout_problems, "logger": spec.logger, "ddp": spec.ddp,
+               "track_test_every": spec.track_test_every, "split": spec.split}
+    return describe(options, run_spec["config"])
+
+
+def describe(options: Mapping[str, Any], config: Mapping[str, Any]) -> dict[str, Any]:
+    """Options in one fixed order (YAML keys, paths as text, categories as a list), then `set`."""
     out: dict[str, Any] = {}
-    for key, name in OPTIONS.items():  # in one fixed order, whatever order the options were given in
-        if key == "set" or name not in params:
+    for key in OPTIONS:
+        if key == "set" or key not in options:
             continue
-        value = params[name]
+        value = options[key]
         if isinstance(value, Path):
             value = str(value)
         if key == "category":
             value = [c for v in value for c in str(v).split(",")]
         out[key] = value
-    out["preset"] = preset
     out["set"] = {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()}
     return out
 

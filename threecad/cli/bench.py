@@ -96,7 +96,7 @@ def command(print_config, method, root, categories, preset, sets, device, protoc
       threecad bench --method patchcore,padim --out runs/study      # a study: one table
       threecad bench --method cfrg --print-config > cfrg.yaml; threecad bench --config cfrg.yaml
     """
-    from threecad.bench_config import CONFIG_FILE, config_yaml, resolved_config
+    from threecad.bench_config import config_yaml, resolved_config
     from threecad.harness import BenchSpec, distributed
     from threecad.method import parse_set_options
 
@@ -117,23 +117,12 @@ def command(print_config, method, root, categories, preset, sets, device, protoc
 
     results, code = run_benchmark(spec, echo=click.echo)
     run_dir = Path(out) if out else Path("runs") / str(results["run_id"])
-    _keep_config(run_dir, config_yaml(resolved_config(params)), CONFIG_FILE)
     click.echo("")
     md = run_dir / "results.md"
     from threecad.harness.rundir import markdown
 
     click.echo(md.read_text() if md and md.is_file() else markdown(results))
     raise SystemExit(code)
-
-
-def _keep_config(run_dir: Path, text: str, name: str) -> None:
-    """RUN/config.yaml: the resolved invocation, listed in the run's manifest."""
-    from threecad.fsutil import atomic_write_text
-    from threecad.harness.rundir import RunDir
-
-    if run_dir.is_dir():
-        atomic_write_text(run_dir / name, text)
-        RunDir(run_dir).manifest.update([run_dir / name])
 
 
 def _study(spec, method: str, ddp: bool, launch) -> None:

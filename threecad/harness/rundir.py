@@ -2,6 +2,8 @@
 
 Layout of RUN_DIR:
   run.json                 what was run (method, preset, config, protocol, dataset); --resume checks it
+  config.yaml              the invocation that started it, for `bench --config` (threecad.bench_config)
+  report.html              the run as a page a person opens (threecad.report; `threecad report RUN`)
   categories/<ABBR>.json   one record per category, written atomically when it finishes
   failures/<ABBR>.txt      the traceback of a failed category
   checkpoints/<ABBR>.pt    the method's state_dict (load with weights_only=True)
@@ -39,6 +41,7 @@ import pandas as pd
 from threecad.choices import PAPER, PER_CATEGORY, UNIFIED
 from threecad.errors import ThreecadError
 from threecad.fsutil import atomic_write_bytes, atomic_write_text
+from threecad.bench_config import CONFIG_FILE
 from threecad.harness.runmanifest import RunManifest, category_files
 
 log = logging.getLogger(__name__)
@@ -116,6 +119,10 @@ class RunDir:
 
     def write_spec(self, spec: dict[str, Any]) -> None:
         self._write_listed({self.spec_file: json_bytes(spec)})
+
+    def write_config(self, text: str) -> None:
+        """config.yaml: the invocation that made the run (threecad.bench_config), for `bench --config`."""
+        self._write_listed({self.path / CONFIG_FILE: text.encode("utf-8")})
 
     def _write_listed(self, files: dict[Path, bytes], named: list[Path] | tuple = ()) -> None:
         """Write `files` (path -> bytes) atomically, their digests and those of the `named` files

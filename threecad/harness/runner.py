@@ -15,12 +15,14 @@ category) and `finish_run` (the aggregates, rebuilt from the records).
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import shutil
 import traceback
 from typing import Any
 
+from threecad.bench_config import config_yaml, run_config
 from threecad.catalog import Category
 from threecad.choices import UNIFIED
 from threecad.errors import ThreecadError
@@ -35,6 +37,7 @@ from threecad.harness.rundir import (MAIN_METRICS, RunDir, RunLock, make_run_dir
                                      utc_now)
 from threecad.harness.unified import UnifiedModel, evaluate_unified, unified_model
 from threecad.integrity import save_checked
+from threecad.report import write_report
 from threecad.wording import plural
 
 __all__ = ["BenchSpec", "run_benchmark", "open_run", "pending", "run_pair", "finish_run"]
@@ -95,6 +98,7 @@ def open_run(plan: Plan, spec: BenchSpec, run: RunDir) -> dict[str, Any]:
         run_spec["run_id"] = plan.out.name if spec.out is None else run_name(f"{plan.method_cls.name}-{plan.preset}")
         run_spec["started"] = utc_now()
         run.write_spec(run_spec)
+        run.write_config(config_yaml(run_config(dataclasses.replace(spec, out=plan.out), run_spec)))
     return run_spec
 
 
@@ -202,6 +206,10 @@ def finish_run(plan: Plan, run: RunDir, records: dict[str, dict[str, Any]], *, r
         echo("nothing left to run: every category finished before")
     else:
         results = run.write_results(run_spec, records, {**environment_facts(), "finished": utc_now()})
+        try:
+            echo(f"report: {write_report(run.path)}")
+        except Exception as exc:  # noqa: BLE001 - the results stand; `threecad report RUN` rebuilds the page
+            log.warning("report.html not written (%s); `threecad report %s` rebuilds it", exc, run.path)
     failed = [a for a, r in records.items() if r.get("status") != "ok"]
     return results, int(bool(failed))
 
