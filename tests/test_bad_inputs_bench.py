@@ -271,3 +271,26 @@ def test_image_level_labels_only(tmp_path):
     assert record["metrics"]["i_auroc"] is not None
     assert all(record["metrics"][k] is None for k in ("p_auroc", "p_ap", "p_f1max", "au_pro"))
     assert record["notes"] == "image-level labels only (no ground_truth/ folder): pixel metrics are not available"
+
+
+def test_a_method_name_typo_suggests_the_name_not_a_reinstall(root, tmp_path):
+    result = assert_refused(bench(root, tmp_path / "run", method="patchcor"), names=["patchcor", "patchcore"])
+    assert "pip install" not in result.stderr
+
+
+def test_missing_imagenet_weights_advice_fits_the_setting(monkeypatch):
+    """The advice to unset THREECAD_OFFLINE is given only when it is set."""
+    from threecad.backbones import _missing_weights
+
+    monkeypatch.delenv("THREECAD_OFFLINE", raising=False)
+    assert "unset THREECAD_OFFLINE" not in str(_missing_weights("wide_resnet50_2", "download failed"))
+    monkeypatch.setenv("THREECAD_OFFLINE", "1")
+    assert "unset THREECAD_OFFLINE" in str(_missing_weights("wide_resnet50_2", "not cached"))
+
+
+def test_resume_on_a_changed_dataset_says_what_changed(root, finished):
+    extra = root / "Aluminum_Camera_Cover" / "test" / "good" / "009.png"
+    extra.write_bytes((root / "Aluminum_Camera_Cover" / "test" / "good" / "000.png").read_bytes())
+    assert_refused(bench(root, finished, "--resume"),
+                   names=["different dataset", "fingerprint", "the files under the root changed since"],
+                   watch=[root, finished])

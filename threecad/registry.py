@@ -29,8 +29,9 @@ def load_method(name: str) -> type[Method]:
     if key not in matches:
         close = difflib.get_close_matches(key, list(matches), n=1)
         hint = f" Did you mean '{close[0]}'?" if close else ""
-        raise ThreecadError(f"unknown method '{name}'.{hint} Known: {', '.join(sorted(eps)) or 'none'}"
-                            " (is the package installed? `pip install -e .`)")
+        # a typo gets the closest name; only when nothing is registered is the install in question
+        install = "" if eps else " (is threecad installed? `pip install -e .` in the checkout)"
+        raise ThreecadError(f"unknown method '{name}'.{hint} Known: {', '.join(sorted(eps)) or 'none'}{install}")
     try:
         cls = matches[key].load()
     except Exception as exc:  # noqa: BLE001 - a broken plug-in is the user's to fix, in one line

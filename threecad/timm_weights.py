@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from threecad.backbones import random_weights, weights_record
+from threecad.backbones import offline, random_weights, weights_record
 from threecad.errors import WeightsUnavailable
 
 log = logging.getLogger(__name__)
@@ -53,10 +53,6 @@ TIMM_WEIGHTS: dict[str, TimmWeights] = {
     "timm_racm": TimmWeights("wide_resnet50_2", "wide_resnet50_racm-8234f177.pth", "timm/wide_resnet50_2.racm_in1k",
                              "timm 0.5.4's wide_resnet50_2(pretrained=True)"),
 }
-
-
-def _offline() -> bool:
-    return os.environ.get("THREECAD_OFFLINE", "") not in ("", "0")
 
 
 def _hub_cache() -> str | None:
@@ -97,7 +93,7 @@ def timm_weights_file(name: str) -> Path:
     local = local_timm_file(name)
     if local is not None:
         return local
-    if _offline():
+    if offline():
         raise _unavailable(spec, f"not in {spec.cached_file().parent} nor the Hugging Face cache, "
                                  "and THREECAD_OFFLINE is set")
     try:

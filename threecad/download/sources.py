@@ -65,6 +65,22 @@ def _http_status_error(code: int, reason: str, where: str) -> DownloadError:
     return DownloadError(f"HTTP {code} {reason} from {where}: {hint}")
 
 
+_UNREACHABLE = ("NameResolution", "resolve", "Max retries exceeded", "Connection", "timed out", "Temporary failure")
+
+
+def _stopped(exc: Exception, url: str, staging: Path) -> DownloadError:
+    """One short line for a gdown failure: an unreachable host said as such (urllib3's text is long
+    and names its own internals); resuming advised only when a partial file is there to resume."""
+    text = str(exc)
+    if any(word in text for word in _UNREACHABLE):
+        return DownloadError(f"cannot reach Google Drive ({url}); {_OFFLINE_HINT}")
+    first = (text.splitlines() or [""])[0]
+    first = first if len(first) <= 160 else first[:157] + "..."
+    partial = any(staging.glob("*.part"))
+    return DownloadError(f"download of {url} stopped ({first}); "
+                         + ("run the same command again to resume" if partial else "try again later"))
+
+
 def fetch_gdrive(file_id: str, staging: Path, endpoint: str | None = None, retries: int = 2,
                  timeout: float = 60.0, progress: bool | None = None) -> Path:
     """Download a Drive file with gdown (resumable: gdown keeps `<name>*.part` in staging)."""
@@ -88,8 +104,7 @@ def fetch_gdrive(file_id: str, staging: Path, endpoint: str | None = None, retri
     except requests.RequestException as exc:
         raise _requests_error(exc, url) from exc
     except GdownDownloadError as exc:
-        raise DownloadError(f"download of {url} stopped ({str(exc).splitlines()[0]}); run the same command "
-                            "again to resume") from exc
+        raise _stopped(exc, url, staging) from exc
     if not out.is_file():
         raise DownloadError(f"gdown finished without writing {out}; run the same command again")
     refusal = _html_page(out)

@@ -278,6 +278,13 @@ def check_resumable(previous: dict[str, Any] | None, run_spec: dict[str, Any], r
         if "setting" in diff:
             detail += (f" (setting {spec_value(previous, 'setting')} then, {run_spec.get('setting')} now; "
                        f"pass --setting {spec_value(previous, 'setting')})")
+        if "dataset" in diff:
+            then, now = previous.get("dataset") or {}, run_spec["dataset"]
+            what = [f"{k}: {then.get(k)!r} then, {now.get(k)!r} now" for k in ("name", "root", "fingerprint", "split")
+                    if then.get(k) != now.get(k)]
+            if "fingerprint" in " ".join(what) and then.get("root") == now.get("root"):
+                what.append("the files under the root changed since")
+            detail += f" (dataset {'; '.join(what[:3])})"
         if "ddp" in diff:
             detail += " (trained with --ddp then, not now)" if previous.get("ddp") else " (not trained with --ddp then)"
         raise ThreecadError(f"cannot resume {out}: it was run with a different {', '.join(diff)}{detail}")
