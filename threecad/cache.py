@@ -193,14 +193,15 @@ def _build(path: Path, shape: tuple[int, ...], load_item: Callable[[int], np.nda
     tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
     n = shape[0]
     workers = default_workers() if workers is None else max(1, workers)
-    log.info("building cache %s (%d items, %.0f MiB, %d threads)", path, n, nbytes / 2**20, workers)
+    # at DEBUG: a bench builds one per category and split; `prepare` says once what they took
+    log.debug("building cache %s (%d items, %.0f MiB, %d threads)", path, n, nbytes / 2**20, workers)
     try:
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
 
         def fill(i: int) -> None:
             out[i] = load_item(i)
 
-        with progress_bar(total=n, desc=desc, unit="img") as bar:
+        with progress_bar(total=n, desc=desc, unit="img", quiet=True) as bar:
             if workers == 1 or n < PARALLEL_MIN_ITEMS:
                 for i in range(n):
                     fill(i)

@@ -16,6 +16,7 @@ end, each with done/total and the rate.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from typing import Any, Callable, Iterable, Iterator, TypeVar
@@ -26,11 +27,14 @@ INTERVAL_S = 30.0
 
 
 def on_terminal() -> bool:
-    """True when stderr is an interactive terminal (where tqdm draws its bars)."""
+    """True when stderr is an interactive terminal with a width (where tqdm draws its bars): a pty
+    that reports 0 columns gets the log lines, as tqdm would draw nothing there."""
     stream = sys.stderr
     try:
-        return bool(stream is not None and stream.isatty())
-    except (AttributeError, ValueError):  # a closed or replaced stream
+        if stream is None or not stream.isatty():
+            return False
+        return os.get_terminal_size(stream.fileno()).columns > 0
+    except (AttributeError, ValueError, OSError):  # a closed or replaced stream, or no size
         return False
 
 
@@ -39,8 +43,9 @@ class LogProgress:
 
     def __init__(self, total: int | None = None, desc: str = "", unit: str = "it",
                  interval: float = INTERVAL_S, logger: logging.Logger | None = None,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, quiet: bool = False):
         self.total, self.desc, self.unit = total, desc, unit
+        self.quiet = quiet  # a job done within one interval says so at DEBUG only (many short ones, one line above)
         self.interval, self.log, self.clock = interval, logger or log, clock
         self.n = 0
         self.postfix = ""
@@ -60,7 +65,11 @@ class LogProgress:
     def close(self) -> None:
         if not self.closed:
             self.closed = True
-            self._emit(self.clock(), final=True)
+            now = self.clock()
+            if self.quiet and now - self.start < self.interval:
+                self.log.debug("%s: %s %s done in %.1f s", self.desc, self.n, self.unit, now - self.start)
+            else:
+                self._emit(now, final=True)
 
     def _emit(self, now: float, final: bool) -> None:
         elapsed = max(now - self.start, 1e-9)
@@ -84,14 +93,15 @@ class LogProgress:
 
 
 def progress_bar(total: int | None = None, desc: str = "", unit: str = "it", *, leave: bool = False,
-                 interval: float = INTERVAL_S, terminal: bool | None = None):
+                 interval: float = INTERVAL_S, terminal: bool | None = None, quiet: bool = False):
     """A tqdm bar on a terminal, else a LogProgress; both are context managers with
-    `update(n)` and `set_postfix(**kw)`. `terminal` overrides the detection (tests)."""
+    `update(n)` and `set_postfix(**kw)`. `terminal` overrides the detection (tests); `quiet`: a
+    LogProgress that finishes within one interval logs its final line at DEBUG."""
     if on_terminal() if terminal is None else terminal:
         from tqdm.auto import tqdm
 
         return tqdm(total=total, desc=desc, unit=unit, leave=leave, dynamic_ncols=True)
-    return LogProgress(total=total, desc=desc, unit=unit, interval=interval)
+    return LogProgress(total=total, desc=desc, unit=unit, interval=interval, quiet=quiet)
 
 
 def progress(iterable: Iterable[T], desc: str = "", total: int | None = None, unit: str = "it", *,

@@ -26,6 +26,7 @@ from threecad.harness.rundir import RunDir, run_name
 from threecad.layout import SYNTHETIC_MARKER, fingerprint, layout_errors, scan_root
 from threecad.method import Method, MethodConfig, build_config, build_refusal, config_dict
 from threecad.preprocess import Preprocess
+from threecad.progress import progress
 from threecad.registry import load_method
 from threecad.synth.writer import DATASET_NAME as SYNTHETIC_DATASET
 from threecad.wording import plural
@@ -223,8 +224,9 @@ def prepare(spec: BenchSpec) -> Plan:
     # unified: a refit needs every category's training images, finished or not
     unfinished = [c for c in categories if c.abbreviation not in done]
     needed = categories if setting == UNIFIED and unfinished else unfinished
+    # one progress line for every category's datasets (each builds or opens its caches)
     data = {cat.abbreviation: _category_data(cat, scan, root, preprocess, spec.eval_size, manifest)
-            for cat in needed}
+            for cat in progress(needed, desc="datasets (decoded and cached once)", unit="categories")}
     return Plan(method_cls=method_cls, config=config, preset=preset, device=device, root=root, scan=scan,
                 categories=categories, run_spec=run_spec, out=out, previous=previous, done=done,
                 data=data, manifest=manifest, split_note=split_note, eval_size=spec.eval_size,

@@ -19,6 +19,7 @@ import dataclasses
 import logging
 import math
 import shutil
+import time
 import traceback
 from typing import Any
 
@@ -79,10 +80,34 @@ def _execute(plan: Plan, spec: BenchSpec, run: RunDir, echo) -> tuple[dict[str, 
         echo(plan.split_note)
     records, todo = pending(plan, run, echo)
     fitted = unified_model(plan, spec, run, echo) if unified and todo else None
-    for cat in todo:
+    started = time.monotonic()
+    for k, cat in enumerate(todo):
+        if len(todo) > 1:
+            echo(overall_line(k, len(todo), cat.abbreviation, time.monotonic() - started))
         records[cat.abbreviation] = run_pair(plan, spec, run, cat, echo, fitted)
         run.write_results(run_spec, plan.in_order(records), environment_facts())
     return finish_run(plan, run, records, ran=bool(todo), echo=echo)
+
+
+def overall_line(done: int, total: int, abbr: str, elapsed: float) -> str:
+    """`[k/n] ABBR: ...` before each category: where the run is, and about how long is left (the mean
+    of the categories finished in this call, times those left)."""
+    line = f"[{done + 1}/{total}] {abbr}"
+    if done:
+        left = elapsed / done * (total - done)
+        line += f": {done} finished in {_duration(elapsed)}, about {_duration(left)} left"
+    return line
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes} min {seconds:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
 
 
 def open_run(plan: Plan, spec: BenchSpec, run: RunDir) -> dict[str, Any]:
