@@ -60,8 +60,8 @@ def _small_multiples(values: dict[str, np.ndarray], bins: np.ndarray, *, title: 
         if len(v):
             med = float(np.median(v))
             ax.axvline(med, color="black", linestyle="--", linewidth=1.2, label=f"median {med:.3g}")
-        for x, label in marks:
-            ax.axvline(x, color="grey", linestyle=":", linewidth=1, label=label)
+        for (x, label), style in zip(marks, MARK_STYLES):  # each reference line its own style, as the legend says
+            ax.axvline(x, color=style[0], linestyle=style[1], linewidth=1, label=label)
         ax.set_title(f"{cat}  ({len(v)} regions)", fontsize=10)
         ax.set_ylabel("regions")
         ax.tick_params(labelsize=8, labelbottom=True)
@@ -91,6 +91,9 @@ def _per_category(stats: DatasetStats, column: str) -> dict[str, np.ndarray]:
     for cat in cats:
         out[cat] = regions.loc[regions["category"] == cat, column].to_numpy(dtype=float)
     return out
+
+
+MARK_STYLES = (("dimgrey", ":"), ("tab:purple", "-."), ("tab:brown", (0, (5, 2))))
 
 
 def plot_area_ratio(stats: DatasetStats, path: str | os.PathLike) -> Path:

@@ -49,6 +49,12 @@ def recorded_config(data: dict[str, Any]):
     return method_cls, built
 
 
+def threshold_at(scores: Sequence[float], fpr: float = DEFAULT_FPR) -> float:
+    """The (1 - fpr) quantile of good images' scores, the largest of them when there are fewer than
+    1/fpr: above it an image is called anomalous."""
+    return float(np.quantile(np.asarray(scores, dtype=np.float64), 1.0 - fpr, method="higher"))
+
+
 @dataclass
 class Prediction:
     """What a model says of a batch of images, as the benchmark scored its test images."""
@@ -141,7 +147,7 @@ class SavedModel:
         if not held_out or not held_out.get("scores"):
             raise ThreecadError(f"{self.run.path}: {self.category} has no held-out good images to set a threshold "
                                 "from (the run had no validation split: `threecad split` makes one); pass --threshold")
-        return float(np.quantile(np.asarray(held_out["scores"], dtype=np.float64), 1.0 - fpr, method="higher"))
+        return threshold_at(held_out["scores"], fpr)
 
 
 class SavedRun:

@@ -45,7 +45,9 @@ class HardestImages:
         g = F.interpolate(mask[None, None].float(), size=(THUMB, THUMB), mode="nearest")[0, 0]
         return img.permute(1, 2, 0).clamp(0, 1).numpy(), m.numpy(), g.numpy() > 0.5
 
-    def render(self, path: str | Path, title: str) -> None:
+    def render(self, path: str | Path, title: str, threshold: float | None = None) -> None:
+        """The picture; with `threshold` (set on held-out good images, threecad predict's default) each
+        score is also given as a multiple of it, which says more than a raw score in the method's units."""
         import matplotlib
 
         matplotlib.use("Agg")
@@ -67,11 +69,18 @@ class HardestImages:
                 ax.imshow((amap - self.map_min) / span, cmap="jet", alpha=0.45, vmin=0, vmax=1)
                 if gt.any():
                     ax.contour(gt.astype(float), levels=[0.5], colors="lime", linewidths=0.8)
-                ax.set_title(f"{Path(p).parent.name}/{Path(p).name}\nscore {score:.3g}", fontsize=7)
+                relative = f" = {score / threshold:.2f} x thr" if threshold and threshold > 0 else ""
+                ax.set_title(f"{Path(p).parent.name}/{Path(p).name}\nscore {score:.3g}{relative}", fontsize=7)
             axes[row][0].text(-0.08, 0.5, label, transform=axes[row][0].transAxes, rotation=90,
                               va="center", ha="right", fontsize=9)
-        fig.suptitle(f"{title}   (map colour scale shared across the category; green: ground truth)", fontsize=9)
-        fig.tight_layout()
+        note = f"; thr: threshold {threshold:.3g}, 1 % of held-out good images above it" if threshold else ""
+        fig.suptitle(f"{title}   (green: ground truth{note})", fontsize=9)
+        fig.tight_layout(rect=(0, 0, 0.93, 1))
+        bar = fig.add_axes((0.945, 0.15, 0.012, 0.7))
+        scale = matplotlib.cm.ScalarMappable(norm=matplotlib.colors.Normalize(self.map_min, self.map_min + span),
+                                             cmap="jet")
+        fig.colorbar(scale, cax=bar).ax.tick_params(labelsize=7)
+        bar.set_title("map", fontsize=7)
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(path, suffix=".png") as tmp:
             fig.savefig(tmp, dpi=100, format="png")

@@ -21,6 +21,7 @@ from threecad.harness.prepare import BenchSpec, Plan
 from threecad.harness.rundir import RunDir
 from threecad.method import Method
 from threecad.metrics.protocols import recorded_postprocess
+from threecad.saved_run import threshold_at
 
 
 def category_record(method: Method, post, cat: Category, ev: Evaluation, spec: BenchSpec, run: RunDir, *,
@@ -32,7 +33,9 @@ def category_record(method: Method, post, cat: Category, ev: Evaluation, spec: B
     `losses`: the paths of a loss history written before (a unified fit's), else this
     category's fit's history is written now."""
     if spec.pictures > 0:
-        ev.hardest.render(run.picture_file(cat.abbreviation), f"{method.name} on {cat.abbreviation} ({cat.folder})")
+        threshold = threshold_at(calibration["scores"]) if calibration and calibration.get("scores") else None
+        ev.hardest.render(run.picture_file(cat.abbreviation), f"{method.name} on {cat.abbreviation} ({cat.folder})",
+                          threshold=threshold)
     if losses is None:
         losses = write_losses(method, run, cat.abbreviation, spec)
     return {
