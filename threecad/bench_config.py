@@ -19,8 +19,8 @@ CONFIG_FILE = "config.yaml"
 # YAML key -> the bench command's parameter name
 OPTIONS = {
     "method": "method", "root": "root", "category": "categories", "preset": "preset", "set": "sets",
-    "device": "device", "protocol": "protocol", "out": "out", "setting": "setting", "resume": "resume",
-    "eval_size": "eval_size", "metrics": "metrics_mode", "pictures": "pictures",
+    "device": "device", "threads": "threads", "protocol": "protocol", "out": "out", "setting": "setting",
+    "resume": "resume", "eval_size": "eval_size", "metrics": "metrics_mode", "pictures": "pictures",
     "allow_layout_problems": "allow_layout_problems", "logger": "logger", "ddp": "ddp",
     "track_test_every": "track_test_every", "split": "split_file",
 }
@@ -87,7 +87,8 @@ def run_config(spec, run_spec: Mapping[str, Any]) -> dict[str, Any]:
     """The same description from what the harness ran (a BenchSpec and its run.json), so that a
     study's member and a single run keep the same file."""
     options = {"method": spec.method, "root": spec.root, "category": list(spec.categories),
-               "preset": run_spec["preset"], "device": spec.device, "protocol": spec.protocol, "out": spec.out,
+               "preset": run_spec["preset"], "device": spec.device, "threads": spec.threads,
+               "protocol": spec.protocol, "out": spec.out,
                "setting": spec.setting, "resume": spec.resume, "eval_size": spec.eval_size,
                "metrics": spec.metrics_mode, "pictures": spec.pictures,
                "allow_layout_problems": spec.allow_layout_problems, "logger": spec.logger, "ddp": spec.ddp,

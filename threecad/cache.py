@@ -39,6 +39,7 @@ import xxhash
 from filelock import FileLock
 
 from threecad import integrity
+from threecad.cpus import pool_size
 from threecad.errors import ThreecadError
 from threecad.fsutil import check_writable, open_regular
 from threecad.progress import progress_bar
@@ -90,10 +91,8 @@ def cache_file(cache_dir: Path, fingerprint: str, category: str, split: str, siz
 
 
 def default_workers() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
+    """The thread budget every pool follows (threecad.cpus)."""
+    return pool_size()
 
 
 def content_key(paths: list[str | None], workers: int | None = None) -> str:

@@ -174,7 +174,8 @@ class ThreeCAD(Dataset):
     def labels_only(self) -> bool:
         """A category of one's own without ground_truth/: image-level labels only (threecad.layout),
         so its defective images have no masks and pixel metrics are not available."""
-        return self.category.dataset == "custom" and not (Path(self.root) / self.category.folder / "ground_truth").exists()
+        gt = Path(self.root) / self.category.folder / "ground_truth"
+        return self.category.dataset == "custom" and not gt.exists()
 
     def _build_cache(self, cache_dir: Path) -> None:
         pipeline = "-".join(filter(None, (self.preprocess.key(),

@@ -121,7 +121,8 @@ def predict_images(model: SavedModel, images: Sequence[Path], out: Path, *, thre
         lo, hi, _ = scale
         for (path, name), image, score, amap in zip(kept, stack, result.scores, result.maps):
             anomalous = bool(score > threshold)
-            atomic_write_bytes(out / "maps" / f"{name}.{'npy' if maps == 'npy' else 'png'}", map_bytes(amap, maps, lo, hi))
+            suffix = "npy" if maps == "npy" else "png"
+            atomic_write_bytes(out / "maps" / f"{name}.{suffix}", map_bytes(amap, maps, lo, hi))
             atomic_write_bytes(out / "overlays" / f"{name}.png", overlay_png(image, amap, lo, hi))
             rows.append({"path": str(path), "score": f"{float(score):.9g}",
                          "decision": "anomalous" if anomalous else "good", "threshold": f"{threshold:.9g}"})

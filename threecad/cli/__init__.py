@@ -13,7 +13,10 @@ import sys
 import click
 
 from threecad import __version__
+from threecad.cpus import quiet_openmp
 from threecad.errors import ThreecadError
+
+quiet_openmp()  # before any subcommand imports torch: OpenMP workers then wait without spinning
 
 # command name -> module under threecad.cli that defines `command`
 COMMANDS = {

@@ -52,6 +52,10 @@ class _BenchCommand(click.Command):
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
               help="Override a config field, typed (repeatable): --set epochs=3 --set weights=PATH.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="CPU threads for every pool (torch, OpenMP, numba, BLAS, cache building, loaders). Default: "
+                   "OMP_NUM_THREADS, else the CPUs this process may use (affinity and cgroup quota); recorded "
+                   "in run.json. On a shared machine give fewer than the free cores.")
 @click.option("--protocol", type=click.Choice(PROTOCOLS), default=STANDARD, show_default=True,
               help="Evaluation protocol; 3cad-paper reproduces the official release's metrics.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -84,8 +88,8 @@ class _BenchCommand(click.Command):
 @click.option("--split", "split_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Split manifest (`threecad split --out FILE`): its val images select epochs (select=val) and "
                    "only its train images train. Default: ROOT/split.csv when there is one.")
-def command(print_config, method, root, categories, preset, sets, device, protocol, out, setting, resume, eval_size,
-            metrics_mode, pictures, allow_layout_problems, logger, ddp, track_test_every, split_file):
+def command(print_config, method, root, categories, preset, sets, device, threads, protocol, out, setting, resume,
+            eval_size, metrics_mode, pictures, allow_layout_problems, logger, ddp, track_test_every, split_file):
     """Fit and evaluate METHOD on each category; write a run directory and print the table.
 
     Under `torchrun --nproc-per-node N -m threecad bench ...` the ranks share the work.
@@ -109,7 +113,7 @@ def command(print_config, method, root, categories, preset, sets, device, protoc
                      overrides=parse_set_options(sets), device=device, protocol=protocol, out=out,
                      resume=resume, eval_size=eval_size, metrics_mode=metrics_mode, pictures=pictures,
                      allow_layout_problems=allow_layout_problems, setting=setting, logger=logger,
-                     track_test_every=track_test_every, split=split_file)
+                     track_test_every=track_test_every, split=split_file, threads=threads)
     launch = distributed.detect()
     if "," in method or launch is not None or ddp:
         _study(spec, method, ddp, launch)

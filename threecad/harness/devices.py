@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 import threecad
+from threecad.cpus import apply_threads, pool_size
 from threecad.errors import ThreecadError
 
 
@@ -36,22 +37,18 @@ def cpu_count() -> int:
 
 
 def loader_workers(device: torch.device) -> int:
-    """DataLoader workers: none on small CPU machines (the cache makes loading cheap and the
-    cores are busy with the model), several on a GPU machine where the CPU only feeds it."""
-    cores = cpu_count()
+    """DataLoader workers: none on small CPU budgets (the cache makes loading cheap and the
+    threads are busy with the model), several on a GPU machine where the CPU only feeds it;
+    within the thread budget (threecad.cpus) either way."""
+    budget = pool_size()
     if device.type == "cuda":
-        return min(8, max(1, cores - 1))
-    return 0 if cores <= 4 else min(4, cores // 4)
+        return min(8, max(1, budget - 1))
+    return 0 if budget <= 4 else min(4, budget // 4)
 
 
-def configure_threads(device: torch.device) -> None:
-    """On the CPU use every core, unless OMP_NUM_THREADS asks for fewer (a shared machine)."""
-    if device.type == "cpu":
-        try:
-            wanted = int(os.environ.get("OMP_NUM_THREADS", "0"))
-        except ValueError:
-            wanted = 0
-        torch.set_num_threads(wanted if wanted > 0 else cpu_count())
+def configure_threads(device: torch.device, threads: int | None = None) -> dict:
+    """Every CPU pool sized to one budget (threecad.cpus); what was set, for run.json."""
+    return apply_threads(threads)
 
 
 def hardware(device: torch.device) -> str:

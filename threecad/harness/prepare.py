@@ -66,6 +66,7 @@ class BenchSpec:
     ddp: bool = False  # each category fitted across the ranks of a torchrun job (threecad.harness.study)
     logger: str | None = None  # also log to "tensorboard" or "mlflow" (threecad.harness.loggers)
     track_test_every: int = 0  # > 0: evaluate the test split every N epochs, for the record only (harness.tracking)
+    threads: int | None = None  # CPU threads of every pool; None: OMP_NUM_THREADS, else the CPUs we may use
     split: Path | None = None  # a split manifest (`threecad split --out FILE`); None: <root>/split.csv if any
     study: Path | None = None  # the study folder this run belongs to (its trackers' root and tag)
 
@@ -136,7 +137,10 @@ def prepare(spec: BenchSpec) -> Plan:
     if spec.setting is not None and spec.setting not in SETTINGS:
         raise ThreecadError(f"unknown --setting '{spec.setting}'; valid: {', '.join(SETTINGS)}")
     device = devices.pick_device(spec.device)
-    devices.configure_threads(device)
+    if spec.threads is not None and (isinstance(spec.threads, bool) or not isinstance(spec.threads, int)
+                                     or spec.threads < 1):
+        raise ThreecadError(f"--threads {spec.threads}: must be a whole number of at least 1")
+    threads = devices.configure_threads(device, spec.threads)
     method_cls = load_method(spec.method)
     if spec.setting == UNIFIED and not method_cls.supports_unified:
         raise ThreecadError(f"method '{method_cls.name}' cannot run in --setting unified (one model for all "
@@ -186,6 +190,7 @@ def prepare(spec: BenchSpec) -> Plan:
         "overrides": {k: v for k, v in config_dict(config).items() if preset_values.get(k) != v},
         "protocol": spec.protocol, "eval_size": spec.eval_size, "dataset": dataset,
         "setting": setting, "seed": config.seed, "device": str(device),
+        "threads": threads,  # every CPU pool's size and where the number came from (threecad.cpus)
     }
     if setting == UNIFIED:  # the union the one model is fitted on: part of what the run is
         run_spec["unified_categories"] = [c.abbreviation for c in categories]

@@ -146,7 +146,8 @@ class RunDir:
     def write_category(self, abbr: str, record: dict[str, Any]) -> None:
         """The record, then the digests of it and of every file it names."""
         path = self.category_file(abbr)
-        self._write_listed({path: json_bytes(record)}, [f for f in category_files(self.path, abbr, record) if f != path])
+        named = [f for f in category_files(self.path, abbr, record) if f != path]
+        self._write_listed({path: json_bytes(record)}, named)
 
     def changed_files(self, abbr: str, record: dict[str, Any]) -> list[str]:
         """The category's files that differ from the manifest ([] for a run made before it kept one)."""

@@ -37,7 +37,8 @@ def audit_run(run_dir: str | Path, root: str | Path | None = None, rerun: bool =
         raise LeaderboardError(f"{run_dir}: {unlisted[0]} is not in the run's manifest")
     root = Path(root) if root is not None else Path((data.get("dataset") or {}).get("root", ""))
     verified = verify_run(run_dir, data, records, root)
-    echo(f"{plural(len(records), 'category')}: every metric computed again from the stored predictions and {root}'s masks")
+    echo(f"{plural(len(records), 'category')}: every metric computed again from the stored predictions "
+         f"and {root}'s masks")
     for abbr, fingerprint in verified.fingerprints.items():
         echo(f"{abbr}: test-set fingerprint {fingerprint}")
     echo(f"evidence: {verified.evidence}" + (f" ({verified.why})" if verified.why else ""))

@@ -7,6 +7,7 @@ import os
 import time
 from typing import Iterator, Sequence
 
+from threecad.cpus import pool_size
 from threecad.stats.cache import MaskCache
 from threecad.stats.measure import MaskResult, analyze_mask, empty_regions
 
@@ -14,10 +15,8 @@ log = logging.getLogger("threecad.stats")  # the name its log lines carried befo
 
 
 def default_workers() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
+    """The thread budget every pool follows (threecad.cpus)."""
+    return pool_size()
 
 
 def _file_key(path: str) -> tuple[int, int] | None:
