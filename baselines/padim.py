@@ -39,6 +39,8 @@ from threecad.threads import single_thread_on_cpu
 
 log = logging.getLogger(__name__)
 
+INVERT_BLOCK = 64  # grid positions whose covariances are inverted at once (float64)
+
 # the paper's reduced dimensions per backbone; other backbones default to half their channels
 PAPER_CHANNELS = {"wide_resnet50_2": 550, "resnet18": 100}
 
@@ -122,17 +124,19 @@ class PaDiM(Method):
             # in place: the WideResNet covariances alone are 5 GB
             cov = s2.baddbmm_(mean_c[:, :, None], mean_c[:, None, :], alpha=-count).div_(count - 1)
             cov.diagonal(dim1=1, dim2=2).add_(self.config.epsilon)
-            # many small factorisations: one CPU thread each is faster than thread hand-offs, and
-            # cholesky_solve against I is much faster than a batched cholesky_inverse on CPU
+            del s2
+            # Inverted in float64, block by block, each precision written over its covariance: ill-conditioned
+            # covariances (a few images, ImageNet-scale features) lose digits in float32; memory stays one
+            # float32 array plus one block. Many small factorisations: one CPU thread each is faster than
+            # thread hand-offs, and cholesky_solve against I is faster than cholesky_inverse on CPU.
+            eye = torch.eye(cov.shape[-1], device=cov.device, dtype=torch.float64)
             with single_thread_on_cpu(cov.device):
-                chol = torch.linalg.cholesky(cov)  # reads the lower triangle only
-                del cov, s2
-                eye = torch.eye(chol.shape[-1], device=chol.device).expand_as(chol)
-                self.precision = torch.cholesky_solve(eye, chol)
-            for i in range(0, chol.shape[0], 256):  # exactly symmetric, as the checkpoint stores it
-                block = self.precision[i:i + 256]
-                block.copy_(0.5 * (block + block.transpose(1, 2)))
-            del chol
+                for i in range(0, cov.shape[0], INVERT_BLOCK):
+                    block = cov[i:i + INVERT_BLOCK]
+                    chol = torch.linalg.cholesky(block.double())  # reads the lower triangle only
+                    inverse = torch.cholesky_solve(eye.expand_as(chol), chol)
+                    block.copy_(0.5 * (inverse + inverse.transpose(1, 2)))  # exactly symmetric, as stored
+            self.precision = cov
             self.mean = mean_c + shift[:, 0]
         log.info("padim: %d positions x %d dims from %d images", self.mean.shape[0], self.mean.shape[1], count)
 
@@ -150,9 +154,9 @@ class PaDiM(Method):
                 "input: the whole image squashed to a square (3CAD's evaluation covers every pixel); the reference "
                 "resizes the shorter side to 256 (Lanczos) and keeps the centre 224 x 224 "
                 "(tests/test_golden_padim.py)",
-                "precision: covariances accumulated in float32 and inverted by Cholesky; the reference inverts "
-                "a float32 copy of float64 covariances by LU. Both lose digits when covariance + epsilon I is "
-                "ill-conditioned, ours more (tests/test_golden_padim.py)"],
+                "precision: covariances accumulated in float32 and inverted by Cholesky in float64; the "
+                "reference inverts a float32 copy of float64 covariances by LU. Where covariance + epsilon I is "
+                "ill-conditioned each loses digits the other keeps (tests/test_golden_padim.py)"],
         }
         if self.config.backbone == "wide_resnet50_2":
             details["reference_backbone"] = ("the reference runs the whole WideResNet-50-2 (68,883,240 "

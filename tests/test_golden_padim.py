@@ -18,8 +18,8 @@ fail:
 - float32 precision at features of an ImageNet network's scale (unit BatchNorm affines,
   golden/padim/ours.py): the covariances + 0.01 I of a few training images are ill-conditioned;
   the reference computes them in float64 (np.cov) and inverts their float32 copy by LU
-  (np.linalg.inv), ours accumulates them in float32 and inverts by Cholesky, which loses more
-  digits there. The golden values proper use features scaled by 0.1, where both are exact enough.
+  (np.linalg.inv), ours accumulates them in float32 and inverts them by Cholesky in float64;
+  each loses digits the other keeps. The golden values proper use features scaled by 0.1, where both are exact enough.
 """
 from __future__ import annotations
 
@@ -89,8 +89,8 @@ def test_every_stage_from_the_references_input(method, golden):
 
 
 @pytest.mark.xfail(strict=True, reason="at unit BatchNorm affines the covariances + 0.01 I have condition numbers "
-                                       "up to about 3e5; ours (float32 accumulation, Cholesky) and the reference "
-                                       "(np.cov in float64, float32 LU inverse) lose different digits")
+                                       "up to about 3e5; ours (float32 accumulation, float64 Cholesky) and the "
+                                       "reference (np.cov in float64, float32 LU inverse) lose different digits")
 def test_maps_and_score_at_unit_affines_from_the_references_input(golden):
     got = run(ours.build(gain=1.0), lambda rgb: references_input(rgb, golden), golden, unit=True)
     assert max(got.values()) <= TOLERANCE, got
