@@ -7,7 +7,6 @@ test starts. Skipped, with the reason, where the browser, the driver or selenium
 from __future__ import annotations
 
 import functools
-import shutil
 import struct
 import threading
 import zlib
@@ -23,19 +22,14 @@ from threecad.leaderboard import init_table, submit_run
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install selenium)")
 from selenium.webdriver.common.by import By  # noqa: E402
+
+from browser import chromium, needs_chromium  # noqa: E402
 from selenium.webdriver.support import expected_conditions as EC  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
-FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--window-size=1280,900")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
-pytestmark = pytest.mark.skipif(
-    not (Path(CHROMIUM).is_file() and Path(CHROMEDRIVER).is_file()),
-    reason="Debian's chromium and chromium-driver are not installed (apt-get install chromium chromium-driver)")
+pytestmark = needs_chromium
 
 
 class _Quiet(SimpleHTTPRequestHandler):
@@ -76,24 +70,7 @@ def page_url(tmp_path: Path):
 
 @pytest.fixture
 def browser(tmp_path: Path):
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
-
-    options = Options()
-    options.binary_location = CHROMIUM
-    for flag in FLAGS:
-        options.add_argument(flag)
-    options.add_argument(f"--user-data-dir={tmp_path / 'profile'}")
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    try:
-        driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
-    except Exception as exc:  # noqa: BLE001 - a browser that cannot start here is a skip, with its reason
-        pytest.skip(f"chromium did not start: {str(exc).splitlines()[0]}")
-    driver.set_page_load_timeout(60)
-    try:
-        yield driver
-    finally:
-        driver.quit()
+    yield from chromium(tmp_path)
 
 
 def _column(driver, section: str, col: int) -> list[str]:

@@ -7,7 +7,6 @@ where the browser, the driver or selenium is absent.
 """
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
@@ -17,39 +16,17 @@ from test_report import CATEGORIES, bench, report
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install selenium)")
 from selenium.webdriver.common.by import By  # noqa: E402
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
-FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--window-size=1280,900")
+from browser import chromium, needs_chromium  # noqa: E402
+
 # every <img>: loaded, and decoded to a picture of some width
 DECODED = "return Array.from(document.images).map(i => [i.alt, i.complete, i.naturalWidth]);"
 
-pytestmark = pytest.mark.skipif(
-    not (Path(CHROMIUM).is_file() and Path(CHROMEDRIVER).is_file()),
-    reason="Debian's chromium and chromium-driver are not installed (apt-get install chromium chromium-driver)")
+pytestmark = needs_chromium
 
 
 @pytest.fixture
 def browser(tmp_path: Path):
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
-
-    options = Options()
-    options.binary_location = CHROMIUM
-    for flag in FLAGS:
-        options.add_argument(flag)
-    options.add_argument(f"--user-data-dir={tmp_path / 'profile'}")
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    try:
-        driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
-    except Exception as exc:  # noqa: BLE001 - a browser that cannot start here is a skip, with its reason
-        pytest.skip(f"chromium did not start: {str(exc).splitlines()[0]}")
-    driver.set_page_load_timeout(60)
-    try:
-        yield driver
-    finally:
-        driver.quit()
+    yield from chromium(tmp_path)
 
 
 def test_the_report_loads_without_errors_and_every_image_decodes(browser, tmp_path):
