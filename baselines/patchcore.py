@@ -147,19 +147,19 @@ def nearest_neighbors(queries: torch.Tensor, bank: torch.Tensor, k: int = 1,
     `squared=True` returns squared distances instead, as faiss IndexFlatL2 does.
 
     Distances come from ||q||^2 - 2 q.b + ||b||^2 in blocks of at most `chunk_elements`
-    entries; the bank is split too when one row of it alone exceeds the budget.
+    entries; the bank is split too when one row of it alone exceeds the budget. Traced
+    (`threecad export`), the queries form one block: a graph must serve any batch size, and
+    a count of blocks fixed by the tracing batch would not.
     """
-    m, n = queries.shape[0], bank.shape[0]
+    n = bank.shape[0]
     k = min(k, n)
     q = queries.float()
     b = bank.float()
     bsq = (b * b).sum(1)
     bank_chunk = n if n <= chunk_elements else max(k, chunk_elements)
-    q_chunk = max(1, chunk_elements // bank_chunk)
-    out_d = torch.empty(m, k, device=q.device)
-    out_i = torch.empty(m, k, dtype=torch.long, device=q.device)
-    for s in range(0, m, q_chunk):
-        qq = q[s:s + q_chunk]
+    blocks = (q,) if torch.jit.is_tracing() else q.split(max(1, chunk_elements // bank_chunk))
+    out_d, out_i = [], []
+    for qq in blocks:
         qsq = (qq * qq).sum(1, keepdim=True)
         best_d, best_i = None, None
         for t in range(0, n, bank_chunk):
@@ -174,9 +174,9 @@ def nearest_neighbors(queries: torch.Tensor, bank: torch.Tensor, k: int = 1,
                 idx = torch.gather(torch.cat([best_i, idx], 1), 1, pos)
             best_d, best_i = vals, idx
         best_d = best_d.clamp_min(0)
-        out_d[s:s + q_chunk] = best_d if squared else best_d.sqrt()
-        out_i[s:s + q_chunk] = best_i
-    return out_d, out_i
+        out_d.append(best_d if squared else best_d.sqrt())
+        out_i.append(best_i)
+    return torch.cat(out_d), torch.cat(out_i)
 
 
 class PatchCore(Method):

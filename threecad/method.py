@@ -114,6 +114,9 @@ class Method(abc.ABC):
     supports_unified: ClassVar[bool] = True  # can fit one model on the union of categories (--setting unified)
     unified_by_default: ClassVar[bool] = False  # its paper trains one model for all categories
     trains_by_gradient: ClassVar[bool] = False  # fits through threecad.training (so --ddp can share a fit)
+    # Why `threecad export` cannot make one graph of `predict` (one line, shown by the model card and
+    # the refusal), or None when it can: predict in torch ops, with no Python decision on tensor values.
+    export_refusal: ClassVar[str | None] = None
 
     def __init__(self, config: MethodConfig, device: str | torch.device = "cpu", amp: bool = False):
         self.config = config

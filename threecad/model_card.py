@@ -3,10 +3,11 @@
 `threecad methods NAME [--preset P] [--json]` prints the card: description, presets and the
 chosen preset's config, the parameter count of each named part (trainable and frozen), the
 input size, feature taps, the input pipeline and the post-processing, the precision, the
-setting a run takes by default and which epoch it keeps; `reference_parts` lists networks the
-reference builds but threecad does not (counted for comparison, outside the total). The networks are built on PyTorch's
-`meta` device with pretrained-weight loading switched off, so a card costs no download and
-almost no memory even for RealNet's half-billion parameters.
+setting a run takes by default, which epoch it keeps and whether `threecad export` can make one
+graph of it (`export`); `reference_parts` lists networks the reference builds but threecad does
+not (counted for comparison, outside the total). The networks are built on PyTorch's `meta`
+device with pretrained-weight loading switched off, so a card costs no download and almost no
+memory even for RealNet's half-billion parameters.
 """
 from __future__ import annotations
 
@@ -77,6 +78,13 @@ def selection_rule(method: Method) -> str:
     return "the last epoch (it defines no validation loss)"
 
 
+def export_rule(method_cls: type[Method]) -> str:
+    """What `threecad export` makes of a trained model, in words."""
+    if method_cls.export_refusal:
+        return f"refused: {method_cls.export_refusal}"
+    return "onnx or torchscript: one graph from the preprocessed image to the map and score (threecad export)"
+
+
 def model_card(method_cls: type[Method], preset: str | None = None,
                overrides: dict[str, str] | None = None) -> dict[str, Any]:
     preset = preset or ("paper" if "paper" in method_cls.presets else next(iter(method_cls.presets)))
@@ -101,6 +109,7 @@ def model_card(method_cls: type[Method], preset: str | None = None,
         "precision": method.config.precision,
         "setting": default_setting(method_cls, preset),
         "selection": selection_rule(method),
+        "export": export_rule(method_cls),
         **method.card_details(),
     }
 
