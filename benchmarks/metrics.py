@@ -1,41 +1,47 @@
-"""Side-by-side speed and memory of threecad.metrics against scikit-learn and a plain numpy AU-PRO.
+"""Side-by-side speed and memory of threecad.metrics against scikit-learn, anomalib, ADEval and a numpy sort.
 
-    nice .venv/bin/python benchmarks/metrics.py                 # 1,000 and 4,000 maps, then 3CAD size
-    nice .venv/bin/python benchmarks/metrics.py --sizes 200 --full 2000   # a quick look
+    OMP_NUM_THREADS=1 nice .venv/bin/python benchmarks/metrics.py            # 1,000 and 4,000 maps, then 3CAD size
+    OMP_NUM_THREADS=1 nice .venv/bin/python benchmarks/metrics.py --sizes 200 --full 2000   # a quick look
+    threecad synth --out synth-is --category IS --max-size 1024 --scale 1.0
+    OMP_NUM_THREADS=1 nice .venv/bin/python benchmarks/metrics.py --sizes --full 0 --native synth-is
 
-Every implementation sees the same synthetic maps (256x256 float32, continuous scores,
-70 % of images with 1-3 small rectangular defects), in one process, one after another.
-Time is that of the metric calls only (data generation is excluded), wall-clock and CPU
-time of this process (every row computes on one core; CPU time is what other work on a
-shared machine cannot inflate); memory is the tracemalloc peak beyond the data already in
-memory (numpy reports its buffers to it).
-Before any timing, both modes run once on a few maps so that the compiled kernels are
-built (first run: numba compiles them, some seconds) or loaded from numba's on-disk cache;
-that warm-up is printed on its own line, with the path the streaming rows take (numba,
-or numpy when numba is not importable).
+Every implementation sees the same synthetic maps (continuous float32 scores: N(0, 1) noise,
+defect pixels shifted up by 1.5), in one process, one after another.  At 256 px (--sizes,
+--full) 70 % of the images get 1-3 small rectangular defects; with --native the masks are
+those of one category of a dataset root at the images' own size (`threecad synth --max-size
+1024` writes 3CAD's sizes).  Time is that of the metric calls only (data generation is
+excluded), wall-clock and CPU time of this process (every row computes on one core; CPU time
+is what other work on a shared machine inflates least); memory is the tracemalloc peak beyond
+the data already in memory (numpy reports its buffers to it), and, where maps are generated
+chunk by chunk, beyond one chunk.  Each row also shows the 1-minute load average when it
+ended (os.getloadavg): the machine may be shared, and a load above its cores slows every row.
+Before any timing, every mode runs once on a few maps so that the compiled kernels are built
+(first run: numba compiles them, some seconds) or loaded from numba's on-disk cache.
 Rows:
-- threecad exact: Evaluator(mode="exact"), all pixel metrics (P-AUROC, P-AP, P-F1max,
-  AU-PRO and the breakdowns) and the image metrics, from one ordering of the pixels;
-- threecad streaming: Evaluator(mode="streaming"), the same metrics in fixed memory;
-- streaming, numpy path: the same with threecad.metrics.kernels switched off (what runs
-  without numba; same bins, same results), at the --sizes only;
+- exact, in memory: Evaluator(mode="exact", memory=None): every score kept, one ordering,
+  every metric (P-AUROC, P-AP, P-F1max, AU-PRO, the breakdowns) and the image metrics;
+- exact, bounded: Evaluator(mode="exact") with the --memory budget (threecad.metrics.bounded):
+  the same numbers to the last bit, in memory while they fit, from sorted runs beyond;
+- streaming: Evaluator(mode="streaming"), the same metrics within an error bound; its numpy
+  path (kernels switched off: what runs without numba) at the --sizes only;
 - scikit-learn: roc_auc_score + average_precision_score on the flattened pixels only;
 - numpy AU-PRO: the MVTec recipe (argsort all pixels, cumulate, collapse ties), alone;
-- anomalib: its pixel AUROC and AUPRO, only when anomalib is importable (never a dependency:
-  run this script with the python of a separate venv holding anomalib, numba, psutil and
-  scikit-learn, with PYTHONPATH at this repository).  Its peak memory column shows only
-  numpy's share: tracemalloc does not see torch's allocations.
-At 3CAD size (16,546 maps) the maps are generated chunk by chunk and dropped after use;
-exact mode runs there only when the machine has the memory for it.  Both modes use the
-compiled region labelling and min/max passes when numba is there.
+- numpy sort: np.sort of every pixel score (float32), the floor of any ranking by sorting;
+- anomalib (pixel AUROC, AUPRO) and ADEval (EvalAccumulator, binned: P-AUROC, P-AUPR,
+  AU-PRO), only when importable (never dependencies: run this script with the python of a
+  venv holding them, numba, psutil and scikit-learn, with PYTHONPATH at this repository).
+  anomalib's peak memory shows only numpy's share: tracemalloc does not see torch's.
+Rows that would not fit in the memory available are skipped and say what they need.
 """
 from __future__ import annotations
 
 import argparse
 import gc
+import os
 import time
 import tracemalloc
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import psutil
@@ -66,6 +72,41 @@ def synthetic_chunks(n_maps: int, chunk: int, seed: int = 0) -> Iterator[tuple[n
         yield maps, masks
 
 
+def native_masks(root: Path, category: str, fraction: float) -> list[tuple[tuple[int, int], str | None]]:
+    """(height, width) and mask file of the first `fraction` of a category's test images, by size."""
+    from threecad.layout import scan_root
+
+    table = scan_root(root).table
+    rows = table[(table["split"] == "test") & ((table["category"] == category) | (table["folder"] == category))]
+    if rows.empty:
+        raise SystemExit(f"{root} has no test images of category {category}")
+    rows = rows.iloc[:max(1, int(round(len(rows) * fraction)))]
+    out = [((int(r.height), int(r.width)), r.mask_path if isinstance(r.mask_path, str) else None)
+           for r in rows.itertuples()]
+    return sorted(out, key=lambda item: item[0])
+
+
+def native_chunks(images: list, chunk_pixels: int, seed: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(maps, masks) of same-sized images at their own size: the category's masks (> 127), maps as above."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    at = 0
+    while at < len(images):
+        shape = images[at][0]
+        n = 1
+        while at + n < len(images) and images[at + n][0] == shape and (n + 1) * shape[0] * shape[1] <= chunk_pixels:
+            n += 1
+        masks = np.zeros((n, *shape), dtype=bool)
+        for i, (_, path) in enumerate(images[at:at + n]):
+            if path is not None:
+                masks[i] = np.asarray(Image.open(path).convert("L")) > 127
+        maps = rng.standard_normal(masks.shape, dtype=np.float32)
+        maps[masks] += 1.5
+        at += n
+        yield maps, masks
+
+
 class Clock:
     """Wall and CPU seconds of this process (CPU time is what a shared machine cannot inflate)."""
 
@@ -92,10 +133,10 @@ def measure(fn):
     return out, clock, peak
 
 
-def run_evaluator(mode: str, chunks, compiled: bool = True) -> dict:
+def run_evaluator(mode: str, chunks, compiled: bool = True, memory=None) -> dict:
     kernels.ENABLED = compiled and kernels.AVAILABLE
     try:
-        ev = Evaluator(mode=mode)
+        ev = Evaluator(mode=mode, memory=memory)
         for maps, masks in chunks:
             ev.update(maps, masks)
         return ev.compute()
@@ -104,35 +145,48 @@ def run_evaluator(mode: str, chunks, compiled: bool = True) -> dict:
 
 
 def warm_up() -> str:
-    """Build (or load from numba's cache) every kernel both modes use; say which path runs."""
+    """Build (or load from numba's cache) every kernel the modes use; say which path runs."""
     start = time.perf_counter()
-    for mode in ("exact", "streaming"):
-        run_evaluator(mode, list(synthetic_chunks(6, 3, seed=1)))
+    chunks = list(synthetic_chunks(6, 3, seed=1))
+    for mode, memory in (("exact", None), ("streaming", None), ("exact", 2_000_000)):
+        run_evaluator(mode, chunks, memory=memory)
+    __import__("sklearn.metrics")      # imported before timing (tracemalloc counts what imports allocate)
     seconds = time.perf_counter() - start
     if not kernels.AVAILABLE:
         return "streaming path: numpy (numba is not importable)"
     import numba
-    return (f"streaming path: numba {numba.__version__} kernels (compiled or loaded from its cache "
+    return (f"compiled path: numba {numba.__version__} kernels (compiled or loaded from its cache "
             f"in {seconds:.1f} s wall before timing)")
 
 
-def streamed_evaluator(mode: str, n_maps: int, chunk: int):
-    """Evaluator over chunks generated on the fly; returns (metrics, Clock of the metric calls, peak MiB)."""
-    ev = Evaluator(mode=mode)
+def streamed_evaluator(mode: str, chunks, chunk_bytes: float, memory=None):
+    """Evaluator over chunks generated on the fly: (metrics, Clock of the metric calls, peak MiB
+    beyond one chunk, the evaluator's memory note)."""
+    ev = Evaluator(mode=mode, memory=memory)
     clock = Clock()
     gc.collect()
     tracemalloc.reset_peak()
     base = tracemalloc.get_traced_memory()[0]
-    chunk_mb = chunk * SIZE * SIZE * 5 / 2**20
-    for maps, masks in synthetic_chunks(n_maps, chunk):
+    for maps, masks in chunks:
         with clock:
             ev.update(maps, masks)
         del maps, masks
     with clock:
         out = ev.compute()
-    # beyond one chunk: the generator's own chunk (maps + masks) is subtracted
-    peak = (tracemalloc.get_traced_memory()[1] - base) / 2**20 - chunk_mb
-    return out, clock, peak
+    peak = (tracemalloc.get_traced_memory()[1] - base - chunk_bytes) / 2**20
+    return out, clock, peak, ev.memory_note
+
+
+def streamed_sort(chunks, n_pixels: int):
+    """np.sort of every pixel score (float32), copied chunk by chunk into one array first;
+    (Clock of the sort, peak MiB of the sort beyond the array)."""
+    values = np.empty(n_pixels, dtype=np.float32)
+    at = 0
+    for maps, _ in chunks:
+        values[at:at + maps.size] = maps.reshape(-1)
+        at += maps.size
+    _, clock, peak = measure(values.sort)
+    return clock, peak
 
 
 def sklearn_pixel(y: np.ndarray, s: np.ndarray) -> dict:
@@ -198,6 +252,19 @@ def anomalib_pixel(chunks, classes) -> dict:
     return out
 
 
+def adeval_pixel(chunks, accumulator) -> dict:
+    """ADEval's CPU EvalAccumulator (binned between the estimated score bounds it asks for:
+    the maps' own min and max here, its best case)."""
+    lo = float(min(m.min() for m, _ in chunks))
+    hi = float(max(m.max() for m, _ in chunks))
+    acc = accumulator(lo, hi, lo, hi)
+    for maps, masks in chunks:
+        acc.add_anomap_batch(list(maps), list(masks.astype(np.uint8)))
+        acc.add_image(maps.reshape(len(maps), -1).max(axis=1), masks.reshape(len(masks), -1).any(axis=1))
+    got = acc.summary()
+    return {"p_auroc": got["p_auroc"], "p_ap": got["p_aupr"], "au_pro": got["p_aupro"]}
+
+
 def ratio(slow: Clock, fast: Clock) -> str:
     return f"{slow.cpu / fast.cpu:.1f}x faster in CPU time ({slow.wall / fast.wall:.1f}x wall)"
 
@@ -212,110 +279,163 @@ def row(table, n, name, scope, res, clock, peak, ref=None, note=""):
     if res and ref:
         err = max((abs(vals[k] - ref[k]) for k in KEYS if vals.get(k) is not None and ref.get(k) is not None),
                   default=None)
-    table.append((n, name, scope, clock, peak, vals, err, note))
+    table.append((n, name, scope, clock, peak, vals, err, note, os.getloadavg()[0]))
+
+
+def skipped(table, n, name, scope, gb: float) -> None:
+    row(table, n, name, scope, None, None, None, note=f"needs ~{gb:.0f} GB free")
 
 
 def print_table(table) -> None:
-    head = f"{'maps':>6} {'implementation':<21} {'metrics':<24} {'wall s':>7} {'cpu s':>7} {'peak MB':>8} " \
-           f"{'P-AUROC':>9} {'P-AP':>9} {'AU-PRO':>9} {'|err| vs exact':>14}"
+    head = f"{'maps':>7} {'implementation':<23} {'metrics':<22} {'wall s':>7} {'cpu s':>7} {'peak MB':>8} " \
+           f"{'load':>5} {'P-AUROC':>9} {'P-AP':>9} {'AU-PRO':>9} {'|err| vs exact':>14}"
     print(head)
     print("-" * len(head))
-    for n, name, scope, clock, peak, vals, err, note in table:
+    for n, name, scope, clock, peak, vals, err, note, load in table:
         if clock is None:
-            print(f"{n:>6} {name:<21} {scope:<24} {'skipped: ' + note}")
+            print(f"{n:>7} {name:<23} {scope:<22} {'skipped: ' + note}")
             continue
         fmt = {k: (f"{vals[k]:.6f}" if vals.get(k) is not None else "-") for k in KEYS}
         e = f"{err:.1e}" if err is not None else "-"
-        print(f"{n:>6} {name:<21} {scope:<24} {clock.wall:7.2f} {clock.cpu:7.2f} {peak:8.0f} "
+        print(f"{n:>7} {name:<23} {scope:<22} {clock.wall:7.2f} {clock.cpu:7.2f} {peak:8.0f} {load:5.2f} "
               f"{fmt['p_auroc']:>9} {fmt['p_ap']:>9} "
               f"{fmt['au_pro']:>9} {e:>14}" + (f"  ({note})" if note else ""))
+
+
+def identical(a: dict, b: dict) -> bool:
+    """Every key compute() returned, equal (NaN equal to NaN)."""
+    return a.keys() == b.keys() and all(
+        a[k] == b[k] or (isinstance(a[k], float) and isinstance(b[k], float) and a[k] != a[k] and b[k] != b[k])
+        for k in a)
+
+
+def side_by_side(table, summary, n, label, make_chunks, n_pixels: int, chunk_bytes: float, memory: float,
+                 in_memory_bytes: float) -> None:
+    """Exact bounded, streaming, exact in memory (when it fits) and a numpy sort of the same
+    pixels, over chunks made on the fly by make_chunks()."""
+    bounded, t_bounded, m_bounded, note = streamed_evaluator("exact", make_chunks(), chunk_bytes, memory)
+    row(table, n, "exact, bounded", f"every metric, {label}", bounded, t_bounded, m_bounded, bounded,
+        note=f"{memory / 1e9:g} GB budget" + ("" if note else ", in memory"))
+    stream, t_stream, m_stream, _ = streamed_evaluator("streaming", make_chunks(), chunk_bytes)
+    row(table, n, "streaming", f"every metric, {label}", stream, t_stream, m_stream, bounded)
+    if fits(in_memory_bytes):
+        exact, t_exact, m_exact, _ = streamed_evaluator("exact", make_chunks(), chunk_bytes)
+        row(table, n, "exact, in memory", f"every metric, {label}", exact, t_exact, m_exact, bounded)
+        summary.append(f"{n} maps ({label}): bounded exact {'equals' if identical(exact, bounded) else 'DIFFERS FROM'}"
+                       f" in-memory exact on every key; {ratio(t_exact, t_bounded)} and "
+                       f"{m_exact / max(m_bounded, 1):.1f}x less peak memory")
+    else:
+        skipped(table, n, "exact, in memory", f"every metric, {label}", in_memory_bytes / 1e9)
+    if fits(n_pixels * 4 * 1.2):
+        t_sort, m_sort = streamed_sort(make_chunks(), n_pixels)
+        row(table, n, "numpy sort", f"sort only, {label}", None, t_sort, m_sort,
+            note="np.sort of every pixel, float32; peak beyond the array")
+        summary.append(f"{n} maps ({label}): bounded exact takes {t_bounded.cpu / t_sort.cpu:.2f}x the CPU time of "
+                       f"a numpy sort of the same pixels")
+    else:
+        skipped(table, n, "numpy sort", f"sort only, {label}", n_pixels * 4 * 1.2 / 1e9)
+    summary.append(f"{n} maps ({label}): {note or 'bounded exact ran in memory'}; peak {m_bounded:.0f} MiB beyond "
+                   "one chunk; streaming bounds " + ", ".join(
+                       f"{k} {stream[k + '_err_bound']:.1e}" for k in KEYS if k + "_err_bound" in stream))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="*", default=[1000, 4000])
-    ap.add_argument("--full", type=int, default=16546, help="maps of the 3CAD-sized streaming run (0: skip)")
+    ap.add_argument("--full", type=int, default=16546, help="maps of the 3CAD-sized run at 256 px (0: skip)")
     ap.add_argument("--chunk", type=int, default=100)
+    ap.add_argument("--memory", type=float, default=2.0, help="GB: the budget of the bounded exact rows")
+    ap.add_argument("--native", type=Path, default=None, help="dataset root: also one category at its own size")
+    ap.add_argument("--native-category", default="IS", help="category of --native (abbreviation or folder)")
+    ap.add_argument("--native-fraction", type=float, default=1.0, help="fraction of its test images")
     args = ap.parse_args()
+    memory = args.memory * 1e9
     tracemalloc.start()
     table: list = []
-    summary: list[str] = []
+    summary: list[str] = [f"load average at start (1, 5, 15 min): {os.getloadavg()} on {os.cpu_count()} cores"]
     try:
         anomalib_metrics = anomalib_classes()
-        has_anomalib = True
     except ImportError:
-        has_anomalib = False
+        anomalib_metrics = None
+    try:
+        from adeval import EvalAccumulator
+    except ImportError:
+        EvalAccumulator = None
     summary.append(warm_up())
     for n in args.sizes:
         chunks = list(synthetic_chunks(n, args.chunk))
         px = n * SIZE * SIZE
         exact, t_exact, m_exact = measure(lambda: run_evaluator("exact", chunks))
-        row(table, n, "threecad exact", "every metric", exact, t_exact, m_exact, exact)
+        row(table, n, "exact, in memory", "every metric", exact, t_exact, m_exact, exact)
+        bounded, t_bounded, m_bounded = measure(lambda: run_evaluator("exact", chunks, memory=memory))
+        row(table, n, "exact, bounded", "every metric", bounded, t_bounded, m_bounded, exact,
+            note=f"{args.memory:g} GB budget")
+        summary.append(f"{n} maps: bounded exact {'equals' if identical(exact, bounded) else 'DIFFERS FROM'} "
+                       "in-memory exact on every key")
         stream, t_stream, m_stream = measure(lambda: run_evaluator("streaming", chunks))
-        row(table, n, "threecad streaming", "every metric", stream, t_stream, m_stream, exact)
+        row(table, n, "streaming", "every metric", stream, t_stream, m_stream, exact)
         if kernels.AVAILABLE:
             slow, t_slow, m_slow = measure(lambda: run_evaluator("streaming", chunks, compiled=False))
             row(table, n, "streaming, numpy path", "every metric", slow, t_slow, m_slow, exact)
             summary.append(f"{n} maps: streaming with kernels is {ratio(t_slow, t_stream)} than its numpy path")
-        bounds = {k: stream[f"{k}_err_bound"] for k in KEYS}
         errs = {k: abs(stream[k] - exact[k]) for k in KEYS}
         summary.append(f"{n} maps: streaming - exact: " + ", ".join(
-            f"{k} {errs[k]:.1e} (bound {bounds[k]:.1e})" for k in KEYS))
+            f"{k} {errs[k]:.1e} (bound {stream[k + '_err_bound']:.1e})" for k in KEYS))
         t_sk = None
         if fits(px * 80):            # scikit-learn's peak, measured: ~76 bytes per pixel
             y = np.concatenate([k.ravel() for _, k in chunks])
             s = np.concatenate([m.ravel() for m, _ in chunks])
             sk, t_sk, m_sk = measure(lambda: sklearn_pixel(y, s))
             row(table, n, "scikit-learn", "P-AUROC + P-AP", sk, t_sk, m_sk, exact)
+            _, t_sort, m_sort = measure(lambda: np.sort(s))
+            row(table, n, "numpy sort", "sort only", None, t_sort, m_sort, note="np.sort of every pixel, float32")
             del y, s
         else:
-            row(table, n, "scikit-learn", "P-AUROC + P-AP", None, None, None,
-                note=f"needs ~{px * 80 / 2**30:.0f} GB free")
+            skipped(table, n, "scikit-learn", "P-AUROC + P-AP", px * 80 / 2**30)
         if fits(px * 65):            # the numpy recipe's peak: ~62 bytes per pixel
             npro, t_np, m_np = measure(lambda: numpy_au_pro(chunks))
             row(table, n, "numpy sort AU-PRO", "AU-PRO", npro, t_np, m_np, exact)
         else:
-            row(table, n, "numpy sort AU-PRO", "AU-PRO", None, None, None,
-                note=f"needs ~{px * 65 / 2**30:.0f} GB free")
-        if has_anomalib:
+            skipped(table, n, "numpy sort AU-PRO", "AU-PRO", px * 65 / 2**30)
+        for name, scope, available, fn, note in (
+                ("anomalib", "P-AUROC + AU-PRO", anomalib_metrics,
+                 lambda: anomalib_pixel(chunks, anomalib_metrics), "peak MB without torch's own allocations"),
+                ("ADEval", "P-AUROC/AUPR + AU-PRO", EvalAccumulator,
+                 lambda: adeval_pixel(chunks, EvalAccumulator), "binned")):
+            if available is None:
+                row(table, n, name, scope, None, None, None, note="not importable")
+                continue
             try:
-                an, t_an, m_an = measure(lambda: anomalib_pixel(chunks, anomalib_metrics))
-                row(table, n, "anomalib", "P-AUROC + AU-PRO", an, t_an, m_an, exact,
-                    note="peak MB without torch's own allocations")
-                summary.append(f"{n} maps: exact (every metric) is {ratio(t_an, t_exact)} than "
-                               f"anomalib P-AUROC + AU-PRO")
+                got, t_got, m_got = measure(fn)
+                row(table, n, name, scope, got, t_got, m_got, exact, note=note)
+                summary.append(f"{n} maps: exact (every metric) is {ratio(t_got, t_exact)} than {name} {scope}")
             except Exception as exc:  # report, do not abort the benchmark
-                row(table, n, "anomalib", "P-AUROC + AU-PRO", None, None, None, note=f"failed: {exc}")
-        else:
-            row(table, n, "anomalib", "P-AUROC + AU-PRO", None, None, None, note="not importable")
+                row(table, n, name, scope, None, None, None, note=f"failed: {exc}")
         if t_sk:
             summary.append(f"{n} maps: exact (every metric) is {ratio(t_sk, t_exact)} than "
                            f"scikit-learn P-AUROC + P-AP alone")
         summary.append(f"{n} maps: streaming is {ratio(t_exact, t_stream)} than exact")
-        del chunks
+        chunks = None                  # freed before the next size
         gc.collect()
 
     if args.full:
         n = args.full
-        stream, t_stream, m_stream = streamed_evaluator("streaming", n, args.chunk)
-        if fits(n * SIZE * SIZE * 4 * 2.2):  # every normal score, float32, plus the merge copy
-            exact, t_exact, m_exact = streamed_evaluator("exact", n, args.chunk)
-            row(table, n, "threecad exact", "every metric, streamed", exact, t_exact, m_exact, exact)
-            row(table, n, "threecad streaming", "every metric, streamed", stream, t_stream, m_stream, exact)
-            errs = {k: abs(stream[k] - exact[k]) for k in KEYS}
-            summary.append(f"{n} maps: streaming - exact: " + ", ".join(
-                f"{k} {errs[k]:.1e} (bound {stream[k + '_err_bound']:.1e})" for k in KEYS))
-            summary.append(f"{n} maps: streaming is {ratio(t_exact, t_stream)} than exact; "
-                           f"streaming peak {m_stream:.0f} MB beyond one chunk of {args.chunk} maps, "
-                           f"exact {m_exact:.0f} MB")
-        else:
-            row(table, n, "threecad exact", "every metric, streamed", None, None, None,
-                note=f"needs ~{n * SIZE * SIZE * 9 / 2**30:.0f} GB free")
-            row(table, n, "threecad streaming", "every metric, streamed", stream, t_stream, m_stream)
-            summary.append(f"{n} maps: streaming peak {m_stream:.0f} MB beyond one chunk; bounds " + ", ".join(
-                f"{k} {stream[k + '_err_bound']:.1e}" for k in KEYS))
+        px = n * SIZE * SIZE
+        side_by_side(table, summary, n, "256 px", lambda: synthetic_chunks(n, args.chunk), px,
+                     args.chunk * SIZE * SIZE * 5, memory, px * 11)   # in memory: ~10 bytes a pixel, measured
+    if args.native is not None:
+        images = native_masks(args.native, args.native_category, args.native_fraction)
+        px = sum(h * w for (h, w), _ in images)
+        chunk_px = args.chunk * SIZE * SIZE
+        largest = max(h * w for (h, w), _ in images)
+        label = f"native {args.native_category}"
+        summary.append(f"{label}: {len(images)} test images, {px / 1e9:.2f} Gpx, sizes "
+                       f"{min(s for s, _ in images)}..{max(s for s, _ in images)}")
+        side_by_side(table, summary, len(images), label, lambda: native_chunks(images, chunk_px), px,
+                     max(chunk_px, largest) * 5, memory, px * 11)
     print_table(table)
     print()
+    summary.append(f"load average at the end (1, 5, 15 min): {os.getloadavg()}")
     for line in summary:
         print(line)
 

@@ -20,7 +20,8 @@ CONFIG_FILE = "config.yaml"
 OPTIONS = {
     "method": "method", "root": "root", "category": "categories", "preset": "preset", "set": "sets",
     "device": "device", "threads": "threads", "protocol": "protocol", "out": "out", "setting": "setting",
-    "resume": "resume", "eval_size": "eval_size", "metrics": "metrics_mode", "pictures": "pictures",
+    "resume": "resume", "eval_size": "eval_size", "metrics": "metrics_mode",
+    "metrics_memory": "metrics_memory", "pictures": "pictures",
     "allow_layout_problems": "allow_layout_problems", "logger": "logger", "ddp": "ddp",
     "track_test_every": "track_test_every", "split": "split_file",
 }
@@ -90,7 +91,7 @@ def run_config(spec, run_spec: Mapping[str, Any]) -> dict[str, Any]:
                "preset": run_spec["preset"], "device": spec.device, "threads": spec.threads,
                "protocol": spec.protocol, "out": spec.out,
                "setting": spec.setting, "resume": spec.resume, "eval_size": spec.eval_size,
-               "metrics": spec.metrics_mode, "pictures": spec.pictures,
+               "metrics": spec.metrics_mode, "metrics_memory": spec.metrics_memory, "pictures": spec.pictures,
                "allow_layout_problems": spec.allow_layout_problems, "logger": spec.logger, "ddp": spec.ddp,
                "track_test_every": spec.track_test_every, "split": spec.split}
     return describe(options, run_spec["config"])

@@ -67,7 +67,11 @@ class _BenchCommand(click.Command):
 @click.option("--resume", is_flag=True, help="Finish a run directory: skip categories already done.")
 @click.option("--eval-size", type=int, default=256, show_default=True, help="Side of the evaluation grid.")
 @click.option("--metrics", "metrics_mode", type=click.Choice(["auto", "exact", "streaming"]), default="auto",
-              show_default=True, help="Exact metrics, or streaming in fixed memory (auto: by test-set size).")
+              show_default=True, help="Exact metrics (auto), or the faster streaming engine with a stated error "
+                                      "bound.")
+@click.option("--metrics-memory", type=click.FloatRange(min=0.01), default=2.0, show_default=True, metavar="GB",
+              help="Exact metrics hold at most this much memory; beyond it they rank sorted runs spilled to the run "
+                   "folder (or re-read from its kept predictions), with the same numbers to the last bit.")
 @click.option("--pictures", type=int, default=6, show_default=True,
               help="Hardest good and defective images pictured per category (0: none).")
 @click.option("--allow-layout-problems", is_flag=True,
@@ -89,7 +93,8 @@ class _BenchCommand(click.Command):
               help="Split manifest (`threecad split --out FILE`): its val images select epochs (select=val) and "
                    "only its train images train. Default: ROOT/split.csv when there is one.")
 def command(print_config, method, root, categories, preset, sets, device, threads, protocol, out, setting, resume,
-            eval_size, metrics_mode, pictures, allow_layout_problems, logger, ddp, track_test_every, split_file):
+            eval_size, metrics_mode, metrics_memory, pictures, allow_layout_problems, logger, ddp, track_test_every,
+            split_file):
     """Fit and evaluate METHOD on each category; write a run directory and print the table.
 
     Under `torchrun --nproc-per-node N -m threecad bench ...` the ranks share the work.
@@ -113,7 +118,8 @@ def command(print_config, method, root, categories, preset, sets, device, thread
                      overrides=parse_set_options(sets), device=device, protocol=protocol, out=out,
                      resume=resume, eval_size=eval_size, metrics_mode=metrics_mode, pictures=pictures,
                      allow_layout_problems=allow_layout_problems, setting=setting, logger=logger,
-                     track_test_every=track_test_every, split=split_file, threads=threads)
+                     track_test_every=track_test_every, split=split_file, threads=threads,
+                     metrics_memory=metrics_memory)
     launch = distributed.detect()
     if "," in method or launch is not None or ddp:
         _study(spec, method, ddp, launch)

@@ -9,6 +9,7 @@ by the score the protocol ranks them by.
 """
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +29,8 @@ from threecad.metrics.protocols import evaluator_inputs, ranking_scores
 from threecad.method import Method
 from threecad.progress import progress
 
-EXACT_PIXEL_LIMIT = 250_000_000  # above this many test pixels, `auto` metrics stream
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -51,19 +53,23 @@ def evaluate(method: Method, post, config, test, device: torch.device, spec: Ben
     With `keep` (run folder, category), the predictions the metrics are computed from are
     written beside the run (threecad.harness.predictions)."""
     protocol, eval_size = spec.protocol, spec.eval_size
-    pixels = len(test) * eval_size ** 2
-    mode = spec.metrics_mode if spec.metrics_mode != "auto" else (
-        "exact" if pixels <= EXACT_PIXEL_LIMIT else "streaming")
-    evaluator = Evaluator(protocol=protocol, mode=mode)
+    # `auto` is exact: exact metrics keep to --metrics-memory at any size (threecad.metrics.bounded)
+    mode = "exact" if spec.metrics_mode == "auto" else spec.metrics_mode
     hardest = HardestImages(spec.pictures)
     test_loader = loader(test, config.batch_size, device, False, config.seed)
     writer = PredictionWriter(keep[0], keep[1], test, eval_size) if keep is not None else None
+    # beyond the budget, exact metrics rank sorted runs spilled beside the run, or re-read the kept maps
+    evaluator = Evaluator(protocol=protocol, mode=mode, memory=int(spec.metrics_memory * 1e9),
+                          spill_dir=keep[0] if keep is not None else None,
+                          source=writer.maps if writer is not None else None)
     try:
         computed = _stream(method, post, test_loader, device, evaluator, hardest, protocol, eval_size, label, writer)
     except BaseException:
         if writer is not None:
             writer.abort()
         raise
+    if evaluator.memory_note:
+        log.info("%s: %s", label, evaluator.memory_note)
     kept = writer.close() if writer is not None else None
     # None: the data cannot define the metric (e.g. no defect pixel at all); `notes` says why
     metrics = {k: None if computed[k] is None else float(computed[k]) for k in MAIN_METRICS if k in computed}

@@ -56,7 +56,7 @@ class PredictionWriter:
         self._final = maps_file(run_path, abbr)
         self._final.parent.mkdir(parents=True, exist_ok=True)
         self._tmp = self._final.with_name(f".{self._final.name}.tmp")
-        self._maps = np.lib.format.open_memmap(self._tmp, mode="w+", dtype=np.float32,
+        self.maps = np.lib.format.open_memmap(self._tmp, mode="w+", dtype=np.float32,
                                                shape=(len(test), eval_size, eval_size))
         self._n = 0
         self._rows: dict[str, list] = {k: [] for k in ("scores", "labels", "defect_types", "paths", "image_xxh3",
@@ -65,7 +65,7 @@ class PredictionWriter:
     def add(self, maps: np.ndarray, scores: np.ndarray | None, labels, defect_types, paths) -> None:
         """Keep one batch (float32 maps as the metrics see them)."""
         n = len(maps)
-        self._maps[self._n:self._n + n] = maps
+        self.maps[self._n:self._n + n] = maps
         self._n += n
         rows = self._rows
         rows["scores"].extend([np.nan] * n if scores is None else np.asarray(scores, np.float32).tolist())
@@ -78,8 +78,8 @@ class PredictionWriter:
 
     def close(self) -> dict[str, Any]:
         """Finish both files (atomically); the record's `predictions` entry."""
-        self._maps.flush()
-        del self._maps
+        self.maps.flush()
+        del self.maps
         os.replace(self._tmp, self._final)
         index = index_file(self.run_path, self.abbr)
         arrays = {"scores": np.asarray(self._rows["scores"], dtype=np.float32)}
@@ -95,8 +95,8 @@ class PredictionWriter:
 
     def abort(self) -> None:
         """Drop the partial file (a failed evaluation leaves no predictions behind)."""
-        if hasattr(self, "_maps"):
-            del self._maps
+        if hasattr(self, "maps"):
+            del self.maps
         self._tmp.unlink(missing_ok=True)
 
 

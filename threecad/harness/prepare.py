@@ -67,6 +67,7 @@ class BenchSpec:
     logger: str | None = None  # also log to "tensorboard" or "mlflow" (threecad.harness.loggers)
     track_test_every: int = 0  # > 0: evaluate the test split every N epochs, for the record only (harness.tracking)
     threads: int | None = None  # CPU threads of every pool; None: OMP_NUM_THREADS, else the CPUs we may use
+    metrics_memory: float = 2.0  # GB exact metrics may hold (threecad.metrics.bounded); beyond it they spill
     split: Path | None = None  # a split manifest (`threecad split --out FILE`); None: <root>/split.csv if any
     study: Path | None = None  # the study folder this run belongs to (its trackers' root and tag)
 
@@ -128,6 +129,9 @@ def prepare(spec: BenchSpec) -> Plan:
     check_logger(spec.logger)  # a tracker that is not installed is refused before any write
     if spec.protocol not in PROTOCOLS:
         raise ThreecadError(f"unknown protocol '{spec.protocol}'; valid: {', '.join(PROTOCOLS)}")
+    if isinstance(spec.metrics_memory, bool) or not isinstance(spec.metrics_memory, (int, float)) \
+            or not spec.metrics_memory > 0:
+        raise ThreecadError(f"--metrics-memory must be a positive number of GB; got {spec.metrics_memory}")
     if spec.metrics_mode not in METRICS_MODES:
         raise ThreecadError(f"unknown metrics mode '{spec.metrics_mode}'; valid: {', '.join(METRICS_MODES)}")
     if not isinstance(spec.eval_size, int) or spec.eval_size < MIN_EVAL_SIZE:

@@ -54,11 +54,21 @@ class Levels:
         return self.region_q.sum(axis=1)
 
 
-def _need(lv: Levels, *, pos: bool = True, neg: bool = True, what: str = "pixel") -> None:
-    if pos and lv.n_pos == 0:
+def need(n_pos: int, n_neg: int, *, pos: bool = True, neg: bool = True, what: str = "pixel") -> None:
+    """Refuse (UndefinedMetric) a metric that needs defective or normal samples and has none."""
+    if pos and n_pos == 0:
         raise UndefinedMetric(f"metrics: no defective {what} (the metric needs at least one)")
-    if neg and lv.n_neg == 0:
+    if neg and n_neg == 0:
         raise UndefinedMetric(f"metrics: no normal {what} (the metric needs at least one)")
+
+
+def need_regions(n_regions: int, size: int | None) -> None:
+    if n_regions == 0:
+        raise UndefinedMetric("metrics: no defect region" + ("" if size is None else " in this size bin"))
+
+
+def _need(lv: Levels, *, pos: bool = True, neg: bool = True, what: str = "pixel") -> None:
+    need(lv.n_pos, lv.n_neg, pos=pos, neg=neg, what=what)
 
 
 def auroc(lv: Levels, what: str = "pixel") -> float:
@@ -89,8 +99,7 @@ def _pro_curve(lv: Levels, size: int | None) -> tuple[np.ndarray, np.ndarray]:
     _need(lv)
     weights = lv.pro.sum(axis=0) if size is None else lv.pro[size]
     n_regions = int(lv.n_regions.sum() if size is None else lv.n_regions[size])
-    if n_regions == 0:
-        raise UndefinedMetric("metrics: no defect region" + ("" if size is None else " in this size bin"))
+    need_regions(n_regions, size)
     fpr = np.concatenate([[0.0], np.cumsum(lv.neg) / lv.n_neg])
     pro = np.concatenate([[0.0], np.cumsum(weights) / n_regions])
     return fpr, np.minimum(pro, 1.0)
@@ -139,6 +148,44 @@ def region_recall(lv: Levels, fpr: float) -> np.ndarray:
     n = lv.n_regions
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(n > 0, counted / np.maximum(n, 1), np.nan)
+
+
+@dataclass
+class PixelSummary:
+    """Every pixel-level value the Evaluator reports, read off one set of levels.
+
+    `values` holds p_auroc, p_ap, p_f1max and au_pro (FPR limit given), `au_pro_size` one
+    AU-PRO per size bin: each a float, or the UndefinedMetric saying why the data cannot
+    define it.  `region_recall` is NaN where a bin has no region or there is no normal pixel.
+    """
+
+    values: dict[str, float | UndefinedMetric]
+    au_pro_size: list[float | UndefinedMetric]
+    n_regions: np.ndarray      # (S,) regions per size bin
+    region_recall: np.ndarray  # (S,)
+
+    def get(self, key: str) -> float:
+        value = self.values[key]
+        if isinstance(value, UndefinedMetric):
+            raise value
+        return value
+
+
+def attempt(fn) -> float | UndefinedMetric:
+    try:
+        return float(fn())
+    except UndefinedMetric as exc:
+        return exc
+
+
+def summarize(lv: Levels, limit: float, recall_fpr: float) -> PixelSummary:
+    """The PixelSummary of levels held in memory (chunked.summarize_chunks: the same, in pieces)."""
+    values = {"p_auroc": attempt(lambda: auroc(lv)), "p_ap": attempt(lambda: average_precision(lv)),
+              "p_f1max": attempt(lambda: f1_max(lv)), "au_pro": attempt(lambda: au_pro(lv, limit))}
+    n_size = lv.region_q.shape[0]
+    sizes = [attempt(lambda s=s: au_pro(lv, limit, size=s)) for s in range(n_size)]
+    recall = region_recall(lv, recall_fpr) if lv.n_neg > 0 else np.full(n_size, np.nan)
+    return PixelSummary(values, sizes, lv.n_regions, recall)
 
 
 def streaming_error_bounds(lv: Levels, limit: float = 0.3) -> dict[str, float]:

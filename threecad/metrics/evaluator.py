@@ -12,6 +12,15 @@ see threecad.metrics.streaming for the bin placement and the error bound).  Imag
 state is one score, one label and one type per image in both modes (a few bytes each),
 so image metrics are always exact.
 
+Exact mode holds at most ``memory`` bytes (default 2 GB; None: no bound, every score in
+memory): beyond what fits, normal scores go to sorted runs spilled to ``spill_dir`` (a
+private folder inside it, default the system's temporary folder, removed afterwards), or,
+with ``source`` (an (N, H, W) array or np.memmap holding the maps fed to update(), row for
+row, such as a run's predictions/<ABBR>.maps.npy), are read back from there.  The numbers
+are the same to the last bit either way (threecad.metrics.bounded says how);
+``memory_note`` says in one line when the bounded path ran.  Under 3cad-paper the source
+is not read: the Evaluator blurs the maps it is fed, and spills the blurred scores.
+
 Under `standard` the maps are used as fed (the harness has applied the method's own
 post-processing).  Under `3cad-paper` the maps must be RAW: the Evaluator blurs each one once
 as the official release does (threecad.metrics.protocols) and computes every key below from
@@ -66,6 +75,7 @@ import numpy as np
 
 from threecad.errors import ThreecadError
 from threecad.metrics import curves
+from threecad.metrics.bounded import DEFAULT_MEMORY, BoundedPixelRanking
 from threecad.metrics.curves import UndefinedMetric
 from threecad.metrics.exact import ExactPixelRanking, levels_from_scores
 from threecad.metrics.inputs import (as_binary, as_maps, as_masks, as_scores, as_types, as_vector,
@@ -92,11 +102,15 @@ class EvaluatorConfig:
     recall_fpr: float = 0.01
     stream_bits: int = 14
     stream_anchor: float | None = None
+    memory: int | None = DEFAULT_MEMORY
+    spill_dir: str | None = None
 
     def __post_init__(self) -> None:
         check_protocol(self.protocol)
         if self.mode not in MODES:
             raise ThreecadError(f"metrics: unknown mode {self.mode!r}; choose exact or streaming")
+        if self.memory is not None and not self.memory > 0:
+            raise ThreecadError(f"metrics: memory must be a positive number of bytes (or None); got {self.memory}")
         curves.check_limit(self.pro_limit)
         object.__setattr__(self, "size_edges", check_size_edges(self.size_edges))
         if not 0.0 <= self.recall_fpr <= 1.0:
@@ -108,9 +122,13 @@ class Evaluator:
 
     def __init__(self, protocol: str = "standard", mode: str = "exact", *, pro_limit: float = 0.3,
                  size_edges: Sequence[float] = DEFAULT_SIZE_EDGES, recall_fpr: float = 0.01,
-                 stream_bits: int = 14, stream_anchor: float | None = None) -> None:
+                 stream_bits: int = 14, stream_anchor: float | None = None,
+                 memory: int | None = DEFAULT_MEMORY, spill_dir=None, source=None) -> None:
+        """memory (bytes or None), spill_dir, source: exact mode's bound (module docstring)."""
         self.config = EvaluatorConfig(protocol, mode, pro_limit, tuple(size_edges), recall_fpr,
-                                      stream_bits, stream_anchor)
+                                      stream_bits, stream_anchor, None if memory is None else int(memory),
+                                      None if spill_dir is None else str(spill_dir))
+        self.source = source
         self.size_names = size_labels(self.config.size_edges)
         self.reset()
 
@@ -118,8 +136,13 @@ class Evaluator:
         """Forget everything fed so far."""
         c = self.config
         n_size = len(self.size_names)
-        self._pixels = (ExactPixelRanking(n_size) if c.mode == "exact"
-                        else StreamingPixelHistogram(n_size, c.stream_bits, c.stream_anchor))
+        if c.mode == "streaming":
+            self._pixels = StreamingPixelHistogram(n_size, c.stream_bits, c.stream_anchor)
+        elif c.memory is None:
+            self._pixels = ExactPixelRanking(n_size)
+        else:   # a source holds the maps as fed: under 3cad-paper the Evaluator blurs them, so it spills
+            self._pixels = BoundedPixelRanking(n_size, c.memory, c.spill_dir,
+                                               self.source if c.protocol != PAPER else None)
         self._scores: list[np.ndarray] = []
         self._labels: list[np.ndarray] = []
         self._types: list[str | None] = []
@@ -128,6 +151,11 @@ class Evaluator:
         self._n_pixels = 0
         self._n_defect_pixels = 0
         self._n_regions = 0
+
+    @property
+    def memory_note(self) -> str:
+        """One line when the last compute() ranked the pixels in bounded memory (exact mode), else ""."""
+        return getattr(self._pixels, "note", "")
 
     def update(self, maps, masks, scores=None, labels=None, defect_types: Sequence[str] | None = None) -> None:
         """Add one batch: maps float (N, H, W), masks bool or 0/1 of the same shape.
@@ -212,13 +240,17 @@ class Evaluator:
         put("i_ap", lambda: curves.average_precision(img, "image"))
         put("i_f1max", lambda: curves.f1_max(img, "image"))
 
-        lv = self._pixels.levels()
-        put("p_auroc", lambda: curves.auroc(lv))
-        put("p_ap", lambda: curves.average_precision(lv))
-        put("p_f1max", lambda: curves.f1_max(lv))
+        if c.mode == "streaming":
+            lv = self._pixels.levels()
+            pix = curves.summarize(lv, c.pro_limit, c.recall_fpr)
+        else:
+            pix = self._pixels.summary(c.pro_limit, c.recall_fpr)
+        put("p_auroc", lambda: pix.get("p_auroc"))
+        put("p_ap", lambda: pix.get("p_ap"))
+        put("p_f1max", lambda: pix.get("p_f1max"))
         raw: dict = {}   # 3cad-paper: the objects the release rounds
         if paper:
-            from sklearn.metrics import average_precision_score, roc_auc_score  # the release's own
+            from sklearn.metrics import roc_auc_score  # the release's own
 
             out["n_pro_images"] = len(self._paper_pro)
             if self._paper_pro:
@@ -229,18 +261,15 @@ class Evaluator:
             if out["i_auroc"] is not None:
                 raw["i_auroc"] = roc_auc_score(labels.astype(np.int64), scores)
             if c.mode == "exact" and (out["p_auroc"] is not None or out["p_ap"] is not None):
-                s, y, w = self._pixels.weighted_samples()
-                if out["p_auroc"] is not None:
-                    raw["p_auroc"] = roc_auc_score(y, s, sample_weight=w)
-                if out["p_ap"] is not None:
-                    raw["p_ap"] = average_precision_score(y, s, sample_weight=w)
+                raw.update(self._pixels.release_scores(auroc=out["p_auroc"] is not None,
+                                                       ap=out["p_ap"] is not None))
             out.update({key: float(val) for key, val in raw.items()})
         else:
-            put("au_pro", lambda: curves.au_pro(lv, c.pro_limit))
+            put("au_pro", lambda: pix.get("au_pro"))
 
         out.update(n_images=len(labels), n_defective_images=int(labels.sum()), n_pixels=self._n_pixels,
                    n_defect_pixels=self._n_defect_pixels, n_regions=self._n_regions)
-        self._size_breakdown(lv, out)
+        self._size_breakdown(pix, out)
         self._type_breakdown(scores, labels, out)
         if c.mode == "streaming":
             self._stream_report(lv, out, notes)
@@ -253,17 +282,12 @@ class Evaluator:
             log.warning("%s", note)
         return out
 
-    def _size_breakdown(self, lv: curves.Levels, out: dict) -> None:
-        n_regions = lv.n_regions
-        recall = (curves.region_recall(lv, self.config.recall_fpr) if lv.n_neg > 0
-                  else np.full(len(self.size_names), np.nan))
+    def _size_breakdown(self, pix: curves.PixelSummary, out: dict) -> None:
         for s, name in enumerate(self.size_names):
-            out[f"n_regions_size/{name}"] = int(n_regions[s])
-            try:
-                out[f"au_pro_size/{name}"] = float(curves.au_pro(lv, self.config.pro_limit, size=s))
-            except UndefinedMetric:
-                out[f"au_pro_size/{name}"] = None
-            r = float(recall[s])
+            out[f"n_regions_size/{name}"] = int(pix.n_regions[s])
+            value = pix.au_pro_size[s]
+            out[f"au_pro_size/{name}"] = None if isinstance(value, UndefinedMetric) else float(value)
+            r = float(pix.region_recall[s])
             out[f"region_recall_size/{name}"] = None if math.isnan(r) else r
 
     def _type_breakdown(self, scores: np.ndarray, labels: np.ndarray, out: dict) -> None:
