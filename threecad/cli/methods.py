@@ -22,17 +22,19 @@ def command(name: str | None, preset: str | None, overrides: tuple[str, ...], as
     """List the registered methods, or show NAME's model card: presets, config, parameter
     counts per part (trainable and frozen), input size, feature taps, post-processing.
 
-    The card is built without downloading weights.
+    The card is built without downloading weights. A method family (anomalib's image models,
+    with the `anomalib` extra) is listed after the methods, its members as FAMILY:NAME.
 
     \b
     Examples:
       threecad methods
       threecad methods cfrg --preset cpu
       threecad methods padim --set n_features=200 --json
+      threecad methods anomalib:Patchcore --preset cpu
     """
     from threecad.errors import ThreecadError
     from threecad.method import parse_set_options
-    from threecad.registry import available_methods, load_method
+    from threecad.registry import available_methods, load_method, method_families
 
     if markdown:
         if name or preset or overrides or as_json:
@@ -45,15 +47,23 @@ def command(name: str | None, preset: str | None, overrides: tuple[str, ...], as
         if preset or overrides or as_json:
             raise ThreecadError("--preset, --set and --json need a method NAME (`threecad methods cfrg --json`)")
         found = available_methods()
-        if not found:
+        families = method_families()
+        if not found and not families:
             click.echo("no methods registered (is threecad installed? `pip install -e .`)")
             return
-        width = max(len(n) for n in found)
+        width = max(len(n) for n in [*found, *(m for f in families.values() if isinstance(f, dict) for m in f)])
         for key, cls in found.items():
             if isinstance(cls, Exception):
                 click.echo(f"{key:<{width}}  (failed to load: {type(cls).__name__}: {cls})")
             else:
                 click.echo(f"{key:<{width}}  {cls.description}  [presets: {', '.join(cls.presets)}]")
+        for family, members in families.items():
+            if isinstance(members, Exception):
+                click.echo(f"\n{family}:NAME  (unavailable: {members})")
+                continue
+            click.echo(f"\n{family}'s models, {len(members)} ({family}:NAME; presets: paper, cpu):")
+            for key, description in members.items():
+                click.echo(f"{key:<{width}}  {description}")
         return
 
     from threecad.model_card import model_card
