@@ -16,7 +16,7 @@ How (BoundedPixelRanking):
 2. compute(): the defect scores are grouped as exact mode groups them (exact.DefectGroups:
    the same argsort of the same array, hence the same tie order and the same float sums of
    region weights); every sorted run is merged with the sorted distinct defect scores,
-   counting the normals of each of the 2m + 1 slots in one pass (kernels.count_slots); the
+   counting the normals of each of the 2m + 1 slots in one pass (spill_kernels.count_slots); the
    levels are then made piece by piece and the metrics read off them by
    threecad.metrics.chunked, which rebuilds numpy's pairwise sums.
 3. 3cad-paper's P-AUROC and P-AP are scikit-learn's over every distinct score: the runs are
@@ -44,7 +44,7 @@ from pathlib import Path
 import numpy as np
 
 from threecad.errors import ThreecadError
-from threecad.metrics import chunked, kernels
+from threecad.metrics import chunked, kernels, spill_kernels
 from threecad.metrics.chunked import LevelSource
 from threecad.metrics.curves import PixelSummary
 from threecad.metrics.exact import DefectGroups, ExactPixelRanking
@@ -242,7 +242,7 @@ class BoundedPixelRanking(ExactPixelRanking):
                 yield from self._sorted_pieces(buf[:n], dtype)
                 n = 0
             if kernels.ENABLED and kernels.AVAILABLE and maps.dtype == buf.dtype:
-                n = int(kernels.copy_normals(maps, mask8, buf, n))
+                n = int(spill_kernels.copy_normals(maps, mask8, buf, n))
             else:
                 buf[n:n + k] = maps[mask8 == 0]
                 n += k

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from threecad.errors import ThreecadError
-from threecad.metrics import kernels
+from threecad.metrics import kernels, spill_kernels
 
 #: Spill files are written and read in whole blocks of this many bytes, with O_DIRECT where the system has it.
 BLOCK = 1 << 12
@@ -176,7 +176,7 @@ class SortedRuns:
                     return
             self._reserve(self._n + k)
             if kernels.ENABLED and kernels.AVAILABLE:
-                self._n = int(kernels.copy_normals(part, marks, self._buf, self._n))
+                self._n = int(spill_kernels.copy_normals(part, marks, self._buf, self._n))
             else:
                 self._buf[self._n:self._n + k] = part[marks == 0]
                 self._n += k
@@ -333,7 +333,7 @@ class SortedRuns:
 def _encode(bits: np.ndarray, prev: int, deltas: np.ndarray, escapes: np.ndarray) -> tuple[int, int]:
     """kernels.encode_sorted_f32, compiled or in numpy (the same bytes)."""
     if kernels.ENABLED and kernels.AVAILABLE:
-        n_esc, last = kernels.encode_sorted_f32(bits, prev, deltas, escapes)
+        n_esc, last = spill_kernels.encode_sorted_f32(bits, prev, deltas, escapes)
         return int(n_esc), int(last)
     keys = (bits ^ ((bits >> 31) & 0x7FFFFFFF)).astype(np.int64)
     keys[keys == -1] = 0                               # -0.0 as +0.0
@@ -350,7 +350,7 @@ def _encode(bits: np.ndarray, prev: int, deltas: np.ndarray, escapes: np.ndarray
 def _decode(deltas: np.ndarray, escapes: np.ndarray, at_esc: int, key: int, out: np.ndarray) -> tuple[int, int]:
     """kernels.decode_sorted_f32, compiled or in numpy."""
     if kernels.ENABLED and kernels.AVAILABLE:
-        at_esc, key = kernels.decode_sorted_f32(deltas, escapes, at_esc, key, out)
+        at_esc, key = spill_kernels.decode_sorted_f32(deltas, escapes, at_esc, key, out)
         return int(at_esc), int(key)
     esc = deltas == 255
     step = deltas.astype(np.int64)
@@ -372,7 +372,7 @@ def count_slots(x: np.ndarray, u: np.ndarray, counts: np.ndarray) -> None:
     if not len(x):
         return
     if kernels.ENABLED and kernels.AVAILABLE:
-        kernels.count_slots(x, u, counts)
+        spill_kernels.count_slots(x, u, counts)
         return
     i0 = int(np.searchsorted(u, x[0], side="left"))
     i1 = int(np.searchsorted(u, x[-1], side="right"))
